@@ -1,0 +1,151 @@
+# pintle: one non-recursive Makefile (STYLE §11).
+#   make            build build/bin/*
+#   make run        install deps, build, run the local stack (Ctrl-C stops it)
+#   make test       install deps, build, run unit + integration + e2e tests and the fuzz smoke
+#   make asan       sanitizer build + C tests under it
+#   make fuzz       build and run the request-parser fuzzer (FUZZ_SECONDS, default 60)
+#   make bench      benchmarks (not part of make test)
+SHELL   := /bin/bash
+BUILD   ?= build
+PKGS    := libevent libpq json-c libcurl nanomsg libconfig zlib
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wformat=2 -Wno-unused-parameter -Wno-format-nonliteral -Wno-format-truncation
+CC      ?= cc
+OPT     ?= -O2
+CFLAGS  := -std=gnu11 -D_GNU_SOURCE $(OPT) -g $(WARN) -I. -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -MMD -MP
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -levent_extra -lm
+ifdef SANITIZE
+CFLAGS  += -O1 -fno-omit-frame-pointer -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+COMMON_SRC := $(wildcard common/*.c)
+SQL        := $(sort $(wildcard sql/*.sql))
+GEN_SRC    := $(BUILD)/gen/migrations.c
+COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/migrations.o
+EXES       := gateway processor router ctl
+BINS       := $(BUILD)/bin/gateway $(BUILD)/bin/pintlectl
+# each executable directory minus main.c becomes build/lib<dir>.a
+lib_src     = $(filter-out $(1)/main.c,$(wildcard $(1)/*.c))
+lib_obj     = $(patsubst %.c,$(BUILD)/obj/%.o,$(call lib_src,$(1)))
+
+ifneq ($(wildcard processor/main.c),)
+BINS += $(BUILD)/bin/processor
+endif
+ifneq ($(wildcard router/main.c),)
+BINS += $(BUILD)/bin/router
+endif
+
+UNIT_SRC   := $(wildcard tests/unit/*/test_*.c)
+UNIT_BINS  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
+INTEG_SRC  := $(wildcard tests/integration/test_*.c)
+INTEG_BINS := $(INTEG_SRC:tests/integration/%.c=$(BUILD)/tests/integration/%)
+
+.PHONY: all deps run stop test unit integration e2e check asan fuzz fuzz-smoke bench clean format format-check
+.SECONDARY:
+
+all: $(BINS)
+
+$(BUILD)/gen/migrations.c: $(SQL) tools/embed_sql.sh
+	@mkdir -p $(dir $@)
+	$(Q)tools/embed_sql.sh $@ $(SQL)
+
+$(BUILD)/obj/gen/migrations.o: $(BUILD)/gen/migrations.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) -Wno-overlength-strings -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  CC  $<"
+	$(Q)$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libcommon.a: $(COMMON_OBJ)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/lib%.a: $$(call lib_obj,%)
+	$(Q)rm -f $@ && ar rcs $@ $^ $(if $^,,/dev/null) 2>/dev/null || ar rcs $@
+
+.SECONDEXPANSION:
+$(BUILD)/bin/pintlectl: $(BUILD)/obj/ctl/main.o $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD  $@"
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/bin/%: $(BUILD)/obj/%/main.o $$(call lib_obj,%) $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD  $@"
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# A unit test links the objects of the directory it tests plus libcommon.
+$(BUILD)/tests/unit/%: $(BUILD)/obj/tests/unit/%.o $$(call lib_obj,$$(firstword $$(subst /, ,$$*))) $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) $(filter-out %/common/main.o,$^) $(LDLIBS) -lcmocka -o $@
+
+$(BUILD)/tests/integration/%: $(BUILD)/obj/tests/integration/%.o $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -lcmocka -o $@
+
+deps:
+	@tools/deps.sh
+
+run: deps all
+	@deploy/run.sh $(if $(WORKSPACE),--workspace "$(WORKSPACE)")
+
+stop:
+	@deploy/run.sh --stop
+
+unit: $(UNIT_BINS)
+	@tools/run_unit.sh $(UNIT_BINS)
+
+integration: all $(INTEG_BINS)
+	@tests/integration/run.sh $(INTEG_BINS)
+
+e2e: all
+	@cd tests/e2e && node --test --test-concurrency=1 --test-reporter=spec *.test.js
+
+check: unit integration e2e
+
+# make test: what CI runs. Installs what is missing, builds, runs everything.
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory check
+	@$(MAKE) --no-print-directory fuzz-smoke
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=address,undefined all unit
+
+FUZZ_SECONDS ?= 60
+$(BUILD)-fuzz/fuzz_ingest: fuzz/fuzz_ingest.c gateway/ingest.c $(COMMON_SRC) $(GEN_SRC)
+	@mkdir -p $(dir $@)
+	$(Q)clang -std=gnu11 -g -O1 -I. -I$(BUILD)/gen -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags $(PKGS)) \
+	    fuzz/fuzz_ingest.c gateway/ingest.c common/ids.c common/jobq.c common/jsonu.c common/buf.c common/xalloc.c \
+	    $(LDLIBS) -o $@
+
+fuzz: $(BUILD)-fuzz/fuzz_ingest
+	@mkdir -p $(BUILD)-fuzz/corpus
+	$(BUILD)-fuzz/fuzz_ingest -max_total_time=$(FUZZ_SECONDS) -max_len=8192 $(BUILD)-fuzz/corpus fuzz/seeds
+
+fuzz-smoke: $(BUILD)-fuzz/fuzz_ingest
+	@mkdir -p $(BUILD)-fuzz/corpus
+	@$(BUILD)-fuzz/fuzz_ingest -max_total_time=10 -max_len=8192 $(BUILD)-fuzz/corpus fuzz/seeds 2>$(BUILD)-fuzz/last.log \
+	  && { tail -n 1 $(BUILD)-fuzz/last.log; echo "fuzz: 1 passed, 0 failed"; } \
+	  || { tail -n 40 $(BUILD)-fuzz/last.log; echo "fuzz: 0 passed, 1 failed"; exit 1; }
+
+bench: deps all
+	@bench/run.sh $(if $(QUICK),--quick)
+
+format:
+	clang-format -i $(shell git ls-files '*.c' '*.h')
+
+format-check:
+	clang-format --dry-run --Werror $(shell git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,372 @@
+#include "common/cfg.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <libconfig.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/xalloc.h"
+
+typedef enum CfgType { CFG_INT, CFG_STR, CFG_BOOL } CfgType;
+
+typedef struct CfgKey {
+    const char *section;
+    const char *key;
+    CfgType type;
+    size_t offset;
+    const char *def;
+    long min, max;
+    bool secret;
+    const char *doc;
+} CfgKey;
+
+#define I(sec, k, field, d, lo, hi, doc)                                                           \
+    {sec, k, CFG_INT, offsetof(Config, field), d, lo, hi, false, doc}
+#define S(sec, k, field, d, doc)  {sec, k, CFG_STR, offsetof(Config, field), d, 0, 0, false, doc}
+#define SS(sec, k, field, d, doc) {sec, k, CFG_STR, offsetof(Config, field), d, 0, 0, true, doc}
+#define B(sec, k, field, d, doc)  {sec, k, CFG_BOOL, offsetof(Config, field), d, 0, 1, false, doc}
+
+static const CfgKey keys[] = {
+    S("log", "level", log.level, "info", "log level: debug, info, warn or error"),
+
+    SS("db", "dsn", db.dsn, "",
+       "libpq connection string or URI; empty uses the standard PG* environment variables"),
+    S("db", "schema", db.schema, "pintle", "schema holding the jobs tables"),
+    I("db", "pool_size", db.pool_size, "4", 1, 64, "connections per process"),
+    I("db", "connect_timeout_ms", db.connect_timeout_ms, "5000", 100, 600000,
+      "give up a connection attempt after this long"),
+    I("db", "reconnect_max_ms", db.reconnect_max_ms, "2000", 10, 60000,
+      "cap of the reconnect backoff"),
+
+    I("queue", "partitions", queue.partitions, "64", 1, 4096,
+      "partitions per queue; fixed at install (migrate) time"),
+    I("queue", "dataset_max_rows", queue.dataset_max_rows, "500000", 1000, 100000000,
+      "rotate a queue's newest dataset once it holds this many rows"),
+    I("queue", "dataset_max_age_s", queue.dataset_max_age_s, "3600", 1, 604800,
+      "rotate a queue's newest dataset once it is this old and not empty"),
+    I("queue", "maintenance_interval_ms", queue.maintenance_interval_ms, "5000", 100, 3600000,
+      "how often rotation and dropping of consumed datasets run"),
+
+    B("hints", "enabled", hints.enabled, "true", "publish and subscribe to nanomsg wake-up hints"),
+    S("hints", "gw", hints.gw, "ipc:///tmp/pintle-gw.ipc",
+      "endpoint the processor binds and gateways connect to (comma-separated list to connect)"),
+    S("hints", "rt", hints.rt, "ipc:///tmp/pintle-rt.ipc",
+      "endpoint the router binds and processors connect to"),
+    S("hints", "batch_rt", hints.batch_rt, "ipc:///tmp/pintle-batch-rt.ipc",
+      "endpoint the batchrouter binds and processors connect to"),
+
+    S("workspace", "path", workspace.path, "workspaceConfig.json",
+      "RudderStack workspace-config JSON export; polled and reloaded when it changes"),
+    I("workspace", "poll_interval_ms", workspace.poll_interval_ms, "1000", 50, 3600000,
+      "how often the workspace config file (or control plane) is checked"),
+    S("workspace", "control_plane_url", workspace.control_plane_url, "",
+      "optional URL to fetch the workspace config from instead of the file"),
+    SS("workspace", "control_plane_token", workspace.control_plane_token, "",
+       "workspace token sent as the Basic-auth user to the control plane"),
+
+    S("gateway", "listen_address", gateway.listen_address, "0.0.0.0", "address the gateway binds"),
+    I("gateway", "port", gateway.port, "8080", 1, 65535, "ingestion HTTP port"),
+    I("gateway", "workers", gateway.workers, "1", 1, 64,
+      "worker processes sharing the port with SO_REUSEPORT"),
+    I("gateway", "max_body_bytes", gateway.max_body_bytes, "4096000", 1024, 1073741824,
+      "largest accepted request body (after gzip decoding too); larger is 413"),
+    I("gateway", "batch_max_events", gateway.batch_max_events, "1000", 1, 100000,
+      "events per group-commit batch (one COPY per transaction)"),
+    I("gateway", "batch_max_wait_ms", gateway.batch_max_wait_ms, "2", 0, 10000,
+      "how long a non-full batch may wait for more events when no write is idle"),
+    I("gateway", "max_inflight_batches", gateway.max_inflight_batches, "3", 1, 64,
+      "batches being written at once (bounded by db.pool_size)"),
+    I("gateway", "max_backlog_events", gateway.max_backlog_events, "50000", 1, 10000000,
+      "events buffered in memory waiting for a write; beyond it requests get 503"),
+    I("gateway", "rate_limit_events_per_s", gateway.rate_limit_events_per_s, "0", 0, 100000000,
+      "per-workspace event rate limit (token bucket); 0 disables it"),
+    I("gateway", "rate_limit_burst", gateway.rate_limit_burst, "0", 0, 100000000,
+      "token bucket size; 0 means one second's worth"),
+    I("gateway", "shutdown_timeout_ms", gateway.shutdown_timeout_ms, "15000", 100, 600000,
+      "on SIGTERM, how long to keep flushing before giving up with 503s"),
+    I("gateway", "db_retry_ms", gateway.db_retry_ms, "1000", 0, 600000,
+      "keep retrying a failed batch write this long before answering 503"),
+
+    S("processor", "listen_address", processor.listen_address, "127.0.0.1",
+      "address of the processor's /health and /metrics"),
+    I("processor", "admin_port", processor.admin_port, "8086", 0, 65535,
+      "port of the processor's /health and /metrics; 0 disables"),
+    S("processor", "transformer_url", processor.transformer_url, "http://127.0.0.1:9090",
+      "base URL of the rudder-transformer compatible service"),
+    I("processor", "claim_batch", processor.claim_batch, "2000", 1, 100000,
+      "gw jobs claimed per cycle"),
+    I("processor", "transform_chunk", processor.transform_chunk, "200", 1, 10000,
+      "events per transformer request"),
+    I("processor", "max_inflight", processor.max_inflight, "4", 1, 256,
+      "transformer requests in flight at once"),
+    I("processor", "transformer_timeout_ms", processor.transformer_timeout_ms, "30000", 100,
+      600000, "timeout of one transformer request"),
+    I("processor", "retry_max_backoff_ms", processor.retry_max_backoff_ms, "5000", 10, 600000,
+      "cap of the backoff while the transformer fails"),
+    I("processor", "poll_interval_ms", processor.poll_interval_ms, "300", 1, 60000,
+      "poll period when idle (hints wake it sooner)"),
+
+    S("router", "listen_address", router.listen_address, "127.0.0.1",
+      "address of the router's /health and /metrics"),
+    I("router", "admin_port", router.admin_port, "8087", 0, 65535,
+      "port of the router's /health and /metrics; 0 disables"),
+    I("router", "claim_batch", router.claim_batch, "2000", 1, 100000, "rt jobs claimed per cycle"),
+    I("router", "max_concurrency_per_destination", router.max_concurrency_per_destination, "32",
+      1, 1024, "requests in flight per destination"),
+    I("router", "timeout_ms", router.timeout_ms, "30000", 100, 600000,
+      "timeout of one delivery request"),
+    I("router", "retry_initial_s", router.retry_initial_s, "10", 0, 86400,
+      "first retry delay; doubles per attempt"),
+    I("router", "retry_max_s", router.retry_max_s, "300", 0, 86400, "cap of the retry delay"),
+    I("router", "max_attempts", router.max_attempts, "3", 1, 1000,
+      "abort once this many attempts AND max_retry_minutes have passed"),
+    I("router", "max_retry_minutes", router.max_retry_minutes, "180", 0, 100000,
+      "abort once this long since the first failure AND max_attempts have passed"),
+    I("router", "poll_interval_ms", router.poll_interval_ms, "300", 1, 60000,
+      "poll period when idle (hints wake it sooner)"),
+    I("router", "max_pending_jobs", router.max_pending_jobs, "10000", 10, 10000000,
+      "jobs held in memory awaiting delivery before claiming pauses"),
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static void *field(Config *cfg, const CfgKey *k)
+{
+    return (char *)cfg + k->offset;
+}
+
+static int set_value(Config *cfg, const CfgKey *k, const char *v, const char *where, Err *err)
+{
+    if (k->type == CFG_STR) {
+        char **p = field(cfg, k);
+        free(*p);
+        *p = xstrdup(v);
+        return 0;
+    }
+    if (k->type == CFG_BOOL) {
+        bool *p = field(cfg, k);
+        if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0 || strcmp(v, "yes") == 0)
+            *p = true;
+        else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0 || strcmp(v, "no") == 0)
+            *p = false;
+        else
+            return err_set(err, ERR_INVALID, "%s: %s.%s must be true or false, not \"%s\"", where,
+                           k->section, k->key, v);
+        return 0;
+    }
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno != 0 || end == v || *end != '\0')
+        return err_set(err, ERR_INVALID, "%s: %s.%s must be an integer, not \"%s\"", where,
+                       k->section, k->key, v);
+    if (n < k->min || n > k->max)
+        return err_set(err, ERR_INVALID, "%s: %s.%s=%ld is out of range [%ld, %ld]", where,
+                       k->section, k->key, n, k->min, k->max);
+    *(int *)field(cfg, k) = (int)n;
+    return 0;
+}
+
+static const CfgKey *find_key(const char *section, const char *key)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].key, key) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+static bool known_section(const char *section)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].section, section) == 0)
+            return true;
+    return false;
+}
+
+static int load_file(Config *cfg, const char *path, Err *err)
+{
+    config_t lc;
+    config_init(&lc);
+    int rc = 0;
+    if (config_read_file(&lc, path) != CONFIG_TRUE) {
+        if (config_error_type(&lc) == CONFIG_ERR_FILE_IO)
+            rc = err_set(err, ERR_IO, "could not read config file \"%s\"", path);
+        else
+            rc = err_set(err, ERR_INVALID, "%s:%d: %s",
+                         config_error_file(&lc) ? config_error_file(&lc) : path,
+                         config_error_line(&lc), config_error_text(&lc));
+        goto out;
+    }
+    config_setting_t *root = config_root_setting(&lc);
+    for (int i = 0; i < config_setting_length(root); i++) {
+        config_setting_t *sec = config_setting_get_elem(root, (unsigned)i);
+        const char *sname = config_setting_name(sec);
+        int sline = config_setting_source_line(sec);
+        if (!known_section(sname)) {
+            rc = err_set(err, ERR_INVALID, "%s:%d: unknown section \"%s\"", path, sline, sname);
+            goto out;
+        }
+        if (!config_setting_is_group(sec)) {
+            rc = err_set(err, ERR_INVALID, "%s:%d: \"%s\" must be a group { ... }", path, sline,
+                         sname);
+            goto out;
+        }
+        for (int j = 0; j < config_setting_length(sec); j++) {
+            config_setting_t *s = config_setting_get_elem(sec, (unsigned)j);
+            const char *kname = config_setting_name(s);
+            int line = config_setting_source_line(s);
+            char where[512];
+            snprintf(where, sizeof(where), "%s:%d", path, line);
+            const CfgKey *k = find_key(sname, kname);
+            if (k == NULL) {
+                rc = err_set(err, ERR_INVALID, "%s: unknown key \"%s.%s\"", where, sname, kname);
+                goto out;
+            }
+            char tmp[64];
+            const char *v = NULL;
+            switch (config_setting_type(s)) {
+            case CONFIG_TYPE_STRING: v = config_setting_get_string(s); break;
+            case CONFIG_TYPE_INT:
+                snprintf(tmp, sizeof(tmp), "%d", config_setting_get_int(s));
+                v = tmp;
+                break;
+            case CONFIG_TYPE_INT64:
+                snprintf(tmp, sizeof(tmp), "%lld", config_setting_get_int64(s));
+                v = tmp;
+                break;
+            case CONFIG_TYPE_BOOL: v = config_setting_get_bool(s) ? "true" : "false"; break;
+            default:
+                rc = err_set(err, ERR_INVALID, "%s: %s.%s has an unsupported type", where, sname,
+                             kname);
+                goto out;
+            }
+            if ((k->type == CFG_STR) != (config_setting_type(s) == CONFIG_TYPE_STRING)) {
+                rc = err_set(err, ERR_INVALID, "%s: %s.%s must be %s", where, sname, kname,
+                             k->type == CFG_STR    ? "a string"
+                             : k->type == CFG_BOOL ? "true or false"
+                                                   : "an integer");
+                goto out;
+            }
+            rc = set_value(cfg, k, v, where, err);
+            if (rc < 0)
+                goto out;
+        }
+    }
+out:
+    config_destroy(&lc);
+    return rc;
+}
+
+static void env_name(const CfgKey *k, char *out, size_t n)
+{
+    snprintf(out, n, "PINTLE_%s_%s", k->section, k->key);
+    for (char *p = out; *p; p++)
+        *p = (char)toupper((unsigned char)*p);
+}
+
+int cfg_load(Config *cfg, const char *path, Err *err)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NKEYS; i++) {
+        int rc = set_value(cfg, &keys[i], keys[i].def, "default", err);
+        ASSERT(rc == 0);
+    }
+    if (path == NULL) {
+        const char *envp = getenv("PINTLE_CONFIG");
+        if (envp != NULL && envp[0] != '\0')
+            path = envp;
+    }
+    if (path != NULL) {
+        int rc = load_file(cfg, path, err);
+        if (rc < 0)
+            return rc;
+    }
+    for (size_t i = 0; i < NKEYS; i++) {
+        char name[128];
+        env_name(&keys[i], name, sizeof(name));
+        const char *v = getenv(name);
+        if (v == NULL)
+            continue;
+        char where[160];
+        snprintf(where, sizeof(where), "environment %s", name);
+        int rc = set_value(cfg, &keys[i], v, where, err);
+        if (rc < 0)
+            return rc;
+    }
+    if (log_level_parse(cfg->log.level) < 0)
+        return err_set(err, ERR_INVALID, "log.level must be debug, info, warn or error, not \"%s\"",
+                       cfg->log.level);
+    for (const char *p = cfg->db.schema; *p; p++)
+        if (!(islower((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '_'))
+            return err_set(err, ERR_INVALID,
+                           "db.schema \"%s\" may only contain lower-case letters, digits and _",
+                           cfg->db.schema);
+    if (cfg->gateway.max_inflight_batches > cfg->db.pool_size)
+        cfg->gateway.max_inflight_batches = cfg->db.pool_size;
+    return 0;
+}
+
+void cfg_deinit(Config *cfg)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (keys[i].type == CFG_STR) {
+            char **p = field(cfg, &keys[i]);
+            free(*p);
+            *p = NULL;
+        }
+}
+
+void cfg_format(const Config *cfg, Buf *out)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const CfgKey *k = &keys[i];
+        const void *f = (const char *)cfg + k->offset;
+        buf_printf(out, "%s.%s=", k->section, k->key);
+        if (k->type == CFG_INT) {
+            buf_printf(out, "%d\n", *(const int *)f);
+        } else if (k->type == CFG_BOOL) {
+            buf_printf(out, "%s\n", *(const bool *)f ? "true" : "false");
+        } else {
+            const char *s = *(char *const *)f;
+            char masked[1024];
+            if (k->secret && strcmp(k->key, "dsn") == 0) {
+                log_mask_dsn(masked, sizeof(masked), s);
+                s = masked;
+            } else if (k->secret && s[0] != '\0') {
+                s = "***";
+            }
+            buf_printf(out, "\"%s\"\n", s);
+        }
+    }
+}
+
+void cfg_format_doc(Buf *out)
+{
+    buf_puts(out, "# pintle.conf: configuration shared by every pintle executable (libconfig).\n"
+                  "# Every key is shown at its default. Each key can be overridden by the\n"
+                  "# environment variable PINTLE_<SECTION>_<KEY>, e.g. PINTLE_DB_DSN.\n"
+                  "# Generated by `pintlectl config-doc`; tests check it is up to date.\n");
+    const char *section = NULL;
+    for (size_t i = 0; i < NKEYS; i++) {
+        const CfgKey *k = &keys[i];
+        if (section == NULL || strcmp(section, k->section) != 0) {
+            if (section != NULL)
+                buf_puts(out, "};\n");
+            buf_printf(out, "\n%s = {\n", k->section);
+            section = k->section;
+        }
+        buf_printf(out, "  # %s", k->doc);
+        if (k->type == CFG_INT)
+            buf_printf(out, " (%ld..%ld)\n  %s = %s;\n", k->min, k->max, k->key, k->def);
+        else if (k->type == CFG_BOOL)
+            buf_printf(out, "\n  %s = %s;\n", k->key, k->def);
+        else
+            buf_printf(out, "\n  %s = \"%s\";\n", k->key, k->def);
+    }
+    if (section != NULL)
+        buf_puts(out, "};\n");
+}

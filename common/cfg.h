@@ -1,0 +1,112 @@
+/* Process configuration: one libconfig file (pintle.conf) shared by every
+ * executable, each key overridable by PINTLE_<SECTION>_<KEY>.
+ * All keys are declared once in the table in cfg.c (name, type, default,
+ * range, documentation); loading, env overrides, validation, the startup
+ * summary, --check-config and the documented example file all come from it.
+ * The whole system's keys live here (not per executable) so that any binary
+ * can validate the one shared file and unknown keys are still errors. */
+#ifndef COMMON_CFG_H
+#define COMMON_CFG_H
+
+#include <stdbool.h>
+
+#include "common/buf.h"
+#include "common/err.h"
+
+typedef struct LogConfig {
+    char *level;
+} LogConfig;
+
+typedef struct DbConfig {
+    char *dsn;
+    char *schema;
+    int pool_size;
+    int connect_timeout_ms;
+    int reconnect_max_ms;
+} DbConfig;
+
+typedef struct QueueConfig {
+    int partitions;
+    int dataset_max_rows;
+    int dataset_max_age_s;
+    int maintenance_interval_ms;
+} QueueConfig;
+
+typedef struct HintsConfig {
+    bool enabled;
+    char *gw;
+    char *rt;
+    char *batch_rt;
+} HintsConfig;
+
+typedef struct WorkspaceConfigCfg {
+    char *path;
+    int poll_interval_ms;
+    char *control_plane_url;
+    char *control_plane_token;
+} WorkspaceConfigCfg;
+
+typedef struct GatewayConfig {
+    char *listen_address;
+    int port;
+    int workers;
+    int max_body_bytes;
+    int batch_max_events;
+    int batch_max_wait_ms;
+    int max_inflight_batches;
+    int max_backlog_events;
+    int rate_limit_events_per_s;
+    int rate_limit_burst;
+    int shutdown_timeout_ms;
+    int db_retry_ms;
+} GatewayConfig;
+
+typedef struct ProcessorConfig {
+    char *listen_address;
+    int admin_port;
+    char *transformer_url;
+    int claim_batch;
+    int transform_chunk;
+    int max_inflight;
+    int transformer_timeout_ms;
+    int retry_max_backoff_ms;
+    int poll_interval_ms;
+} ProcessorConfig;
+
+typedef struct RouterConfig {
+    char *listen_address;
+    int admin_port;
+    int claim_batch;
+    int max_concurrency_per_destination;
+    int timeout_ms;
+    int retry_initial_s;
+    int retry_max_s;
+    int max_attempts;
+    int max_retry_minutes;
+    int poll_interval_ms;
+    int max_pending_jobs;
+} RouterConfig;
+
+typedef struct Config {
+    LogConfig log;
+    DbConfig db;
+    QueueConfig queue;
+    HintsConfig hints;
+    WorkspaceConfigCfg workspace;
+    GatewayConfig gateway;
+    ProcessorConfig processor;
+    RouterConfig router;
+} Config;
+
+/* Loads defaults, then the file at path (NULL: $PINTLE_CONFIG if set, else no
+ * file), then PINTLE_* environment overrides, then validates. On failure the
+ * error names the file and line or the environment variable. cfg must be
+ * released with cfg_deinit even on failure. */
+MUST_CHECK int cfg_load(Config *cfg, const char *path, Err *err);
+void cfg_deinit(Config *cfg);
+/* Appends the effective configuration as "section.key=value" lines (secrets masked). */
+void cfg_format(const Config *cfg, Buf *out);
+/* Appends a fully documented pintle.conf with every key at its default. */
+void cfg_format_doc(Buf *out);
+
+#endif

@@ -1,0 +1,68 @@
+/* The jobs queue (DESIGN §3): SQL and encoding shared by the stages.
+ * Owns nothing at run time: it formats the statements and COPY rows that a
+ * stage sends over its own db connections. Queues are gw, rt and batch_rt;
+ * each is a parent table whose datasets (child tables) rotate and are dropped
+ * by maintain_queue() (sql/001_jobs.sql).
+ *
+ * Writers: lock the partitions they append to (ascending, transaction-level
+ * advisory locks) and COPY into the newest dataset, all in one transaction.
+ * Readers: keep a cursor per (stage, partition) and advance it, compare-and-
+ * set, in the same transaction that writes their outputs. */
+#ifndef COMMON_JOBQ_H
+#define COMMON_JOBQ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+
+typedef enum JobQueueId { JOBQ_GW = 1, JOBQ_RT = 2, JOBQ_BATCH_RT = 3 } JobQueueId;
+
+const char *jobq_name(JobQueueId q);
+
+/* partition = FNV-1a(workspace_id NUL user_key) mod partitions. */
+int jobq_partition(const char *workspace_id, const char *user_key, int partitions);
+
+typedef struct JobRow {
+    int partition;
+    const char *workspace_id;
+    const char *source_id;
+    const char *destination_id; /* "" for gw */
+    const char *user_id;
+    const char *payload;
+    size_t payload_len;
+} JobRow;
+
+/* Appends one COPY text-format line for r (columns as in jobq_format_write). */
+void jobq_copy_row(Buf *copy, const JobRow *r);
+
+/* Sorts and de-duplicates parts in place; returns the new count. */
+int jobq_sort_partitions(int *parts, int n);
+
+/* Appends to sql the statements that lock the (sorted, unique) partitions of
+ * queue q and start COPY into table. Preceded by BEGIN when begin is true. */
+void jobq_format_write(Buf *sql, JobQueueId q, const char *table, const int *parts, int nparts,
+                       bool begin);
+
+/* SQL returning the newest dataset table of queue $1. */
+extern const char JOBQ_SQL_NEWEST_DATASET[];
+
+/* Appends a claim statement: rows of queue q with job_id beyond the cursor of
+ * each listed partition, at most per_partition rows each, ordered by job_id.
+ * Result columns: job_id, partition, workspace_id, source_id,
+ * destination_id, user_id, created_at (epoch ms), payload. */
+void jobq_format_claim(Buf *sql, JobQueueId q, const int *parts, const int64_t *cursors, int n,
+                       int per_partition);
+
+/* Appends an UPDATE that advances stage's cursors from old[i] to new[i] for
+ * each listed partition and returns one row per partition it moved; a result
+ * with fewer rows than n means another consumer moved a cursor first, and
+ * the transaction must be rolled back. */
+void jobq_format_advance(Buf *sql, const char *stage, const int *parts, const int64_t *old_ids,
+                         const int64_t *new_ids, int n);
+
+/* Appends an int array literal '{1,2,3}'. */
+void jobq_format_int_array(Buf *sql, const int *v, int n);
+
+#endif

@@ -1,0 +1,37 @@
+/* A Prometheus metrics registry rendered in the text exposition format.
+ * Owns every family and series; callers keep the returned series pointers
+ * (valid until metrics_destroy) and update them on the hot path without
+ * lookups. Labels are preformatted (`source_id="s1"`), never per user. */
+#ifndef COMMON_METRICS_H
+#define COMMON_METRICS_H
+
+#include "common/buf.h"
+
+typedef enum MetricType { METRIC_COUNTER, METRIC_GAUGE, METRIC_HISTOGRAM } MetricType;
+
+typedef struct Metrics Metrics;
+
+#define METRICS_NBUCKETS 14
+
+typedef struct MetricSeries {
+    double value;                           /* counter or gauge */
+    unsigned long long buckets[METRICS_NBUCKETS]; /* histogram: cumulative at render */
+    unsigned long long count;
+    double sum;
+} MetricSeries;
+
+Metrics *metrics_create(void);
+void metrics_destroy(Metrics *m);
+/* Finds or creates the series of family name with the given labels ("" for
+ * none). The first call for a family fixes its help and type. Borrowed. */
+MetricSeries *metrics_series(Metrics *m, const char *name, const char *help, MetricType type,
+                             const char *labels);
+void metrics_inc(MetricSeries *s, double by);
+void metrics_set(MetricSeries *s, double v);
+/* Records one observation in seconds. */
+void metrics_observe(MetricSeries *s, double seconds);
+/* Called before each render, to refresh gauges. */
+void metrics_set_collect(Metrics *m, void (*cb)(void *arg, Metrics *m), void *arg);
+void metrics_render(Metrics *m, Buf *out);
+
+#endif

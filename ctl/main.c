@@ -1,0 +1,132 @@
+/* pintlectl: the operator command line.
+ *   migrate          apply pending schema migrations (the explicit migrate step)
+ *   status           queue depths per stage, datasets and dead letters
+ *   dead-letters     list dead-lettered jobs
+ *   config-doc       print a documented pintle.conf with every default
+ *   check-config     validate the configuration and print it
+ * Blocking libpq is fine here: this is a short-lived command, not a loop. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cfg.h"
+#include "common/db.h"
+#include "common/log.h"
+#include "common/migrate.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: pintlectl [-c pintle.conf] COMMAND\n"
+               "commands:\n"
+               "  migrate        apply pending schema migrations\n"
+               "  status         queue depths, datasets and dead letters\n"
+               "  dead-letters   list dead-lettered jobs (newest 100)\n"
+               "  config-doc     print a documented pintle.conf with every default\n"
+               "  check-config   validate the configuration and print it\n");
+}
+
+static int print_query(PGconn *pg, const char *sql)
+{
+    PGresult *r = PQexec(pg, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "pintlectl: query failed: %s", PQresultErrorMessage(r));
+        PQclear(r);
+        return 1;
+    }
+    int nf = PQnfields(r);
+    for (int j = 0; j < nf; j++)
+        printf("%s%s", j ? "\t" : "", PQfname(r, j));
+    printf("\n");
+    for (int i = 0; i < PQntuples(r); i++) {
+        for (int j = 0; j < nf; j++)
+            printf("%s%s", j ? "\t" : "", PQgetvalue(r, i, j));
+        printf("\n");
+    }
+    PQclear(r);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    int o;
+    while ((o = getopt(argc, argv, "+c:h")) != -1) {
+        switch (o) {
+        case 'c': path = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[optind];
+    log_init("pintlectl", LOG_INFO);
+    if (strcmp(cmd, "config-doc") == 0) {
+        Buf b;
+        buf_init(&b);
+        cfg_format_doc(&b);
+        fputs(b.data, stdout);
+        buf_deinit(&b);
+        return 0;
+    }
+    Config cfg;
+    Err err;
+    if (cfg_load(&cfg, path, &err) < 0) {
+        fprintf(stderr, "pintlectl: %s\n", err.msg);
+        cfg_deinit(&cfg);
+        return 2;
+    }
+    int rc = 0;
+    if (strcmp(cmd, "check-config") == 0) {
+        Buf b;
+        buf_init(&b);
+        cfg_format(&cfg, &b);
+        fputs(b.data, stdout);
+        buf_deinit(&b);
+        cfg_deinit(&cfg);
+        return 0;
+    }
+    PGconn *pg = db_connect_blocking(&cfg.db, "pintlectl", &err);
+    if (pg == NULL) {
+        fprintf(stderr, "pintlectl: %s", err.msg);
+        cfg_deinit(&cfg);
+        return 1;
+    }
+    if (strcmp(cmd, "migrate") == 0) {
+        int n = migrate_run(pg, cfg.db.schema, cfg.queue.partitions, &err);
+        if (n < 0) {
+            fprintf(stderr, "pintlectl: %s", err.msg);
+            rc = 1;
+        } else {
+            int v = migrate_current_version(pg, cfg.db.schema, &err);
+            log_info("migrated", "schema=%s applied=%d version=%d", cfg.db.schema, n, v);
+        }
+    } else if (strcmp(cmd, "status") == 0) {
+        rc = print_query(pg, "SELECT stage, queue, sum(pending) AS pending FROM ("
+                                 "SELECT c.stage, c.queue, (SELECT count(*) FROM gw_jobs j"
+                                 " WHERE c.queue = 'gw' AND j.partition = c.partition"
+                                 " AND j.job_id > c.last_job_id) + (SELECT count(*) FROM rt_jobs j"
+                                 " WHERE c.queue = 'rt' AND j.partition = c.partition"
+                                 " AND j.job_id > c.last_job_id) + (SELECT count(*) FROM batch_rt_jobs j"
+                             " WHERE c.queue = 'batch_rt' AND j.partition = c.partition"
+                             " AND j.job_id > c.last_job_id) AS pending FROM cursors c) x"
+                                 " GROUP BY stage, queue ORDER BY stage") ||
+                 print_query(pg, "SELECT queue, idx, table_name, created_at FROM datasets"
+                                 " ORDER BY queue, idx") ||
+                 print_query(pg, "SELECT stage, destination_id, count(*) AS dead_letters"
+                                 " FROM dead_letters WHERE replayed_at IS NULL"
+                                 " GROUP BY 1, 2 ORDER BY 1, 2");
+    } else if (strcmp(cmd, "dead-letters") == 0) {
+        rc = print_query(pg, "SELECT id, stage, destination_id, user_id, status_code, reason,"
+                             " created_at FROM dead_letters ORDER BY id DESC LIMIT 100");
+    } else {
+        usage(stderr);
+        rc = 2;
+    }
+    PQfinish(pg);
+    cfg_deinit(&cfg);
+    return rc;
+}

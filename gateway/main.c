@@ -1,0 +1,283 @@
+/* pintle gateway: HTTP ingestion into the gw queue.
+ *
+ * main() loads the config, optionally forks gateway.workers processes that
+ * share the port (SO_REUSEPORT, each with its own loop and db pool), and in
+ * each runs: workspace watcher -> HTTP server -> writer (group commit over
+ * async libpq). Nothing blocks the loop. SIGTERM/SIGINT: stop accepting,
+ * flush pending batches, answer every in-flight request, exit 0. */
+#include <errno.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/cfg.h"
+#include "common/db.h"
+#include "common/hint.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/wsconfig.h"
+#include "common/xalloc.h"
+#include "gateway/server.h"
+#include "gateway/writer.h"
+
+typedef struct App {
+    Config cfg;
+    struct event_base *base;
+    DbPool *pool;
+    HintPub *hints;
+    Metrics *metrics;
+    WsWatcher *ws;
+    Writer *writer;
+    Server *server;
+    struct event *sig_term, *sig_int, *deadline;
+    bool stopping;
+    int exit_code;
+} App;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: gateway [-c pintle.conf] [--check-config]\n"
+               "  -c, --config PATH   configuration file (default: $PINTLE_CONFIG or none)\n"
+               "      --check-config  validate the configuration, print it and exit\n");
+}
+
+static void on_writer_idle(void *arg)
+{
+    App *app = arg;
+    log_info("drained", "backlog=%d", writer_backlog(app->writer));
+    /* Replies were queued on their connections; one short pass lets them flush. */
+    struct timeval tv = {0, 200 * 1000};
+    event_base_loopexit(app->base, &tv);
+}
+
+static void on_server_drained(void *arg)
+{
+    App *app = arg;
+    writer_drain(app->writer, on_writer_idle, app);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    App *app = arg;
+    log_warn("shutdown_timeout", "backlog=%d", writer_backlog(app->writer));
+    writer_abort(app->writer);
+    struct timeval tv = {0, 200 * 1000};
+    event_base_loopexit(app->base, &tv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    App *app = arg;
+    if (app->stopping) {
+        log_warn("shutdown_forced", "signal=%d", (int)sig);
+        event_base_loopbreak(app->base);
+        return;
+    }
+    app->stopping = true;
+    log_info("draining", "signal=%d backlog=%d", (int)sig, writer_backlog(app->writer));
+    int ms = app->cfg.gateway.shutdown_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    app->deadline = evtimer_new(app->base, on_deadline, app);
+    evtimer_add(app->deadline, &tv);
+    server_drain(app->server, on_server_drained, app);
+}
+
+static void collect(void *arg, Metrics *m)
+{
+    App *app = arg;
+    metrics_set(metrics_series(m, "pintle_gateway_backlog_events",
+                               "Events accepted and not yet committed", METRIC_GAUGE, ""),
+                writer_backlog(app->writer));
+    metrics_set(metrics_series(m, "pintle_db_connections", "Connected database connections",
+                               METRIC_GAUGE, ""),
+                db_pool_connected(app->pool));
+}
+
+static int run(App *app)
+{
+    Err err;
+    app->base = event_base_new();
+    if (app->base == NULL) {
+        log_error("startup_failed", "error=\"could not create event loop\"");
+        return 1;
+    }
+    app->metrics = metrics_create();
+    metrics_set_collect(app->metrics, collect, app);
+    app->ws = ws_watcher_create(app->base, app->cfg.workspace.path,
+                                app->cfg.workspace.poll_interval_ms, NULL, NULL, &err);
+    if (app->ws == NULL) {
+        char q[1100];
+        log_error("startup_failed", "error=%s", log_quote(q, sizeof q, err.msg));
+        return 1;
+    }
+    if (app->cfg.hints.enabled) {
+        app->hints = hint_pub_open(app->cfg.hints.gw, &err);
+        if (app->hints == NULL) {
+            char q[1100];
+            log_error("startup_failed", "error=%s", log_quote(q, sizeof q, err.msg));
+            return 1;
+        }
+    }
+    app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-gateway", app->cfg.db.pool_size);
+    app->writer = writer_create(app->base, &app->cfg, app->pool, app->hints, app->metrics);
+    app->server =
+        server_create(app->base, &app->cfg, app->writer, app->ws, app->metrics, &err);
+    if (app->server == NULL) {
+        char q[1100];
+        log_error("startup_failed", "error=%s", log_quote(q, sizeof q, err.msg));
+        return 1;
+    }
+    app->sig_term = evsignal_new(app->base, SIGTERM, on_signal, app);
+    app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
+    event_add(app->sig_term, NULL);
+    event_add(app->sig_int, NULL);
+    const Workspace *ws = ws_watcher_get(app->ws);
+    log_info("ready", "port=%d sources=%d partitions=%d", server_port(app->server), ws->nsources,
+             app->cfg.queue.partitions);
+    event_base_dispatch(app->base);
+    return 0;
+}
+
+static void teardown(App *app)
+{
+    server_destroy(app->server);
+    writer_destroy(app->writer);
+    db_pool_destroy(app->pool);
+    ws_watcher_destroy(app->ws);
+    hint_pub_close(app->hints);
+    metrics_destroy(app->metrics);
+    if (app->sig_term)
+        event_free(app->sig_term);
+    if (app->sig_int)
+        event_free(app->sig_int);
+    if (app->deadline)
+        event_free(app->deadline);
+    if (app->base)
+        event_base_free(app->base);
+}
+
+/* Supervises gateway.workers children: forwards SIGTERM/SIGINT, restarts a
+ * child that dies on its own, exits once all have exited after a signal. */
+static int supervise(int workers)
+{
+    pid_t *pids = xcalloc((size_t)workers, sizeof(pid_t));
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, &old);
+    int rc = 0;
+    bool stopping = false;
+    int alive = 0;
+    for (;;) {
+        for (int i = 0; i < workers && !stopping; i++) {
+            if (pids[i] != 0)
+                continue;
+            pid_t pid = fork();
+            if (pid == 0) {
+                sigprocmask(SIG_SETMASK, &old, NULL);
+                free(pids);
+                return -1; /* child: run the gateway */
+            }
+            if (pid < 0) {
+                log_error("worker_fork_failed", "error=\"%s\"", strerror(errno));
+                continue;
+            }
+            pids[i] = pid;
+            alive++;
+            log_info("worker_started", "worker=%d child_pid=%d", i, (int)pid);
+        }
+        if (stopping && alive == 0)
+            break;
+        int sig = 0;
+        sigwait(&set, &sig);
+        if (sig == SIGTERM || sig == SIGINT) {
+            stopping = true;
+            for (int i = 0; i < workers; i++)
+                if (pids[i] > 0)
+                    kill(pids[i], SIGTERM);
+        }
+        int status;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            for (int i = 0; i < workers; i++)
+                if (pids[i] == pid) {
+                    pids[i] = 0;
+                    alive--;
+                    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+                    if (code != 0)
+                        rc = code;
+                    if (!stopping)
+                        log_warn("worker_died", "worker=%d child_pid=%d code=%d", i, (int)pid,
+                                 code);
+                }
+        }
+    }
+    free(pids);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool check = false;
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check-config", no_argument, NULL, 'C'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': path = optarg; break;
+        case 'C': check = true; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    App app;
+    memset(&app, 0, sizeof app);
+    Err err;
+    log_init("gateway", LOG_INFO);
+    if (cfg_load(&app.cfg, path, &err) < 0) {
+        char q[1100];
+        log_error("config_invalid", "error=%s", log_quote(q, sizeof q, err.msg));
+        cfg_deinit(&app.cfg);
+        return 2;
+    }
+    log_init("gateway", (LogLevel)log_level_parse(app.cfg.log.level));
+    if (check) {
+        Buf b;
+        buf_init(&b);
+        cfg_format(&app.cfg, &b);
+        fputs(b.data, stdout);
+        buf_deinit(&b);
+        cfg_deinit(&app.cfg);
+        return 0;
+    }
+    char dsn[1024];
+    log_mask_dsn(dsn, sizeof dsn, app.cfg.db.dsn);
+    log_info("starting", "port=%d workers=%d dsn=\"%s\" workspace=%s pool_size=%d",
+             app.cfg.gateway.port, app.cfg.gateway.workers, dsn, app.cfg.workspace.path,
+             app.cfg.db.pool_size);
+    if (app.cfg.gateway.workers > 1) {
+        int rc = supervise(app.cfg.gateway.workers);
+        if (rc >= 0) {
+            log_info("stopped", "code=%d", rc);
+            cfg_deinit(&app.cfg);
+            return rc;
+        }
+        log_init("gateway", (LogLevel)log_level_parse(app.cfg.log.level));
+    }
+    int rc = run(&app);
+    teardown(&app);
+    cfg_deinit(&app.cfg);
+    log_info("stopped", "code=%d", rc);
+    return rc;
+}
