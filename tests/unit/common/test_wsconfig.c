@@ -1,0 +1,100 @@
+/* Tests common/wsconfig.c: RudderStack workspace exports, case-insensitive
+ * keys, disabled and deleted sources, unknown write keys, message types. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/wsconfig.h"
+
+static const char ws_json[] =
+    "{\"workspaceId\":\"ws1\",\"sources\":["
+    " {\"ID\":\"s1\",\"WRITEKEY\":\"wk1\",\"Enabled\":true,\"destinations\":["
+    "   {\"id\":\"d1\",\"Name\":\"hook\",\"enabled\":true,\"IsProcessorEnabled\":true,"
+    "    \"config\":{\"webhookUrl\":\"http://x\"},"
+    "    \"DestinationDefinition\":{\"Name\":\"WEBHOOK\",\"displayName\":\"Webhook\","
+    "      \"Config\":{\"supportedMessageTypes\":[\"track\",\"identify\"]}}},"
+    "   {\"id\":\"d2\",\"enabled\":false,\"destinationDefinition\":{\"name\":\"S3\"}},"
+    "   {\"id\":\"d3\",\"deleted\":true,\"destinationDefinition\":{\"name\":\"AM\"}}]},"
+    " {\"id\":\"s2\",\"writeKey\":\"wk2\",\"enabled\":false,\"workspaceId\":\"ws2\"},"
+    " {\"id\":\"s3\",\"writeKey\":\"wk3\",\"deleted\":true}"
+    "]}";
+
+static void test_parse(void **state)
+{
+    Err err;
+    Workspace *ws = ws_parse(ws_json, strlen(ws_json), &err);
+    assert_non_null(ws);
+    assert_int_equal(ws->nsources, 2);
+    const WsSource *s1 = ws_source_by_write_key(ws, "wk1");
+    assert_non_null(s1);
+    assert_string_equal(s1->id, "s1");
+    assert_true(s1->enabled);
+    assert_string_equal(s1->workspace_id, "ws1");
+    assert_int_equal(s1->ndests, 2); /* deleted d3 is absent */
+    const WsDestination *d1 = ws_destination(s1, "d1");
+    assert_non_null(d1);
+    assert_string_equal(d1->def_name, "WEBHOOK");
+    assert_string_equal(d1->def_display_name, "Webhook");
+    assert_string_equal(d1->name, "hook");
+    assert_true(d1->processor_enabled);
+    assert_false(d1->batch);
+    assert_true(ws_dest_supports(d1, "track"));
+    assert_true(ws_dest_supports(d1, "IDENTIFY"));
+    assert_false(ws_dest_supports(d1, "page"));
+    const WsDestination *d2 = ws_destination(s1, "d2");
+    assert_false(d2->enabled);
+    assert_true(d2->batch);
+    assert_true(ws_dest_supports(d2, "page")); /* no list: everything */
+
+    const WsSource *s2 = ws_source_by_write_key(ws, "wk2");
+    assert_non_null(s2);
+    assert_false(s2->enabled);
+    assert_string_equal(s2->workspace_id, "ws2");
+
+    assert_null(ws_source_by_write_key(ws, "wk3"));  /* deleted */
+    assert_null(ws_source_by_write_key(ws, "nope")); /* unknown */
+    assert_null(ws_source_by_write_key(ws, "WK1"));  /* write keys are case-sensitive */
+    assert_ptr_equal(ws_source_by_id(ws, "s1"), s1);
+    ws_destroy(ws);
+}
+
+static void test_errors(void **state)
+{
+    Err err;
+    assert_null(ws_parse("{", 1, &err));
+    assert_non_null(strstr(err.msg, "not valid JSON"));
+    assert_null(ws_parse("{}", 2, &err));
+    assert_non_null(strstr(err.msg, "no \"sources\""));
+    const char *nokey = "{\"sources\":[{\"id\":\"s\"}]}";
+    assert_null(ws_parse(nokey, strlen(nokey), &err));
+    assert_non_null(strstr(err.msg, "no id or no writeKey"));
+    const char *dup = "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\"},{\"id\":\"b\",\"writeKey\":\"k\"}]}";
+    assert_null(ws_parse(dup, strlen(dup), &err));
+    assert_non_null(strstr(err.msg, "used by another source"));
+    const char *nodef = "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\",\"destinations\":[{\"id\":\"d\"}]}]}";
+    assert_null(ws_parse(nodef, strlen(nodef), &err));
+    assert_non_null(strstr(err.msg, "destinationDefinition.name"));
+}
+
+static void test_default_workspace(void **state)
+{
+    Err err;
+    const char *j = "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\"}]}";
+    Workspace *ws = ws_parse(j, strlen(j), &err);
+    assert_non_null(ws);
+    assert_string_equal(ws_source_by_write_key(ws, "k")->workspace_id, "default");
+    ws_destroy(ws);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_default_workspace),
+    };
+    return cmocka_run_group_tests_name("wsconfig", tests, NULL, NULL);
+}
