@@ -106,7 +106,7 @@ integration: all $(INTEG_BINS)
 	@tests/integration/run.sh $(INTEG_BINS)
 
 e2e: all
-	@cd tests/e2e && node --test --test-concurrency=1 --test-reporter=spec *.test.js
+	@cd tests/e2e && node --test --test-concurrency=1 --test-timeout=600000 *.test.js
 
 check: unit integration e2e
 

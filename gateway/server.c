@@ -380,9 +380,10 @@ static void handle_ingest(Server *s, struct evhttp_request *req, const Route *r,
     p->req = req;
     p->pixel = r->how == ROUTE_PIXEL;
     gettimeofday(&p->start, NULL);
-    if (!writer_submit(s->writer, &s->scratch, on_stored, p)) {
+    const char *why = NULL;
+    if (writer_submit(s->writer, &s->scratch, on_stored, p, &why) < 0) {
         free(p);
-        reply_text(s, req, 503, s->draining ? "shutting down" : "server busy");
+        reply_text(s, req, 503, why);
         return;
     }
     s->open_requests++;

@@ -43,6 +43,7 @@ struct Writer {
     int backlog_events;
     struct event *wait_ev;
     bool wait_armed;
+    struct event *stall_ev; /* fails pending requests that cannot be written in time */
     char *table; /* newest gw dataset; NULL until looked up */
     struct timeval table_at;
     bool draining;
@@ -113,6 +114,16 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     Batch *b = arg;
     Writer *w = b->w;
     DbConn *c = db_pool_acquire(w->pool);
+    if (c == NULL && elapsed_s(&b->first_try) * 1000.0 >= w->cfg->gateway.db_retry_ms) {
+        log_warn("batch_failed", "events=%d requests=%d error=\"no database connection\"",
+                 b->nevents, b->nwaiters);
+        metrics_inc(w->m_failures, 1);
+        finish_waiters(b, 503, "database unavailable");
+        release_batch(w, b);
+        try_flush(w);
+        check_idle(w);
+        return;
+    }
     if (c == NULL) {
         struct timeval tv = {0, 100 * 1000};
         evtimer_add(b->retry_ev, &tv);
@@ -227,7 +238,6 @@ static void flush_one(Writer *w, DbConn *c)
     *b = w->pending;
     batch_init(&w->pending, w);
     b->nparts = jobq_sort_partitions(b->parts, b->nparts);
-    gettimeofday(&b->first_try, NULL);
     w->inflight[slot] = b;
     w->ninflight++;
     start_write(w, b, c);
@@ -276,6 +286,23 @@ static void on_idle(void *arg)
     try_flush(arg);
 }
 
+/* Requests must not wait without bound for a connection: pending events
+ * older than db_retry_ms are answered 503 (nothing was written for them). */
+static void on_stall_check(evutil_socket_t fd, short what, void *arg)
+{
+    Writer *w = arg;
+    Batch *b = &w->pending;
+    if (b->nevents == 0 || elapsed_s(&b->first_try) * 1000.0 < w->cfg->gateway.db_retry_ms)
+        return;
+    log_warn("pending_expired", "events=%d requests=%d connected=%d", b->nevents, b->nwaiters,
+             db_pool_connected(w->pool));
+    finish_waiters(b, 503, "database unavailable");
+    w->backlog_events -= b->nevents;
+    batch_deinit(b);
+    batch_init(b, w);
+    check_idle(w);
+}
+
 Writer *writer_create(struct event_base *base, const Config *cfg, DbPool *pool, HintPub *hints,
                       Metrics *m)
 {
@@ -288,6 +315,9 @@ Writer *writer_create(struct event_base *base, const Config *cfg, DbPool *pool, 
     w->inflight = xcalloc((size_t)w->max_inflight, sizeof(Batch *));
     batch_init(&w->pending, w);
     w->wait_ev = evtimer_new(base, on_wait, w);
+    w->stall_ev = event_new(base, -1, EV_PERSIST, on_stall_check, w);
+    struct timeval every = {0, 100 * 1000};
+    event_add(w->stall_ev, &every);
     db_pool_set_idle_cb(pool, on_idle, w);
     w->m_commits = metrics_series(m, "pintle_gateway_batches_committed_total",
                                   "Group-commit transactions committed", METRIC_COUNTER, "");
@@ -316,16 +346,29 @@ void writer_destroy(Writer *w)
             release_batch(w, w->inflight[i]);
     batch_deinit(&w->pending);
     event_free(w->wait_ev);
+    event_free(w->stall_ev);
     free(w->inflight);
     free(w->table);
     free(w);
 }
 
-bool writer_submit(Writer *w, IngestOut *in, WriterDoneCb done, void *arg)
+int writer_submit(Writer *w, IngestOut *in, WriterDoneCb done, void *arg, const char **why)
 {
-    if (w->draining || w->backlog_events + in->nevents > w->cfg->gateway.max_backlog_events)
-        return false;
+    if (w->draining) {
+        *why = "shutting down";
+        return -1;
+    }
+    if (db_pool_connected(w->pool) == 0) {
+        *why = "database unavailable";
+        return -1;
+    }
+    if (w->backlog_events + in->nevents > w->cfg->gateway.max_backlog_events) {
+        *why = "server busy";
+        return -1;
+    }
     Batch *b = &w->pending;
+    if (b->nevents == 0)
+        gettimeofday(&b->first_try, NULL);
     buf_append(&b->rows, in->rows.data, in->rows.len);
     if (b->nparts + in->nevents > b->capparts) {
         b->capparts = (b->nparts + in->nevents) * 2;
@@ -341,7 +384,7 @@ bool writer_submit(Writer *w, IngestOut *in, WriterDoneCb done, void *arg)
     b->nevents += in->nevents;
     w->backlog_events += in->nevents;
     try_flush(w);
-    return true;
+    return 0;
 }
 
 int writer_backlog(const Writer *w)

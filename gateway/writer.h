@@ -31,10 +31,12 @@ typedef void (*WriterDoneCb)(void *arg, int status, const char *msg);
 Writer *writer_create(struct event_base *base, const Config *cfg, DbPool *pool, HintPub *hints,
                       Metrics *metrics);
 void writer_destroy(Writer *w);
-/* Appends the request's rows (moved out of in) to the pending batch; done
- * runs later. Returns false (and does not take the rows) when the backlog is
- * full or the writer is stopped: the caller answers 503. */
-bool writer_submit(Writer *w, IngestOut *in, WriterDoneCb done, void *arg);
+/* Appends the request's rows (copied from in) to the pending batch; done
+ * runs later. Returns -1 with *why set (the 503 body) when the writer is
+ * draining, no database connection is up, or the backlog is full; then done
+ * never runs. */
+MUST_CHECK int writer_submit(Writer *w, IngestOut *in, WriterDoneCb done, void *arg,
+                             const char **why);
 /* Events accepted but not yet committed. */
 int writer_backlog(const Writer *w);
 /* Stops accepting; flushes what is pending. idle_cb runs once nothing is pending or in flight. */

@@ -25,8 +25,11 @@ for dir in tests/e2e transformer; do
     if [[ -f $dir/package-lock.json ]]; then
         stamp=$dir/node_modules/.pintle-lock
         if [[ ! -f $stamp ]] || ! cmp -s "$dir/package-lock.json" "$stamp"; then
-            echo "deps: npm ci in $dir"
-            (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+            echo "deps: npm install in $dir (from its package-lock.json)"
+            # `npm install` with a committed lock installs exactly the locked
+            # versions; `npm ci` is not used because npm 11 rejects locks that
+            # omit other platforms' optional packages (msgpackr-extract).
+            (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
             cp "$dir/package-lock.json" "$stamp"
         fi
     fi
