@@ -46,7 +46,7 @@ UNIT_BINS  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
 INTEG_SRC  := $(wildcard tests/integration/test_*.c)
 INTEG_BINS := $(INTEG_SRC:tests/integration/%.c=$(BUILD)/tests/integration/%)
 
-.PHONY: all deps run stop test unit integration e2e check asan fuzz fuzz-smoke bench clean format format-check
+.PHONY: all deps run stop test unit integration transformer-test e2e check asan fuzz fuzz-smoke bench clean format format-check
 .SECONDARY:
 
 all: $(BINS)
@@ -108,7 +108,10 @@ integration: all $(INTEG_BINS)
 e2e: all
 	@cd tests/e2e && node --test --test-concurrency=1 --test-timeout=600000 *.test.js
 
-check: unit integration e2e
+transformer-test:
+	@cd transformer && node --test test/
+
+check: unit integration transformer-test e2e
 
 # make test: what CI runs. Installs what is missing, builds, runs everything.
 test: deps

@@ -44,8 +44,8 @@ static const CfgKey keys[] = {
 
     I("queue", "partitions", queue.partitions, "64", 1, 4096,
       "partitions per queue; fixed at install (migrate) time"),
-    I("queue", "dataset_max_rows", queue.dataset_max_rows, "500000", 1000, 100000000,
-      "rotate a queue's newest dataset once it holds this many rows"),
+    I("queue", "dataset_max_mb", queue.dataset_max_mb, "256", 1, 1048576,
+      "rotate a queue's newest dataset once its table is this large (MiB)"),
     I("queue", "dataset_max_age_s", queue.dataset_max_age_s, "3600", 1, 604800,
       "rotate a queue's newest dataset once it is this old and not empty"),
     I("queue", "maintenance_interval_ms", queue.maintenance_interval_ms, "5000", 100, 3600000,

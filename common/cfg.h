@@ -27,7 +27,7 @@ typedef struct DbConfig {
 
 typedef struct QueueConfig {
     int partitions;
-    int dataset_max_rows;
+    int dataset_max_mb;
     int dataset_max_age_s;
     int maintenance_interval_ms;
 } QueueConfig;

@@ -19,6 +19,7 @@ struct DbConn {
     struct event *wr;
     struct event *timer; /* reconnect backoff and connect polling */
     int backoff_ms;
+    unsigned long generation; /* incremented on every successful connect */
     /* current operation */
     DbDoneCb cb;
     void *cb_arg;
@@ -306,6 +307,7 @@ static void connect_poll(DbConn *c, PostgresPollingStatusType st)
         c->wr = event_new(c->pool->base, fd, EV_WRITE, on_write, c);
         event_add(c->rd, NULL);
         c->state = CONN_IDLE;
+        c->generation++;
         if (c->backoff_ms > 0)
             log_info("db_connected", "conn=%d", c->index);
         c->backoff_ms = 0;
@@ -458,4 +460,9 @@ PGconn *db_connect_blocking(const DbConfig *cfg, const char *app, Err *err)
         return NULL;
     }
     return pg;
+}
+
+unsigned long db_conn_generation(const DbConn *c)
+{
+    return c->generation;
 }

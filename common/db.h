@@ -56,6 +56,10 @@ int db_pool_idle(const DbPool *pool);
 MUST_CHECK int db_exec(DbConn *conn, const char *sql, int nparams, const char *const *params,
                        const DbCopy *copies, int ncopies, DbDoneCb cb, void *arg);
 
+/* Changes whenever the connection was re-established: session state such as
+ * advisory locks held by the previous session is gone. */
+unsigned long db_conn_generation(const DbConn *conn);
+
 /* Blocking connect for command-line tools and tests (never on a service loop). */
 PGconn *db_connect_blocking(const DbConfig *cfg, const char *app, Err *err);
 

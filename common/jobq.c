@@ -95,7 +95,7 @@ void jobq_format_write(Buf *sql, JobQueueId q, const char *table, const int *par
 }
 
 void jobq_format_claim(Buf *sql, JobQueueId q, const int *parts, const int64_t *cursors, int n,
-                       int per_partition)
+                       const int *limits, int per_partition)
 {
     buf_puts(sql, "SELECT j.job_id, j.partition, j.workspace_id, j.source_id, j.destination_id,"
                   " j.user_id, (extract(epoch FROM j.created_at) * 1000)::bigint, j.payload"
@@ -103,17 +103,21 @@ void jobq_format_claim(Buf *sql, JobQueueId q, const int *parts, const int64_t *
     jobq_format_int_array(sql, parts, n);
     buf_puts(sql, "::int[], ");
     format_i64_array(sql, cursors, n);
+    buf_puts(sql, "::bigint[], ");
+    buf_puts(sql, "'{");
+    for (int i = 0; i < n; i++)
+        buf_printf(sql, i ? ",%d" : "%d", limits ? limits[i] : per_partition);
     buf_printf(sql,
-               "::bigint[]) AS c(p, last) CROSS JOIN LATERAL (SELECT * FROM %s_jobs j"
-               " WHERE j.partition = c.p AND j.job_id > c.last ORDER BY j.job_id LIMIT %d) j"
+               "}'::int[]) AS c(p, last, lim) CROSS JOIN LATERAL (SELECT * FROM %s_jobs j"
+               " WHERE j.partition = c.p AND j.job_id > c.last ORDER BY j.job_id LIMIT c.lim) j"
                " ORDER BY j.job_id",
-               jobq_name(q), per_partition);
+               jobq_name(q));
 }
 
 void jobq_format_advance(Buf *sql, const char *stage, const int *parts, const int64_t *old_ids,
                          const int64_t *new_ids, int n)
 {
-    buf_puts(sql, "UPDATE cursors c SET last_job_id = v.new_id FROM unnest(");
+    buf_puts(sql, "WITH moved AS (UPDATE cursors c SET last_job_id = v.new_id FROM unnest(");
     jobq_format_int_array(sql, parts, n);
     buf_puts(sql, "::int[], ");
     format_i64_array(sql, old_ids, n);
@@ -121,6 +125,7 @@ void jobq_format_advance(Buf *sql, const char *stage, const int *parts, const in
     format_i64_array(sql, new_ids, n);
     buf_printf(sql,
                "::bigint[]) AS v(p, old_id, new_id) WHERE c.stage = '%s' AND c.partition = v.p"
-               " AND c.last_job_id = v.old_id RETURNING c.partition",
-               stage);
+               " AND c.last_job_id = v.old_id RETURNING 1)"
+               " SELECT check_cursors((SELECT count(*) FROM moved)::int, %d)",
+               stage, n);
 }

@@ -49,16 +49,17 @@ void jobq_format_write(Buf *sql, JobQueueId q, const char *table, const int *par
 extern const char JOBQ_SQL_NEWEST_DATASET[];
 
 /* Appends a claim statement: rows of queue q with job_id beyond the cursor of
- * each listed partition, at most per_partition rows each, ordered by job_id.
+ * each listed partition, at most limits[i] (or per_partition when limits is
+ * NULL) rows each, ordered by job_id. Each partition's rows are a prefix of
+ * its unread rows, which is all a cursor consumer needs.
  * Result columns: job_id, partition, workspace_id, source_id,
  * destination_id, user_id, created_at (epoch ms), payload. */
 void jobq_format_claim(Buf *sql, JobQueueId q, const int *parts, const int64_t *cursors, int n,
-                       int per_partition);
+                       const int *limits, int per_partition);
 
-/* Appends an UPDATE that advances stage's cursors from old[i] to new[i] for
- * each listed partition and returns one row per partition it moved; a result
- * with fewer rows than n means another consumer moved a cursor first, and
- * the transaction must be rolled back. */
+/* Appends a statement that advances stage's cursors from old[i] to new[i]
+ * for each listed partition, compare-and-set, and raises an error (aborting
+ * the transaction) if any cursor was moved by another consumer first. */
 void jobq_format_advance(Buf *sql, const char *stage, const int *parts, const int64_t *old_ids,
                          const int64_t *new_ids, int n);
 

@@ -1,0 +1,259 @@
+#include "common/httpc.h"
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/xalloc.h"
+
+struct Httpc {
+    struct event_base *base;
+    CURLM *multi;
+    struct event *timer;
+    int inflight;
+    struct Transfer *transfers; /* every transfer in flight, for shutdown */
+};
+
+typedef struct Transfer {
+    Httpc *h;
+    struct Transfer *prev, *next;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    Buf resp;
+    HttpcDoneCb done;
+    void *arg;
+    char errbuf[CURL_ERROR_SIZE];
+} Transfer;
+
+typedef struct SockCtx {
+    struct event *ev;
+} SockCtx;
+
+static void unlink_transfer(Httpc *h, Transfer *t)
+{
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        h->transfers = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+}
+
+static void check_done(Httpc *h)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(h->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = msg->easy_handle;
+        CURLcode code = msg->data.result;
+        Transfer *t = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&t);
+        HttpcResponse r;
+        memset(&r, 0, sizeof r);
+        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &r.status);
+        curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME, &r.seconds);
+        r.curl_code = (int)code;
+        if (code != CURLE_OK) {
+            r.error = t->errbuf[0] ? t->errbuf : curl_easy_strerror(code);
+            r.status = 0;
+        }
+        if (t->resp.data == NULL)
+            buf_puts(&t->resp, "");
+        r.body = t->resp.data;
+        r.body_len = t->resp.len;
+        curl_multi_remove_handle(h->multi, easy);
+        h->inflight--;
+        unlink_transfer(h, t);
+        t->done(t->arg, &r);
+        curl_easy_cleanup(easy);
+        curl_slist_free_all(t->headers);
+        free(t->body);
+        buf_deinit(&t->resp);
+        free(t);
+    }
+}
+
+static void on_socket_event(evutil_socket_t fd, short what, void *arg)
+{
+    Httpc *h = arg;
+    int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int running;
+    curl_multi_socket_action(h->multi, fd, action, &running);
+    check_done(h);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    Httpc *h = arg;
+    int running;
+    curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(h);
+}
+
+static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    Httpc *h = userp;
+    SockCtx *ctx = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (ctx) {
+            event_free(ctx->ev);
+            free(ctx);
+            curl_multi_assign(h->multi, s, NULL);
+        }
+        return 0;
+    }
+    short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    if (ctx == NULL) {
+        ctx = xcalloc(1, sizeof(*ctx));
+        ctx->ev = event_new(h->base, s, kind, on_socket_event, h);
+        curl_multi_assign(h->multi, s, ctx);
+    } else {
+        /* re-arm in place, as curl's libevent example does: safe inside the callback */
+        event_del(ctx->ev);
+        event_assign(ctx->ev, h->base, s, kind, on_socket_event, h);
+    }
+    event_add(ctx->ev, NULL);
+    return 0;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    Httpc *h = userp;
+    if (timeout_ms < 0) {
+        evtimer_del(h->timer);
+        return 0;
+    }
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    evtimer_add(h->timer, &tv);
+    return 0;
+}
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    Transfer *t = userdata;
+    size_t n = size * nmemb;
+    /* responses are only logged or stored as error context: keep 1 MiB at most */
+    if (t->resp.len < (1u << 20))
+        buf_append(&t->resp, ptr, n);
+    return n;
+}
+
+Httpc *httpc_create(struct event_base *base, long max_host_connections)
+{
+    static int initialised;
+    if (!initialised) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        initialised = 1;
+    }
+    Httpc *h = xcalloc(1, sizeof(*h));
+    h->base = base;
+    h->multi = curl_multi_init();
+    h->timer = evtimer_new(base, on_timeout, h);
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+    if (max_host_connections > 0)
+        curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
+    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, 256L);
+    return h;
+}
+
+void httpc_destroy(Httpc *h)
+{
+    if (h == NULL)
+        return;
+    /* abandon transfers still in flight (shutdown): their callbacks do not run */
+    while (h->transfers != NULL) {
+        Transfer *t = h->transfers;
+        unlink_transfer(h, t);
+        curl_multi_remove_handle(h->multi, t->easy);
+        curl_easy_cleanup(t->easy);
+        curl_slist_free_all(t->headers);
+        free(t->body);
+        buf_deinit(&t->resp);
+        free(t);
+    }
+    curl_multi_cleanup(h->multi);
+    event_free(h->timer);
+    free(h);
+}
+
+int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg)
+{
+    CURL *easy = curl_easy_init();
+    if (easy == NULL)
+        return -1;
+    Transfer *t = xcalloc(1, sizeof(*t));
+    t->h = h;
+    t->easy = easy;
+    t->done = done;
+    t->arg = arg;
+    buf_init(&t->resp);
+    curl_easy_setopt(easy, CURLOPT_URL, req->url);
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, t->errbuf);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, req->timeout_ms < 10000 ? req->timeout_ms : 10000);
+    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    const char *m = req->method ? req->method : "POST";
+    if (req->body != NULL && strcmp(m, "GET") != 0) {
+        t->body = xmalloc(req->body_len + 1);
+        memcpy(t->body, req->body, req->body_len);
+        t->body[req->body_len] = '\0';
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, t->body);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+    }
+    if (strcmp(m, "GET") == 0)
+        curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+    else if (strcmp(m, "POST") != 0)
+        curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, m);
+    else if (req->body == NULL)
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, 0L), curl_easy_setopt(easy, CURLOPT_POST, 1L);
+    /* no "Expect: 100-continue" round trip for larger bodies */
+    t->headers = curl_slist_append(NULL, "Expect:");
+    for (const char *const *hd = req->headers; hd && *hd; hd++)
+        t->headers = curl_slist_append(t->headers, *hd);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
+    if (curl_multi_add_handle(h->multi, easy) != CURLM_OK) {
+        curl_easy_cleanup(easy);
+        curl_slist_free_all(t->headers);
+        free(t->body);
+        free(t);
+        return -1;
+    }
+    h->inflight++;
+    t->next = h->transfers;
+    if (h->transfers)
+        h->transfers->prev = t;
+    h->transfers = t;
+    return 0;
+}
+
+int httpc_inflight(const Httpc *h)
+{
+    return h->inflight;
+}
+
+void httpc_url_encode(Buf *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+            c == '_' || c == '.' || c == '~') {
+            buf_putc(out, (char)c);
+        } else {
+            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+            buf_append(out, e, 3);
+        }
+    }
+}

@@ -1,0 +1,48 @@
+/* Async HTTP client: libcurl's multi interface driven by the libevent loop.
+ * Owns the curl multi handle, one easy handle per request in flight, and
+ * the socket/timer events curl asks for. Does not own request data beyond
+ * the call (it copies URL, headers and body). Used by the processor (to
+ * call the transformer) and the router (to deliver). Connections are kept
+ * alive and reused across requests to the same host. */
+#ifndef COMMON_HTTPC_H
+#define COMMON_HTTPC_H
+
+#include <stddef.h>
+
+#include "common/buf.h"
+
+struct event_base;
+
+typedef struct Httpc Httpc;
+
+typedef struct HttpcResponse {
+    long status;         /* HTTP status, 0 when no response */
+    int curl_code;       /* CURLE_OK or the transport error */
+    const char *error;   /* transport error text, or NULL */
+    const char *body;    /* response body (NUL-terminated), borrowed until the callback returns */
+    size_t body_len;
+    double seconds;      /* total time */
+} HttpcResponse;
+
+typedef void (*HttpcDoneCb)(void *arg, const HttpcResponse *res);
+
+typedef struct HttpcRequest {
+    const char *method;  /* GET, POST, PUT, PATCH, DELETE */
+    const char *url;
+    const char *const *headers; /* "Name: value" strings, NULL-terminated; may be NULL */
+    const char *body;
+    size_t body_len;
+    long timeout_ms;
+} HttpcRequest;
+
+Httpc *httpc_create(struct event_base *base, long max_host_connections);
+void httpc_destroy(Httpc *h);
+/* Starts a request; done runs exactly once, later, on the loop (never
+ * synchronously). Returns 0, or -1 if the request could not be started. */
+int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg);
+int httpc_inflight(const Httpc *h);
+
+/* Appends s percent-encoded for a URL query component. */
+void httpc_url_encode(Buf *out, const char *s, size_t n);
+
+#endif

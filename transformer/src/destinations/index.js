@@ -1,0 +1,5 @@
+'use strict';
+// Destination transforms by lower-case destination type (destinationDefinition.name).
+module.exports = {
+  webhook: require('./webhook'),
+};

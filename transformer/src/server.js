@@ -1,0 +1,121 @@
+'use strict';
+// pintle's transformer: the rudder-transformer HTTP API for the destinations
+// in src/destinations. Stateless; scale with WORKERS (node cluster) or replicas.
+//   POST /v0/destinations/<type>   apiVersion: 2
+//   POST /v0/<type>                apiVersion: 1 (legacy data planes)
+//   GET  /health, GET /features
+// Environment: PORT (9090), HOST (127.0.0.1), WORKERS (1), LOG_LEVEL (info),
+// MAX_BODY_BYTES (64 MiB).
+const cluster = require('node:cluster');
+const http = require('node:http');
+const { transformBatch, supported } = require('./transform');
+
+const PORT = parseInt(process.env.PORT || '9090', 10);
+const HOST = process.env.HOST || '127.0.0.1';
+const WORKERS = Math.max(1, parseInt(process.env.WORKERS || '1', 10));
+const LEVELS = { debug: 0, info: 1, warn: 2, error: 3 };
+const LEVEL = LEVELS[process.env.LOG_LEVEL || 'info'] ?? 1;
+const MAX_BODY = parseInt(process.env.MAX_BODY_BYTES || String(64 << 20), 10);
+
+function log(level, event, fields = {}) {
+  if (LEVELS[level] < LEVEL) return;
+  const kv = Object.entries(fields).map(([k, v]) => `${k}=${typeof v === 'string' && /[\s"]/.test(v) ? JSON.stringify(v) : v}`);
+  process.stderr.write(`ts=${new Date().toISOString()} level=${level} svc=transformer pid=${process.pid} event=${event}${kv.length ? ' ' + kv.join(' ') : ''}\n`);
+}
+
+function send(res, status, body, headers = {}) {
+  const text = typeof body === 'string' ? body : JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': typeof body === 'string' ? 'text/plain' : 'application/json', 'Content-Length': Buffer.byteLength(text), ...headers });
+  res.end(text);
+}
+
+function handle(req, res) {
+  const url = new URL(req.url, 'http://x');
+  const path = url.pathname;
+  if (req.method === 'GET' && path === '/health') return send(res, 200, { service: 'UP', version: '0.1.0' });
+  if (req.method === 'GET' && path === '/features') {
+    return send(res, 200, {
+      routerTransform: {},
+      regulations: [],
+      supportSourceTransformV1: false,
+      supportTransformerProxyV1: false,
+      upgradedToSourceTransformV2: false,
+      destinations: supported().map((d) => d.toUpperCase()),
+    });
+  }
+  let m = /^\/v0\/destinations\/([A-Za-z0-9_-]+)$/.exec(path);
+  let apiVersion = '2';
+  if (!m) {
+    m = /^\/v0\/([A-Za-z0-9_-]+)$/.exec(path);
+    apiVersion = '1';
+  }
+  if (!m) return send(res, 404, 'not found');
+  if (req.method !== 'POST') return send(res, 405, 'method not allowed', { Allow: 'POST' });
+  const chunks = [];
+  let size = 0;
+  req.on('data', (c) => {
+    size += c.length;
+    if (size > MAX_BODY) {
+      send(res, 413, 'request body too large', { Connection: 'close' });
+      req.destroy();
+      return;
+    }
+    chunks.push(c);
+  });
+  req.on('end', () => {
+    if (res.headersSent) return;
+    let events;
+    try {
+      events = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch (e) {
+      return send(res, 400, 'request body is not valid JSON', { apiVersion });
+    }
+    if (!Array.isArray(events)) return send(res, 400, 'request body must be an array of events', { apiVersion });
+    const t0 = process.hrtime.bigint();
+    const out = transformBatch(m[1], events);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    log('debug', 'transformed', { destination: m[1], events: events.length, ms: ms.toFixed(2) });
+    send(res, 200, out, { apiVersion });
+  });
+}
+
+function serve() {
+  const server = http.createServer(handle);
+  server.keepAliveTimeout = 65000;
+  server.listen(PORT, HOST, () => log('info', 'ready', { port: PORT, host: HOST, worker: cluster.worker ? cluster.worker.id : 0 }));
+  const stop = () => {
+    log('info', 'draining');
+    server.close(() => {
+      log('info', 'stopped', { code: 0 });
+      process.exit(0);
+    });
+    server.closeIdleConnections();
+    setTimeout(() => process.exit(0), 5000).unref();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+if (WORKERS > 1 && cluster.isPrimary) {
+  for (let i = 0; i < WORKERS; i++) cluster.fork();
+  let stopping = false;
+  const stop = () => {
+    stopping = true;
+    for (const w of Object.values(cluster.workers)) w.process.kill('SIGTERM');
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  cluster.on('exit', (w, code) => {
+    if (!stopping) {
+      log('warn', 'worker_died', { worker: w.id, code });
+      cluster.fork();
+    } else if (Object.keys(cluster.workers).length === 0) {
+      log('info', 'stopped', { code: 0 });
+      process.exit(0);
+    }
+  });
+} else {
+  serve();
+}
+
+module.exports = { handle };
