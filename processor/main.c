@@ -1,0 +1,186 @@
+/* pintle processor: gw queue -> transformer -> rt / batch_rt queues.
+ *
+ * main() loads the config and wires: workspace watcher, one db connection
+ * (it holds the stage lock, so all of the stage's SQL runs on it, in order),
+ * the libcurl-multi client for the transformer, hint subscriber (gw) and
+ * publishers (rt, batch_rt), /health and /metrics, and the pipeline.
+ * Everything runs on one libevent loop; nothing blocks it. SIGTERM/SIGINT:
+ * finish or abandon the batch in progress (uncommitted work is simply read
+ * again), release the lock by closing the session, exit 0. */
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/admin.h"
+#include "common/cfg.h"
+#include "common/db.h"
+#include "common/hint.h"
+#include "common/httpc.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/wsconfig.h"
+#include "processor/pipeline.h"
+
+typedef struct App {
+    Config cfg;
+    struct event_base *base;
+    DbPool *pool;
+    Httpc *http;
+    HintPub *rt_hints, *batch_hints;
+    HintSub *gw_hints;
+    WsWatcher *ws;
+    Metrics *metrics;
+    Admin *admin;
+    Pipeline *pipeline;
+    struct event *sig_term, *sig_int;
+    bool stopping;
+} App;
+
+static void on_stopped(void *arg)
+{
+    App *app = arg;
+    event_base_loopexit(app->base, NULL);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    App *app = arg;
+    if (app->stopping) {
+        event_base_loopbreak(app->base);
+        return;
+    }
+    app->stopping = true;
+    log_info("draining", "signal=%d", (int)sig);
+    pipeline_stop(app->pipeline, on_stopped, app);
+}
+
+static void on_hint(void *arg, const char *topic)
+{
+    App *app = arg;
+    pipeline_kick(app->pipeline);
+}
+
+static bool ready(void *arg, char *detail, size_t size)
+{
+    App *app = arg;
+    return pipeline_ready(app->pipeline, detail, size);
+}
+
+static int fail(const char *what, const Err *err)
+{
+    char q[1100];
+    log_error("startup_failed", "step=%s error=%s", what, log_quote(q, sizeof q, err->msg));
+    return 1;
+}
+
+static int run(App *app)
+{
+    Err err;
+    app->base = event_base_new();
+    app->metrics = metrics_create();
+    app->ws = ws_watcher_create(app->base, app->cfg.workspace.path,
+                                app->cfg.workspace.poll_interval_ms, NULL, NULL, &err);
+    if (app->ws == NULL)
+        return fail("workspace", &err);
+    if (app->cfg.hints.enabled) {
+        app->rt_hints = hint_pub_open(app->cfg.hints.rt, &err);
+        if (app->rt_hints == NULL)
+            return fail("hints", &err);
+        app->batch_hints = hint_pub_open(app->cfg.hints.batch_rt, &err);
+        if (app->batch_hints == NULL)
+            return fail("hints", &err);
+    }
+    app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-processor", 1);
+    app->http = httpc_create(app->base, app->cfg.processor.max_inflight);
+    app->pipeline = pipeline_create(app->base, &app->cfg, app->pool, app->http, app->rt_hints,
+                                    app->batch_hints, app->ws, app->metrics);
+    if (app->cfg.hints.enabled) {
+        app->gw_hints = hint_sub_open(app->base, app->cfg.hints.gw, on_hint, app, &err);
+        if (app->gw_hints == NULL) {
+            char q[1100];
+            /* a second processor on the host cannot bind: it polls instead */
+            log_warn("hints_unavailable", "endpoint=%s error=%s", app->cfg.hints.gw,
+                     log_quote(q, sizeof q, err.msg));
+        }
+    }
+    app->admin = admin_open(app->base, app->cfg.processor.listen_address,
+                            app->cfg.processor.admin_port, app->metrics, ready, app, &err);
+    if (app->admin == NULL)
+        return fail("admin", &err);
+    app->sig_term = evsignal_new(app->base, SIGTERM, on_signal, app);
+    app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
+    event_add(app->sig_term, NULL);
+    event_add(app->sig_int, NULL);
+    log_info("ready", "transformer=%s admin_port=%d", app->cfg.processor.transformer_url,
+             app->cfg.processor.admin_port);
+    event_base_dispatch(app->base);
+    return 0;
+}
+
+static void teardown(App *app)
+{
+    pipeline_destroy(app->pipeline);
+    admin_close(app->admin);
+    hint_sub_close(app->gw_hints);
+    httpc_destroy(app->http);
+    db_pool_destroy(app->pool);
+    hint_pub_close(app->rt_hints);
+    hint_pub_close(app->batch_hints);
+    ws_watcher_destroy(app->ws);
+    metrics_destroy(app->metrics);
+    if (app->sig_term)
+        event_free(app->sig_term);
+    if (app->sig_int)
+        event_free(app->sig_int);
+    if (app->base)
+        event_base_free(app->base);
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool check = false;
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check-config", no_argument, NULL, 'C'},
+                                         {NULL, 0, NULL, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
+        if (o == 'c')
+            path = optarg;
+        else if (o == 'C')
+            check = true;
+        else {
+            fprintf(stderr, "usage: processor [-c pintle.conf] [--check-config]\n");
+            return 2;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    App app;
+    memset(&app, 0, sizeof app);
+    Err err;
+    log_init("processor", LOG_INFO);
+    if (cfg_load(&app.cfg, path, &err) < 0) {
+        char q[1100];
+        log_error("config_invalid", "error=%s", log_quote(q, sizeof q, err.msg));
+        cfg_deinit(&app.cfg);
+        return 2;
+    }
+    log_init("processor", (LogLevel)log_level_parse(app.cfg.log.level));
+    if (check) {
+        Buf b;
+        buf_init(&b);
+        cfg_format(&app.cfg, &b);
+        fputs(b.data, stdout);
+        buf_deinit(&b);
+        cfg_deinit(&app.cfg);
+        return 0;
+    }
+    int rc = run(&app);
+    teardown(&app);
+    cfg_deinit(&app.cfg);
+    log_info("stopped", "code=%d", rc);
+    return rc;
+}
