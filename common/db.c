@@ -346,7 +346,7 @@ DbPool *db_pool_create(struct event_base *base, const DbConfig *cfg, const char 
     DbPool *p = xcalloc(1, sizeof(*p));
     p->base = base;
     p->dsn = xstrdup(cfg->dsn);
-    p->options = xasprintf("-c search_path=%s,public", cfg->schema);
+    p->options = xasprintf("-c search_path=%s,public -c client_min_messages=warning", cfg->schema);
     p->app = xstrdup(app);
     snprintf(p->timeout_s, sizeof(p->timeout_s), "%d", (cfg->connect_timeout_ms + 999) / 1000);
     p->reconnect_max_ms = cfg->reconnect_max_ms;

@@ -1,0 +1,32 @@
+/* The router's delivery engine: claims rt jobs, delivers them in per-user
+ * order per destination, records failures in rt_retries and aborts in
+ * dead_letters, and advances the router's cursors.
+ * Owns every job held in memory, the per-destination and per-user queues,
+ * and the status flushes; uses the caller's db pool (one connection, which
+ * holds the stage lock), HTTP client and metrics registry. */
+#ifndef ROUTER_ENGINE_H
+#define ROUTER_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/cfg.h"
+#include "common/db.h"
+#include "common/httpc.h"
+#include "common/metrics.h"
+
+struct event_base;
+
+typedef struct Engine Engine;
+
+Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Httpc *http,
+                      Metrics *m);
+void engine_destroy(Engine *e);
+/* New rt jobs may be waiting (hint). */
+void engine_kick(Engine *e);
+/* Stops claiming and starting deliveries; waits for deliveries in flight and
+ * flushes their outcomes; then done runs. */
+void engine_stop(Engine *e, void (*done)(void *arg), void *arg);
+bool engine_ready(const Engine *e, char *detail, size_t size);
+
+#endif
