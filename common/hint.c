@@ -90,8 +90,8 @@ HintSub *hint_sub_open(struct event_base *base, const char *endpoint,
         return NULL;
     }
     nn_setsockopt(sock, NN_SUB, NN_SUB_SUBSCRIBE, "", 0);
-    if (strncmp(endpoint, "ipc://", 6) == 0)
-        unlink(endpoint + 6); /* a stale socket file from a crashed process */
+    /* nanomsg replaces a stale ipc socket file left by a crashed process, but
+     * refuses one a live process is listening on (a second consumer polls). */
     if (nn_bind(sock, endpoint) < 0) {
         err_set(err, ERR_IO, "could not bind hint endpoint \"%s\": %s", endpoint,
                 nn_strerror(nn_errno()));

@@ -5,6 +5,7 @@
 // started it (stopAll in an after hook).
 const { spawn, execFileSync } = require('node:child_process');
 const fs = require('node:fs');
+const http = require('node:http');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
@@ -181,6 +182,25 @@ class Stack {
     return p;
   }
 
+  async startTransformer(port) {
+    port = port || this.transformerPort || await freePort();
+    this.transformerPort = port;
+    const p = new Proc('transformer', process.execPath, [path.join(ROOT, 'transformer/src/server.js')], { PORT: String(port), LOG_LEVEL: 'info' });
+    p.port = port;
+    await p.start();
+    this.procs.push(p);
+    return p;
+  }
+
+  // Processor and router with the transformer and fast test timings.
+  async startProcessor(extra = {}) {
+    return this.startService('processor', { PINTLE_PROCESSOR_TRANSFORMER_URL: `http://127.0.0.1:${this.transformerPort}`, PINTLE_PROCESSOR_RETRY_MAX_BACKOFF_MS: '500', PINTLE_PROCESSOR_POLL_INTERVAL_MS: '100', ...extra });
+  }
+
+  async startRouter(extra = {}) {
+    return this.startService('router', { PINTLE_ROUTER_RETRY_INITIAL_S: '1', PINTLE_ROUTER_RETRY_MAX_S: '1', PINTLE_ROUTER_POLL_INTERVAL_MS: '100', ...extra });
+  }
+
   dumpLogs() {
     for (const p of this.procs) {
       process.stderr.write(`\n----- ${p.name} log -----\n${p.log}\n`);
@@ -207,8 +227,54 @@ function withLogs(stackRef, fn) {
   };
 }
 
+// An HTTP destination in the test process. handler(req, body) returns the
+// status to answer (default 200); every request is recorded.
+async function startSink(handler = () => 200) {
+  const received = [];
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      let body = null;
+      try { body = JSON.parse(text); } catch (e) { body = text; }
+      const rec = { method: req.method, url: req.url, headers: req.headers, body, at: Date.now() };
+      let status = 200;
+      try { status = handler(rec) || 200; } catch (e) { status = 500; }
+      rec.status = status;
+      received.push(rec);
+      res.writeHead(status, { 'Content-Type': 'text/plain' });
+      res.end(status === 200 ? 'ok' : `sink says ${status}`);
+    });
+  });
+  server.keepAliveTimeout = 60000;
+  const port = await freePort();
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${port}`,
+    received,
+    ok: () => received.filter((r) => r.status >= 200 && r.status < 300),
+    close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }),
+  };
+}
+
+function webhookWorkspace(sinkUrl, extraDest = {}) {
+  return {
+    workspaceId: 'ws-e2e',
+    sources: [{
+      id: 'src-e2e', name: 'e2e', writeKey: 'e2e-key', enabled: true, workspaceId: 'ws-e2e',
+      destinations: [{
+        id: 'dst-hook', name: 'hook', enabled: true, isProcessorEnabled: true,
+        config: { webhookUrl: `${sinkUrl}/hook`, webhookMethod: 'POST', headers: [{ from: 'X-Test', to: 'e2e' }] },
+        destinationDefinition: { id: 'def-hook', name: 'WEBHOOK', displayName: 'Webhook', config: { supportedMessageTypes: ['track', 'identify', 'page', 'screen', 'group', 'alias'] } },
+        ...extraDest,
+      }],
+    }],
+  };
+}
+
 function basicAuth(writeKey) {
   return 'Basic ' + Buffer.from(`${writeKey}:`).toString('base64');
 }
 
-module.exports = { ROOT, BIN, freePort, sleep, waitFor, Proc, Postgres, Stack, withLogs, basicAuth };
+module.exports = { ROOT, BIN, freePort, sleep, waitFor, Proc, Postgres, Stack, withLogs, basicAuth, startSink, webhookWorkspace };
