@@ -30,7 +30,7 @@ for dir in tests/e2e transformer; do
             # versions; `npm ci` is not used because npm 11 rejects locks that
             # omit other platforms' optional packages (msgpackr-extract).
             (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
-            cp "$dir/package-lock.json" "$stamp"
+            mkdir -p "$dir/node_modules" && cp "$dir/package-lock.json" "$stamp"
         fi
     fi
 done
