@@ -5,7 +5,7 @@
 // 1,000 events and peak RSS per process, Postgres bytes per event and idle
 // CPU. Prints a markdown table and writes it with a JSON copy to
 // bench/results/. `--quick` runs 10-second versions. Stops everything.
-const { execFileSync, spawn, spawnSync } = require('node:child_process');
+const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -86,11 +86,24 @@ async function metric(url, name) {
   return sum;
 }
 
-function wrk(url, pathName, seconds, perThreadLimit, perRequest) {
+// Runs wrk; with until(), interrupts it (SIGINT: wrk stops and reports)
+// once until() is true, since wrk otherwise runs for its whole duration.
+async function wrk(url, pathName, seconds, perThreadLimit, perRequest, until) {
   const args = ['-t2', `-c${CONNS}`, `-d${seconds}s`, '--timeout', '10s', '-s', path.join(__dirname, 'load.lua'), url + pathName, '--', String(perThreadLimit), String(perRequest)];
-  const r = spawnSync('wrk', args, { encoding: 'utf8' });
-  const m = /BENCH_JSON (.*)/.exec(r.stdout);
-  if (!m) throw new Error(`wrk failed: ${r.stdout}\n${r.stderr}`);
+  const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  const exited = new Promise((r) => child.on('exit', r));
+  if (until) {
+    let done = false;
+    exited.then(() => { done = true; });
+    while (!done && !(await until())) await sleep(20);
+    if (!done) child.kill('SIGINT');
+  }
+  await exited;
+  const m = /BENCH_JSON (.*)/.exec(out);
+  if (!m) throw new Error(`wrk failed: ${out}`);
   return JSON.parse(m[1]);
 }
 
@@ -146,7 +159,7 @@ http { access_log off; client_body_temp_path ${tmp}; proxy_temp_path ${tmp}; fas
     const scenario = async (name, pathName, perRequest) => {
       const s0 = sample(groups);
       const stored0 = await stored();
-      const w = wrk(gw.url, pathName, DUR, 0, perRequest);
+      const w = await wrk(gw.url, pathName, DUR, 0, perRequest);
       const storedN = (await stored()) - stored0;
       // the rest of the pipeline catches up: its CPU is counted for these events too
       await drain(`${name} drained`);
@@ -167,7 +180,8 @@ http { access_log off; client_body_temp_path ${tmp}; proxy_temp_path ${tmp}; fas
     const stored0 = await stored();
     const delivered0 = await delivered();
     const t0 = Date.now();
-    const w = wrk(gw.url, '/v1/track', 600, Math.ceil(E2E_N / 2), 1);
+    const w = await wrk(gw.url, '/v1/track', 600, Math.ceil(E2E_N / 2), 1, async () => (await stored()) - stored0 >= E2E_N);
+    const wrkEnd = Date.now();
     const sent = (await stored()) - stored0;
     let lastChange = Date.now();
     let last = await delivered();
@@ -179,7 +193,7 @@ http { access_log off; client_body_temp_path ${tmp}; proxy_temp_path ${tmp}; fas
     const secs = (lastChange - t0) / 1000;
     const cpu = cpuDelta(s0, sample(groups));
     results.scenarios.end_to_end = {
-      requests: w.requests, seconds: secs, req_per_s: w.requests / (w.duration_us / 1e6), events: sent, events_per_s: sent / secs,
+      requests: w.requests, seconds: secs, req_per_s: w.requests / ((wrkEnd - t0) / 1000), events: sent, events_per_s: sent / secs,
       p50_ms: w.p50_us / 1000, p90_ms: w.p90_us / 1000, p99_ms: w.p99_us / 1000, non2xx: w.non2xx, socket_errors: w.socket_errors,
       cpu_s_per_1k: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, (v / sent) * 1000])),
     };

@@ -714,11 +714,11 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
     memcpy(p->new_cursor, p->cursor, sizeof(int64_t) * (size_t)p->nparts);
     if (n == 0) {
         for (int i = 0; i < p->nparts; i++)
-            p->limit[i] = p->cfg->processor.claim_batch / p->nparts + 8;
+            p->limit[i] = p->cfg->processor.claim_batch / p->nparts / 2 + 4;
         go_idle(p, p->cfg->processor.poll_interval_ms);
         return;
     }
-    int base_limit = p->cfg->processor.claim_batch / p->nparts + 8;
+    int base_limit = p->cfg->processor.claim_batch / p->nparts / 2 + 4;
     int *got = xcalloc((size_t)p->nparts, sizeof(int));
     p->jobs = xcalloc((size_t)n, sizeof(Job));
     p->njobs = n;
@@ -747,10 +747,17 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
             got[j->partition]++;
         }
     }
-    /* partitions that filled their limit get a bigger share next time */
+    /* Partitions that filled their limit get a bigger share next time, but
+     * the whole claim stays near claim_batch rows: memory is bounded by it. */
+    int full = 0;
+    for (int i = 0; i < p->nparts; i++)
+        full += got[i] >= p->limit[i];
+    int cap = p->cfg->processor.claim_batch / (full > 0 ? full : 1);
+    if (cap < base_limit)
+        cap = base_limit;
     for (int i = 0; i < p->nparts; i++) {
         if (got[i] >= p->limit[i])
-            p->limit[i] = p->limit[i] * 2 > p->cfg->processor.claim_batch ? p->cfg->processor.claim_batch : p->limit[i] * 2;
+            p->limit[i] = p->limit[i] * 2 > cap ? cap : p->limit[i] * 2;
         else
             p->limit[i] = base_limit;
     }
@@ -804,7 +811,7 @@ static void on_cursors(void *arg, DbConn *c, PGresult *res, const Err *err)
     for (int i = 0; i < n; i++) {
         p->parts[i] = atoi(PQgetvalue(res, i, 0));
         p->cursor[i] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
-        p->limit[i] = p->cfg->processor.claim_batch / n + 8;
+        p->limit[i] = p->cfg->processor.claim_batch / n / 2 + 4;
     }
     p->leader = true;
     p->lock_gen = db_conn_generation(c);
