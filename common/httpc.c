@@ -13,6 +13,8 @@ struct Httpc {
     struct event *timer;
     int inflight;
     struct Transfer *transfers; /* every transfer in flight, for shutdown */
+    CURL *spare[64];            /* finished easy handles, reset for reuse */
+    int nspare;
 };
 
 typedef struct Transfer {
@@ -69,7 +71,13 @@ static void check_done(Httpc *h)
         h->inflight--;
         unlink_transfer(h, t);
         t->done(t->arg, &r);
-        curl_easy_cleanup(easy);
+        /* reusing handles saves their (large) allocations on every request */
+        if (h->nspare < (int)(sizeof h->spare / sizeof h->spare[0])) {
+            curl_easy_reset(easy);
+            h->spare[h->nspare++] = easy;
+        } else {
+            curl_easy_cleanup(easy);
+        }
         curl_slist_free_all(t->headers);
         free(t->body);
         buf_deinit(&t->resp);
@@ -178,6 +186,8 @@ void httpc_destroy(Httpc *h)
         buf_deinit(&t->resp);
         free(t);
     }
+    while (h->nspare > 0)
+        curl_easy_cleanup(h->spare[--h->nspare]);
     curl_multi_cleanup(h->multi);
     event_free(h->timer);
     free(h);
@@ -185,7 +195,7 @@ void httpc_destroy(Httpc *h)
 
 int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg)
 {
-    CURL *easy = curl_easy_init();
+    CURL *easy = h->nspare > 0 ? h->spare[--h->nspare] : curl_easy_init();
     if (easy == NULL)
         return -1;
     Transfer *t = xcalloc(1, sizeof(*t));

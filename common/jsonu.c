@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <strings.h>
 
+#include "common/buf.h"
+
 json_object *jsonu_get_ci(json_object *obj, const char *key)
 {
     if (obj == NULL || !json_object_is_type(obj, json_type_object))
@@ -65,4 +67,27 @@ const char *jsonu_to_string(json_object *obj, size_t *len)
 {
     return json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN |
                                                      JSON_C_TO_STRING_NOSLASHESCAPE, len);
+}
+
+void jsonu_put_string(Buf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    buf_putc(b, '"');
+    const char *run = s;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        buf_append(b, run, (size_t)(s - run));
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            buf_append(b, e, 2);
+        } else {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            buf_append(b, e, 6);
+        }
+        run = s + 1;
+    }
+    buf_append(b, run, (size_t)(s - run));
+    buf_putc(b, '"');
 }

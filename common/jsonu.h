@@ -21,4 +21,8 @@ const char *jsonu_id_text(json_object *v);
 /* Serialises without escaping '/' and without spaces (borrowed from obj). */
 const char *jsonu_to_string(json_object *obj, size_t *len);
 
+/* Appends s as a JSON string literal (quoted and escaped). */
+struct Buf;
+void jsonu_put_string(struct Buf *b, const char *s);
+
 #endif

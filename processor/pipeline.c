@@ -27,6 +27,7 @@
 #include <sys/time.h>
 
 #include "common/jobq.h"
+#include "common/jscan.h"
 #include "common/jsonu.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -441,26 +442,32 @@ static void chunk_fail_all(Pipeline *p, Chunk *c, int status, const char *error)
     }
 }
 
+/* The answer is picked apart with jscan: each output is kept as the exact
+ * JSON text the transformer produced, without building a tree. */
 static void parse_answer(Pipeline *p, Chunk *c, const char *body, size_t len)
 {
-    json_tokener *tok = json_tokener_new();
-    json_object *arr = json_tokener_parse_ex(tok, body, (int)len);
-    json_tokener_free(tok);
-    if (arr == NULL || !json_object_is_type(arr, json_type_array)) {
-        json_object_put(arr);
+    JSpan doc = jscan_doc(body, len);
+    JIter it;
+    if (!jscan_array(doc, &it)) {
         chunk_fail_all(p, c, 500, "transformer answer is not a JSON array");
         return;
     }
     bool *answered = xcalloc((size_t)c->njobs, sizeof(bool));
-    size_t n = json_object_array_length(arr);
-    for (size_t i = 0; i < n; i++) {
-        json_object *item = json_object_array_get_idx(arr, i);
-        json_object *md = jsonu_get_ci(item, "metadata");
-        /* router-style answers carry a list of metadata */
-        if (md && json_object_is_type(md, json_type_array))
-            md = json_object_array_length(md) > 0 ? json_object_array_get_idx(md, 0) : NULL;
-        json_object *jid = jsonu_get_ci(md, "jobId");
-        int idx = jid ? find_job(p, json_object_get_int64(jid)) : -1;
+    Buf err;
+    buf_init(&err);
+    JSpan item;
+    while (jscan_next_element(&it, &item)) {
+        JSpan md, jid, sc, out, e;
+        int64_t job_id = -1, status = 200;
+        if (jscan_get(item, "metadata", &md)) {
+            JIter ai;
+            /* router-style answers carry a list of metadata */
+            if (jscan_array(md, &ai) && !jscan_next_element(&ai, &md))
+                md.n = 0;
+            if (jscan_get(md, "jobId", &jid))
+                jscan_int(jid, &job_id);
+        }
+        int idx = job_id >= 0 ? find_job(p, job_id) : -1;
         int slot = -1;
         for (int k = 0; idx >= 0 && k < c->njobs; k++)
             if (c->jobs[k] == idx) {
@@ -468,33 +475,39 @@ static void parse_answer(Pipeline *p, Chunk *c, const char *body, size_t len)
                 break;
             }
         if (slot < 0) {
-            log_warn("transformer_unknown_job", "destination_id=%s", c->dest->id);
+            log_warn("transformer_unknown_job", "destination_id=%s job_id=%" PRId64, c->dest->id,
+                     job_id);
             continue;
         }
         answered[slot] = true;
-        json_object *sc = jsonu_get_ci(item, "statusCode");
-        int status = sc ? json_object_get_int(sc) : 200;
-        json_object *out = jsonu_get_ci(item, "output");
-        if (status == 200 && out != NULL && json_object_is_type(out, json_type_object)) {
-            add_output(p, idx, c->seqs[slot], c->dest, xstrdup(jsonu_to_string(out, NULL)), 200,
-                       NULL);
+        if (jscan_get(item, "statusCode", &sc))
+            jscan_int(sc, &status);
+        bool has_out = jscan_get(item, "output", &out) && jscan_type(out) == 'o';
+        if (status == 200 && has_out) {
+            add_output(p, idx, c->seqs[slot], c->dest, xstrndup(out.p, out.n), 200, NULL);
         } else if (status == 298) {
             add_output(p, idx, c->seqs[slot], c->dest, xstrdup(""), 298, NULL);
         } else {
             if (status == 200)
                 status = 500; /* 200 without an output object */
-            const char *e = jsonu_str_ci(item, "error", "transformation failed");
+            buf_reset(&err);
+            if (!jscan_get(item, "error", &e) || !jscan_string(e, &err) || err.len == 0) {
+                buf_reset(&err);
+                buf_puts(&err, "transformation failed");
+            }
             add_output(p, idx, c->seqs[slot], c->dest,
-                       xstrdup(jsonu_to_string(p->jobs[idx].ev, NULL)), status, e);
+                       xstrdup(jsonu_to_string(p->jobs[idx].ev, NULL)), (int)status, err.data);
         }
     }
+    if (it.failed)
+        log_warn("transformer_answer_malformed", "destination_id=%s", c->dest->id);
+    buf_deinit(&err);
     for (int k = 0; k < c->njobs; k++)
         if (!answered[k])
             add_output(p, c->jobs[k], c->seqs[k], c->dest,
                        xstrdup(jsonu_to_string(p->jobs[c->jobs[k]].ev, NULL)), 500,
                        "event missing from the transformer's answer");
     free(answered);
-    json_object_put(arr);
 }
 
 static void start_chunk(Pipeline *p, Chunk *c);
@@ -658,28 +671,23 @@ static void build_work(Pipeline *p)
             if (c->njobs > 0)
                 buf_putc(&c->body, ',');
             buf_puts(&c->body, "{\"message\":");
-            buf_puts(&c->body, jsonu_to_string(j->ev, NULL));
+            size_t evlen = 0;
+            const char *evtext = jsonu_to_string(j->ev, &evlen);
+            buf_append(&c->body, evtext, evlen);
             buf_printf(&c->body, ",\"metadata\":{\"jobId\":%" PRId64 ",\"sourceId\":", j->job_id);
-            json_object *tmp = json_object_new_string(s->id);
-            buf_puts(&c->body, jsonu_to_string(tmp, NULL));
-            json_object_put(tmp);
+            jsonu_put_string(&c->body, s->id);
             buf_puts(&c->body, ",\"destinationId\":");
-            tmp = json_object_new_string(d->id);
-            buf_puts(&c->body, jsonu_to_string(tmp, NULL));
-            json_object_put(tmp);
+            jsonu_put_string(&c->body, d->id);
             buf_puts(&c->body, ",\"workspaceId\":");
-            tmp = json_object_new_string(j->workspace_id);
-            buf_puts(&c->body, jsonu_to_string(tmp, NULL));
-            json_object_put(tmp);
+            jsonu_put_string(&c->body, j->workspace_id);
             buf_puts(&c->body, ",\"userId\":");
-            tmp = json_object_new_string(j->user_id);
-            buf_puts(&c->body, jsonu_to_string(tmp, NULL));
-            json_object_put(tmp);
-            buf_printf(&c->body, ",\"destinationType\":\"%s\",\"eventType\":\"%s\",\"messageId\":",
-                       d->def_name, j->type);
-            tmp = json_object_new_string(j->message_id ? j->message_id : "");
-            buf_puts(&c->body, jsonu_to_string(tmp, NULL));
-            json_object_put(tmp);
+            jsonu_put_string(&c->body, j->user_id);
+            buf_puts(&c->body, ",\"destinationType\":");
+            jsonu_put_string(&c->body, d->def_name);
+            buf_puts(&c->body, ",\"eventType\":");
+            jsonu_put_string(&c->body, j->type);
+            buf_puts(&c->body, ",\"messageId\":");
+            jsonu_put_string(&c->body, j->message_id ? j->message_id : "");
             buf_puts(&c->body, "},\"destination\":");
             buf_puts(&c->body, dc->dest_json);
             buf_putc(&c->body, '}');

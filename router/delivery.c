@@ -1,13 +1,13 @@
 #include "router/delivery.h"
 
-#include <json-c/json.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <zlib.h>
 
 #include "common/httpc.h"
-#include "common/jsonu.h"
+#include "common/jscan.h"
 #include "common/xalloc.h"
 
 static void add_header(Delivery *d, const char *name, const char *value)
@@ -26,24 +26,20 @@ static int has_header(const Delivery *d, const char *name)
     return 0;
 }
 
-static const char *value_text(json_object *v)
+/* Text of a JSON value as a header, parameter or form value: strings
+ * decoded, anything else as its JSON text. tmp is reset and used as storage. */
+static const char *value_text(JSpan v, Buf *tmp)
 {
-    if (json_object_is_type(v, json_type_string))
-        return json_object_get_string(v);
-    return jsonu_to_string(v, NULL);
-}
-
-static int nonempty(json_object *o)
-{
-    if (o == NULL || json_object_is_type(o, json_type_null))
-        return 0;
-    if (json_object_is_type(o, json_type_object))
-        return json_object_object_length(o) > 0;
-    if (json_object_is_type(o, json_type_array))
-        return json_object_array_length(o) > 0;
-    if (json_object_is_type(o, json_type_string))
-        return json_object_get_string_len(o) > 0;
-    return 1;
+    buf_reset(tmp);
+    if (jscan_type(v) == 's') {
+        if (!jscan_string(v, tmp))
+            buf_append(tmp, v.p, v.n);
+    } else {
+        buf_append(tmp, v.p, v.n);
+    }
+    if (tmp->data == NULL)
+        buf_puts(tmp, "");
+    return tmp->data;
 }
 
 static int gzip_into(Buf *out, const char *in, size_t len)
@@ -64,23 +60,31 @@ static int gzip_into(Buf *out, const char *in, size_t len)
     return rc == Z_STREAM_END ? 0 : -1;
 }
 
+/* The payload is picked apart with jscan, not parsed into a tree: the JSON
+ * body is forwarded as the exact text the transformer produced. */
 int delivery_build(Delivery *d, const char *payload, Err *err)
 {
     memset(d, 0, sizeof(*d));
     buf_init(&d->url);
     buf_init(&d->body);
-    json_object *root = json_tokener_parse(payload);
+    Buf tmp, tmp2;
+    buf_init(&tmp);
+    buf_init(&tmp2);
     int rc = 0;
-    if (root == NULL || !json_object_is_type(root, json_type_object)) {
+    JSpan root = jscan_doc(payload, strlen(payload));
+    JSpan v;
+    if (jscan_type(root) != 'o') {
         rc = err_set(err, ERR_INVALID, "delivery payload is not a JSON object");
         goto out;
     }
-    const char *endpoint = jsonu_str_ci(root, "endpoint", "");
-    if (endpoint[0] == '\0') {
+    if (!jscan_get(root, "endpoint", &v) || jscan_type(v) != 's' || !jscan_string(v, &d->url) ||
+        d->url.len == 0) {
         rc = err_set(err, ERR_INVALID, "delivery payload has no endpoint");
         goto out;
     }
-    const char *method = jsonu_str_ci(root, "method", "POST");
+    const char *method = "POST";
+    if (jscan_get(root, "method", &v) && jscan_type(v) == 's')
+        method = value_text(v, &tmp);
     static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE", NULL};
     int ok = 0;
     for (int i = 0; methods[i]; i++)
@@ -89,71 +93,81 @@ int delivery_build(Delivery *d, const char *payload, Err *err)
             ok = 1;
         }
     if (!ok) {
-        rc = err_set(err, ERR_INVALID, "delivery payload has unsupported method \"%s\"", method);
+        rc = err_set(err, ERR_INVALID, "delivery payload has unsupported method \"%.40s\"", method);
         goto out;
     }
-    buf_puts(&d->url, endpoint);
-    json_object *params = jsonu_get_ci(root, "params");
-    if (params && json_object_is_type(params, json_type_object) &&
-        json_object_object_length(params) > 0) {
-        char sep = strchr(endpoint, '?') ? '&' : '?';
-        json_object_object_foreach(params, k, v)
-        {
-            if (v == NULL || json_object_is_type(v, json_type_null))
+    JIter it;
+    JSpan k, x;
+    if (jscan_get(root, "params", &v) && jscan_object(v, &it)) {
+        char sep = memchr(d->url.data, '?', d->url.len) ? '&' : '?';
+        while (jscan_next_member(&it, &k, &x)) {
+            if (jscan_type(x) == 'z')
                 continue;
             buf_putc(&d->url, sep);
             sep = '&';
-            httpc_url_encode(&d->url, k, strlen(k));
+            buf_reset(&tmp2);
+            jscan_string((JSpan){k.p - 1, k.n + 2}, &tmp2);
+            httpc_url_encode(&d->url, tmp2.data ? tmp2.data : "", tmp2.len);
             buf_putc(&d->url, '=');
-            const char *t = value_text(v);
-            httpc_url_encode(&d->url, t, strlen(t));
+            const char *t = value_text(x, &tmp);
+            httpc_url_encode(&d->url, t, tmp.len);
         }
     }
-    json_object *headers = jsonu_get_ci(root, "headers");
-    if (headers && json_object_is_type(headers, json_type_object)) {
-        json_object_object_foreach(headers, k, v)
-        {
-            if (v == NULL || json_object_is_type(v, json_type_null) || strchr(k, '\n') ||
-                strchr(k, ':'))
+    if (jscan_get(root, "headers", &v) && jscan_object(v, &it)) {
+        while (jscan_next_member(&it, &k, &x)) {
+            if (jscan_type(x) == 'z' || memchr(k.p, ':', k.n) || memchr(k.p, '\n', k.n) ||
+                memchr(k.p, '\\', k.n))
                 continue;
-            const char *t = value_text(v);
+            const char *t = value_text(x, &tmp);
             if (strchr(t, '\n') || strchr(t, '\r'))
                 continue;
-            add_header(d, k, t);
+            char name[256];
+            snprintf(name, sizeof name, "%.*s", (int)k.n, k.p);
+            add_header(d, name, t);
         }
     }
-    json_object *body = jsonu_get_ci(root, "body");
     const char *ctype = NULL;
-    if (strcmp(d->method, "GET") != 0 && body && json_object_is_type(body, json_type_object)) {
-        json_object *v;
-        if (nonempty(v = jsonu_get_ci(body, "JSON"))) {
-            buf_puts(&d->body, jsonu_to_string(v, NULL));
+    JSpan body;
+    if (strcmp(d->method, "GET") != 0 && jscan_get(root, "body", &body) &&
+        jscan_type(body) == 'o') {
+        if (jscan_get(body, "JSON", &v) && !jscan_is_empty(v)) {
+            buf_append(&d->body, v.p, v.n);
             ctype = "application/json";
-        } else if (nonempty(v = jsonu_get_ci(body, "JSON_ARRAY"))) {
-            json_object *batch = jsonu_get_ci(v, "batch");
-            buf_puts(&d->body, batch ? value_text(batch) : jsonu_to_string(v, NULL));
+        } else if (jscan_get(body, "JSON_ARRAY", &v) && !jscan_is_empty(v)) {
+            JSpan b;
+            if (jscan_get(v, "batch", &b))
+                value_text(b, &d->body);
+            else
+                buf_append(&d->body, v.p, v.n);
             ctype = "application/json";
-        } else if (nonempty(v = jsonu_get_ci(body, "XML"))) {
-            json_object *x = jsonu_get_ci(v, "payload");
-            buf_puts(&d->body, x ? value_text(x) : "");
+        } else if (jscan_get(body, "XML", &v) && !jscan_is_empty(v)) {
+            JSpan b;
+            if (jscan_get(v, "payload", &b))
+                value_text(b, &d->body);
             ctype = "application/xml";
-        } else if (nonempty(v = jsonu_get_ci(body, "FORM"))) {
+        } else if (jscan_get(body, "FORM", &v) && !jscan_is_empty(v) && jscan_object(v, &it)) {
             int first = 1;
-            json_object_object_foreach(v, k, fv)
-            {
+            while (jscan_next_member(&it, &k, &x)) {
                 if (!first)
                     buf_putc(&d->body, '&');
                 first = 0;
-                httpc_url_encode(&d->body, k, strlen(k));
+                buf_reset(&tmp2);
+                jscan_string((JSpan){k.p - 1, k.n + 2}, &tmp2);
+                httpc_url_encode(&d->body, tmp2.data ? tmp2.data : "", tmp2.len);
                 buf_putc(&d->body, '=');
-                const char *t = fv ? value_text(fv) : "";
-                httpc_url_encode(&d->body, t, strlen(t));
+                const char *t = value_text(x, &tmp);
+                httpc_url_encode(&d->body, t, tmp.len);
             }
             ctype = "application/x-www-form-urlencoded";
-        } else if (nonempty(v = jsonu_get_ci(body, "GZIP"))) {
-            json_object *g = jsonu_get_ci(v, "payload");
-            const char *t = g ? value_text(g) : "";
-            if (gzip_into(&d->body, t, strlen(t)) < 0) {
+        } else if (jscan_get(body, "GZIP", &v) && !jscan_is_empty(v)) {
+            JSpan b;
+            const char *t = "";
+            size_t tl = 0;
+            if (jscan_get(v, "payload", &b)) {
+                t = value_text(b, &tmp);
+                tl = tmp.len;
+            }
+            if (gzip_into(&d->body, t, tl) < 0) {
                 rc = err_set(err, ERR_INVALID, "could not gzip the delivery body");
                 goto out;
             }
@@ -168,7 +182,8 @@ int delivery_build(Delivery *d, const char *payload, Err *err)
     if (!has_header(d, "User-Agent"))
         add_header(d, "User-Agent", "pintle-router/0.1");
 out:
-    json_object_put(root);
+    buf_deinit(&tmp);
+    buf_deinit(&tmp2);
     return rc;
 }
 

@@ -167,8 +167,8 @@ class Stack {
     const p = new Proc('gateway', path.join(BIN, 'gateway'), [], this.env({ PINTLE_GATEWAY_PORT: String(port), PINTLE_GATEWAY_LISTEN_ADDRESS: '127.0.0.1', ...extra }));
     p.port = port;
     p.url = `http://127.0.0.1:${port}`;
+    this.procs.push(p); // registered first: a process that fails to start is still stopped
     await p.start();
-    this.procs.push(p);
     return p;
   }
 
@@ -187,8 +187,8 @@ class Stack {
     this.transformerPort = port;
     const p = new Proc('transformer', process.execPath, [path.join(ROOT, 'transformer/src/server.js')], { PORT: String(port), LOG_LEVEL: 'info' });
     p.port = port;
-    await p.start();
     this.procs.push(p);
+    await p.start();
     return p;
   }
 
