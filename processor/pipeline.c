@@ -39,9 +39,10 @@ typedef struct Job {
     int64_t job_id;
     int partition;
     char *workspace_id, *source_id, *user_id;
-    json_object *ev; /* normalised event */
-    const char *type;
-    const char *message_id;
+    char *text; /* normalised event, serialised; the tree is freed after routing */
+    size_t text_len;
+    char *type;
+    char *message_id;
 } Job;
 
 /* One destination's share of the batch, sent in chunks. */
@@ -128,7 +129,9 @@ static void reset_batch(Pipeline *p)
         free(p->jobs[i].workspace_id);
         free(p->jobs[i].source_id);
         free(p->jobs[i].user_id);
-        json_object_put(p->jobs[i].ev);
+        free(p->jobs[i].text);
+        free(p->jobs[i].type);
+        free(p->jobs[i].message_id);
     }
     free(p->jobs);
     p->jobs = NULL;
@@ -437,7 +440,7 @@ static void chunk_fail_all(Pipeline *p, Chunk *c, int status, const char *error)
 {
     for (int i = 0; i < c->njobs; i++) {
         Job *j = &p->jobs[c->jobs[i]];
-        add_output(p, c->jobs[i], c->seqs[i], c->dest, xstrdup(jsonu_to_string(j->ev, NULL)),
+        add_output(p, c->jobs[i], c->seqs[i], c->dest, xstrdup(j->text),
                    status, error);
     }
 }
@@ -495,8 +498,8 @@ static void parse_answer(Pipeline *p, Chunk *c, const char *body, size_t len)
                 buf_reset(&err);
                 buf_puts(&err, "transformation failed");
             }
-            add_output(p, idx, c->seqs[slot], c->dest,
-                       xstrdup(jsonu_to_string(p->jobs[idx].ev, NULL)), (int)status, err.data);
+            add_output(p, idx, c->seqs[slot], c->dest, xstrdup(p->jobs[idx].text), (int)status,
+                       err.data);
         }
     }
     if (it.failed)
@@ -504,8 +507,7 @@ static void parse_answer(Pipeline *p, Chunk *c, const char *body, size_t len)
     buf_deinit(&err);
     for (int k = 0; k < c->njobs; k++)
         if (!answered[k])
-            add_output(p, c->jobs[k], c->seqs[k], c->dest,
-                       xstrdup(jsonu_to_string(p->jobs[c->jobs[k]].ev, NULL)), 500,
+            add_output(p, c->jobs[k], c->seqs[k], c->dest, xstrdup(p->jobs[c->jobs[k]].text), 500,
                        "event missing from the transformer's answer");
     free(answered);
 }
@@ -615,31 +617,30 @@ typedef struct DestChunks {
     Chunk *open;
 } DestChunks;
 
-static void build_work(Pipeline *p)
+/* Adds job i (its tree is ev) to the chunks of every destination it goes to. */
+static void route_job(Pipeline *p, int i, json_object *ev, HMap *by_dest)
 {
     const Workspace *ws = ws_watcher_get(p->ws);
-    HMap by_dest;
-    hmap_init(&by_dest);
     int chunk_max = p->cfg->processor.transform_chunk;
-    for (int i = 0; i < p->njobs; i++) {
+    {
         Job *j = &p->jobs[i];
         const WsSource *s = ws_source_by_id(ws, j->source_id);
-        if (s == NULL || j->ev == NULL)
-            continue;
+        if (s == NULL)
+            return;
         int seq = 0;
         for (int k = 0; k < s->ndests; k++) {
             const WsDestination *d = &s->dests[k];
-            if (!events_dest_wanted(d, j->ev, j->type))
+            if (!events_dest_wanted(d, ev, j->type))
                 continue;
             seq++;
             if (d->batch) {
                 /* object storage and warehouses take the event as it is */
-                add_output(p, i, seq, d, xstrdup(jsonu_to_string(j->ev, NULL)), 200, NULL);
+                add_output(p, i, seq, d, xstrndup(j->text, j->text_len), 200, NULL);
                 continue;
             }
             char key[512];
             snprintf(key, sizeof key, "%s/%s", s->id, d->id);
-            DestChunks *dc = hmap_get(&by_dest, key);
+            DestChunks *dc = hmap_get(by_dest, key);
             if (dc == NULL) {
                 dc = xcalloc(1, sizeof(*dc));
                 dc->src = s;
@@ -648,7 +649,7 @@ static void build_work(Pipeline *p)
                 buf_init(&b);
                 format_destination(&b, s, d);
                 dc->dest_json = buf_take(&b, NULL);
-                hmap_put(&by_dest, key, dc);
+                hmap_put(by_dest, key, dc);
             }
             if (dc->open == NULL || dc->open->njobs >= chunk_max) {
                 Chunk *c = xcalloc(1, sizeof(*c));
@@ -671,9 +672,7 @@ static void build_work(Pipeline *p)
             if (c->njobs > 0)
                 buf_putc(&c->body, ',');
             buf_puts(&c->body, "{\"message\":");
-            size_t evlen = 0;
-            const char *evtext = jsonu_to_string(j->ev, &evlen);
-            buf_append(&c->body, evtext, evlen);
+            buf_append(&c->body, j->text, j->text_len);
             buf_printf(&c->body, ",\"metadata\":{\"jobId\":%" PRId64 ",\"sourceId\":", j->job_id);
             jsonu_put_string(&c->body, s->id);
             buf_puts(&c->body, ",\"destinationId\":");
@@ -696,14 +695,18 @@ static void build_work(Pipeline *p)
             c->njobs++;
         }
     }
+}
+
+static void finish_routing(Pipeline *p, HMap *by_dest)
+{
     size_t it = 0;
     HMapEntry *e;
-    while (hmap_next(&by_dest, &it, &e)) {
+    while (hmap_next(by_dest, &it, &e)) {
         DestChunks *dc = e->value;
         free(dc->dest_json);
         free(dc);
     }
-    hmap_deinit(&by_dest);
+    hmap_deinit(by_dest);
     for (int i = 0; i < p->nchunks; i++)
         buf_putc(&p->chunks[i]->body, ']');
 }
@@ -731,6 +734,8 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
     p->jobs = xcalloc((size_t)n, sizeof(Job));
     p->njobs = n;
     int64_t now = now_ms();
+    HMap by_dest;
+    hmap_init(&by_dest);
     for (int i = 0; i < n; i++) {
         Job *j = &p->jobs[i];
         j->job_id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
@@ -739,16 +744,24 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
         j->source_id = xstrdup(PQgetvalue(res, i, 3));
         j->user_id = xstrdup(PQgetvalue(res, i, 5));
         const char *payload = PQgetvalue(res, i, 7);
-        j->ev = json_tokener_parse(payload);
-        if (j->ev != NULL && json_object_is_type(j->ev, json_type_object)) {
-            events_normalize_times(j->ev, now);
-            j->type = jsonu_str_ci(j->ev, "type", NULL);
-            j->message_id = jsonu_str_ci(j->ev, "messageId", NULL);
+        /* parse, normalise, serialise and route one event at a time, so only
+         * one JSON tree is alive: memory is the serialised batch, not trees */
+        json_object *ev = json_tokener_parse(payload);
+        if (ev != NULL && json_object_is_type(ev, json_type_object)) {
+            events_normalize_times(ev, now);
+            const char *t = jsonu_str_ci(ev, "type", NULL);
+            const char *m = jsonu_str_ci(ev, "messageId", NULL);
+            j->type = t ? xstrdup(t) : NULL;
+            j->message_id = m ? xstrdup(m) : NULL;
+            const char *text = jsonu_to_string(ev, &j->text_len);
+            j->text = xstrndup(text, j->text_len);
+            route_job(p, i, ev, &by_dest);
         } else {
-            json_object_put(j->ev);
-            j->ev = NULL;
+            j->text = xstrdup(payload);
+            j->text_len = strlen(payload);
             log_warn("job_unparsable", "job_id=%" PRId64, j->job_id);
         }
+        json_object_put(ev);
         /* partitions are 0..nparts-1 and listed in order */
         if (j->partition >= 0 && j->partition < p->nparts) {
             p->new_cursor[j->partition] = j->job_id;
@@ -770,7 +783,7 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
             p->limit[i] = base_limit;
     }
     free(got);
-    build_work(p);
+    finish_routing(p, &by_dest);
     p->state = ST_TRANSFORMING;
     if (p->nchunks == 0) {
         all_transformed(p, c);
