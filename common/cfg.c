@@ -130,6 +130,8 @@ static const CfgKey keys[] = {
       "poll period when idle (hints wake it sooner)"),
     I("router", "max_pending_jobs", router.max_pending_jobs, "10000", 10, 10000000,
       "jobs held in memory awaiting delivery before claiming pauses"),
+    I("router", "flush_interval_ms", router.flush_interval_ms, "100", 0, 60000,
+      "least time between two status flushes (outcomes and cursors are batched)"),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

@@ -85,6 +85,7 @@ typedef struct RouterConfig {
     int max_retry_minutes;
     int poll_interval_ms;
     int max_pending_jobs;
+    int flush_interval_ms;
 } RouterConfig;
 
 typedef struct Config {

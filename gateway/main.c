@@ -19,6 +19,7 @@
 #include "common/db.h"
 #include "common/hint.h"
 #include "common/log.h"
+#include "common/loop.h"
 #include "common/metrics.h"
 #include "common/wsconfig.h"
 #include "common/xalloc.h"
@@ -101,7 +102,7 @@ static void collect(void *arg, Metrics *m)
 static int run(App *app)
 {
     Err err;
-    app->base = event_base_new();
+    app->base = loop_create();
     if (app->base == NULL) {
         log_error("startup_failed", "error=\"could not create event loop\"");
         return 1;

@@ -20,6 +20,7 @@
 #include "common/hint.h"
 #include "common/httpc.h"
 #include "common/log.h"
+#include "common/loop.h"
 #include "common/metrics.h"
 #include "common/wsconfig.h"
 #include "processor/pipeline.h"
@@ -79,7 +80,7 @@ static int fail(const char *what, const Err *err)
 static int run(App *app)
 {
     Err err;
-    app->base = event_base_new();
+    app->base = loop_create();
     app->metrics = metrics_create();
     app->ws = ws_watcher_create(app->base, app->cfg.workspace.path,
                                 app->cfg.workspace.poll_interval_ms, NULL, NULL, &err);

@@ -109,7 +109,7 @@ struct Engine {
     int flush_gen;
     bool want_claim;
     bool claim_full; /* last claim filled its limits */
-    struct timeval maintained_at;
+    struct timeval maintained_at, flushed_at;
     struct event *tick, *kick_ev;
     int backoff_ms;
     struct timeval next_db_try;
@@ -638,6 +638,7 @@ static void flush(Engine *e, DbConn *c)
     e->flush_gen++;
     if (e->flush_gen == 0)
         e->flush_gen = 1;
+    gettimeofday(&e->flushed_at, NULL);
     buf_reset(&e->retry_rows);
     buf_reset(&e->dead_rows);
     buf_reset(&e->del_ids);
@@ -728,7 +729,11 @@ static void flush(Engine *e, DbConn *c)
         }
     }
     buf_reset(&e->sql);
-    buf_puts(&e->sql, "BEGIN;");
+    /* Asynchronous commit: if Postgres itself crashes, the last flushes may
+     * be lost as a whole (they are atomic), and those jobs are delivered
+     * again - the at-least-once delivery the router promises anyway. It
+     * saves a WAL flush per status batch. */
+    buf_puts(&e->sql, "BEGIN; SET LOCAL synchronous_commit = off;");
     int nc = 0;
     if (e->retry_rows.len > 0) {
         buf_puts(&e->sql,
@@ -947,7 +952,8 @@ static void db_step(Engine *e)
         db_conn_release(c);
         return;
     }
-    if (flush_needed(e)) {
+    if (flush_needed(e) &&
+        (e->stopping || since(&e->flushed_at) * 1000 >= e->cfg->router.flush_interval_ms)) {
         flush(e, c);
         return;
     }

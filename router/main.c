@@ -19,6 +19,7 @@
 #include "common/hint.h"
 #include "common/httpc.h"
 #include "common/log.h"
+#include "common/loop.h"
 #include "common/metrics.h"
 #include "router/engine.h"
 
@@ -87,7 +88,7 @@ static int fail(const char *what, const Err *err)
 static int run(App *app)
 {
     Err err;
-    app->base = event_base_new();
+    app->base = loop_create();
     app->metrics = metrics_create();
     app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-router", 1);
     app->http = httpc_create(app->base, app->cfg.router.max_concurrency_per_destination);
