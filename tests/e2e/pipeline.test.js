@@ -132,7 +132,11 @@ describe('failing destinations', () => {
     // the 400 event is a dead letter, attempted once; B's later events arrived
     const poison = st.sink.received.filter((r) => r.body.messageId === 'B-5');
     assert.equal(poison.length, 1);
-    const dead = await st.pg.query("SELECT stage, status_code, response, payload, attempts FROM pintle.dead_letters WHERE queue = 'rt'");
+    // outcomes are flushed in batches: wait for the dead letter to be committed
+    const dead = await waitFor(async () => {
+      const rows = await st.pg.query("SELECT stage, status_code, response, payload, attempts FROM pintle.dead_letters WHERE queue = 'rt'");
+      return rows.length > 0 && rows;
+    }, { what: 'dead letter row' });
     assert.equal(dead.length, 1);
     assert.equal(dead[0].stage, 'router');
     assert.equal(dead[0].status_code, 400);
