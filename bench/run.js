@@ -171,6 +171,27 @@ http { access_log off; client_body_temp_path ${tmp}; proxy_temp_path ${tmp}; fas
         cpu_s_per_1k: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, (v / storedN) * 1000])),
       };
     };
+    // Gateway and Postgres alone: the pipeline is paused (SIGSTOP) while wrk
+    // runs, then resumed and drained; shows the ingest ceiling of this box
+    // when the two cores are not shared with processing.
+    const paused = [proc, router, tf].map((p) => p.child.pid);
+    for (const pid of paused) process.kill(pid, 'SIGSTOP');
+    try {
+      const s0 = sample(groups);
+      const stored0 = await stored();
+      const w = await wrk(gw.url, '/v1/track', DUR, 0, 1);
+      const storedN = (await stored()) - stored0;
+      const cpu = cpuDelta(s0, sample(groups));
+      results.scenarios.ingest_a_gateway_only = {
+        requests: w.requests, seconds: w.duration_us / 1e6, req_per_s: w.requests / (w.duration_us / 1e6),
+        events: storedN, events_per_s: storedN / (w.duration_us / 1e6),
+        p50_ms: w.p50_us / 1000, p90_ms: w.p90_us / 1000, p99_ms: w.p99_us / 1000, non2xx: w.non2xx, socket_errors: w.socket_errors,
+        cpu_s_per_1k: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, (v / storedN) * 1000])),
+      };
+    } finally {
+      for (const pid of paused) process.kill(pid, 'SIGCONT');
+    }
+    await drain('paused backlog drained');
     await scenario('ingest_a_track', '/v1/track', 1);
     await scenario('ingest_b_batch10', '/v1/batch', 10);
 
