@@ -111,6 +111,15 @@ async function main() {
   const st = new Stack();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pintle-bench-'));
   let nginx;
+  // Ctrl-C or a timeout still stops everything this run started
+  const onSignal = async () => {
+    try { await st.stopAll(); } catch (e) { /* best effort */ }
+    if (nginx) nginx.kill('SIGTERM');
+    fs.rmSync(tmp, { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     // nginx answering 200: a sink that adds little CPU
     const sinkPort = await freePort();
@@ -133,7 +142,9 @@ http { access_log off; client_body_temp_path ${tmp}; proxy_temp_path ${tmp}; fas
     });
     st.migrate();
     const pgPid = parseInt(fs.readFileSync(path.join(st.pg.data, 'postmaster.pid'), 'utf8').split('\n')[0], 10);
-    const env = { PINTLE_GATEWAY_WORKERS: process.env.BENCH_GATEWAY_WORKERS || '1' };
+    // One gateway worker: with several, each has its own /metrics and the
+    // stored-event counter this script polls would only see one of them.
+    const env = { PINTLE_GATEWAY_WORKERS: '1' };
     const tf = await st.startTransformer();
     const proc = await st.startProcessor({ ...env, PINTLE_PROCESSOR_POLL_INTERVAL_MS: '300' });
     const router = await st.startRouter({ ...env, PINTLE_ROUTER_POLL_INTERVAL_MS: '300' });
