@@ -7,7 +7,6 @@
  * flush pending batches, answer every in-flight request, exit 0. */
 #include <errno.h>
 #include <event2/event.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include "common/log.h"
 #include "common/loop.h"
 #include "common/metrics.h"
+#include "common/svc.h"
 #include "common/wsconfig.h"
 #include "common/xalloc.h"
 #include "gateway/server.h"
@@ -39,13 +39,6 @@ typedef struct App {
     bool stopping;
     int exit_code;
 } App;
-
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: gateway [-c pintle.conf] [--check-config]\n"
-               "  -c, --config PATH   configuration file (default: $PINTLE_CONFIG or none)\n"
-               "      --check-config  validate the configuration, print it and exit\n");
-}
 
 static void on_writer_idle(void *arg)
 {
@@ -226,41 +219,12 @@ static int supervise(int workers)
 
 int main(int argc, char **argv)
 {
-    const char *path = NULL;
-    bool check = false;
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"check-config", no_argument, NULL, 'C'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    int o;
-    while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c': path = optarg; break;
-        case 'C': check = true; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    signal(SIGPIPE, SIG_IGN);
     App app;
     memset(&app, 0, sizeof app);
-    Err err;
-    log_init("gateway", LOG_INFO);
-    if (cfg_load(&app.cfg, path, &err) < 0) {
-        char q[1100];
-        log_error("config_invalid", "error=%s", log_quote(q, sizeof q, err.msg));
+    int rc = svc_start(argc, argv, "gateway", &app.cfg);
+    if (rc >= 0) {
         cfg_deinit(&app.cfg);
-        return 2;
-    }
-    log_init("gateway", (LogLevel)log_level_parse(app.cfg.log.level));
-    if (check) {
-        Buf b;
-        buf_init(&b);
-        cfg_format(&app.cfg, &b);
-        fputs(b.data, stdout);
-        buf_deinit(&b);
-        cfg_deinit(&app.cfg);
-        return 0;
+        return rc;
     }
     char dsn[1024];
     log_mask_dsn(dsn, sizeof dsn, app.cfg.db.dsn);
@@ -268,15 +232,15 @@ int main(int argc, char **argv)
              app.cfg.gateway.port, app.cfg.gateway.workers, dsn, app.cfg.workspace.path,
              app.cfg.db.pool_size);
     if (app.cfg.gateway.workers > 1) {
-        int rc = supervise(app.cfg.gateway.workers);
+        rc = supervise(app.cfg.gateway.workers);
         if (rc >= 0) {
             log_info("stopped", "code=%d", rc);
             cfg_deinit(&app.cfg);
             return rc;
         }
-        log_init("gateway", (LogLevel)log_level_parse(app.cfg.log.level));
+        log_init("gateway", (LogLevel)log_level_parse(app.cfg.log.level)); /* child: its own pid */
     }
-    int rc = run(&app);
+    rc = run(&app);
     teardown(&app);
     cfg_deinit(&app.cfg);
     log_info("stopped", "code=%d", rc);

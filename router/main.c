@@ -7,7 +7,6 @@
  * nothing blocks it. SIGTERM/SIGINT: stop starting deliveries, wait for the
  * ones in flight, flush their outcomes, exit 0. */
 #include <event2/event.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include "common/log.h"
 #include "common/loop.h"
 #include "common/metrics.h"
+#include "common/svc.h"
 #include "router/engine.h"
 
 typedef struct App {
@@ -135,46 +135,14 @@ static void teardown(App *app)
 
 int main(int argc, char **argv)
 {
-    const char *path = NULL;
-    bool check = false;
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"check-config", no_argument, NULL, 'C'},
-                                         {NULL, 0, NULL, 0}};
-    int o;
-    while ((o = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
-        if (o == 'c')
-            path = optarg;
-        else if (o == 'C')
-            check = true;
-        else {
-            fprintf(stderr, "usage: router [-c pintle.conf] [--check-config]\n");
-            return 2;
-        }
-    }
-    signal(SIGPIPE, SIG_IGN);
     App app;
     memset(&app, 0, sizeof app);
-    Err err;
-    log_init("router", LOG_INFO);
-    if (cfg_load(&app.cfg, path, &err) < 0) {
-        char q[1100];
-        log_error("config_invalid", "error=%s", log_quote(q, sizeof q, err.msg));
-        cfg_deinit(&app.cfg);
-        return 2;
+    int rc = svc_start(argc, argv, "router", &app.cfg);
+    if (rc < 0) {
+        rc = run(&app);
+        teardown(&app);
+        log_info("stopped", "code=%d", rc);
     }
-    log_init("router", (LogLevel)log_level_parse(app.cfg.log.level));
-    if (check) {
-        Buf b;
-        buf_init(&b);
-        cfg_format(&app.cfg, &b);
-        fputs(b.data, stdout);
-        buf_deinit(&b);
-        cfg_deinit(&app.cfg);
-        return 0;
-    }
-    int rc = run(&app);
-    teardown(&app);
     cfg_deinit(&app.cfg);
-    log_info("stopped", "code=%d", rc);
     return rc;
 }
