@@ -8,6 +8,10 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include <curl/curl.h>
+
+#include "common/httpc.h"
+#include "common/ids.h"
 #include "common/jsonu.h"
 #include "common/log.h"
 #include "common/xalloc.h"
@@ -208,6 +212,11 @@ Workspace *ws_load_file(const char *path, Err *err)
 
 struct WsWatcher {
     char *path;
+    char *url;
+    char *auth; /* "Authorization: Basic ..." */
+    Httpc *http;
+    bool fetching;
+    uint8_t body_md5[16];
     Workspace *current;
     struct event *timer;
     struct timeval every;
@@ -222,6 +231,8 @@ static bool same_stat(const struct stat *a, const struct stat *b)
     return a->st_ino == b->st_ino && a->st_size == b->st_size &&
            a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
+
+static void swap_in(WsWatcher *w, Workspace *ws, const char *from);
 
 static void poll_file(evutil_socket_t fd, short what, void *arg)
 {
@@ -243,33 +254,148 @@ static void poll_file(evutil_socket_t fd, short what, void *arg)
     }
     w->warned = false;
     w->seen = st;
+    swap_in(w, ws, "file");
+}
+
+static void swap_in(WsWatcher *w, Workspace *ws, const char *from)
+{
     Workspace *old = w->current;
     w->current = ws;
-    log_info("workspace_reloaded", "path=%s sources=%d", w->path, ws->nsources);
+    log_info("workspace_reloaded", "from=%s sources=%d", from, ws->nsources);
     if (w->on_change)
         w->on_change(w->arg);
     ws_destroy(old);
 }
 
-WsWatcher *ws_watcher_create(struct event_base *base, const char *path, int poll_ms,
+static void on_fetched(void *arg, const HttpcResponse *r)
+{
+    WsWatcher *w = arg;
+    w->fetching = false;
+    if (r->status != 200) {
+        if (!w->warned) {
+            char q[600];
+            log_warn("workspace_fetch_failed", "url=%s status=%ld error=%s", w->url, r->status,
+                     log_quote(q, sizeof q, r->error ? r->error : r->body));
+        }
+        w->warned = true;
+        return;
+    }
+    uint8_t md5[16];
+    md5_digest(r->body, r->body_len, md5);
+    if (memcmp(md5, w->body_md5, sizeof md5) == 0)
+        return; /* unchanged */
+    Err err;
+    Workspace *ws = ws_parse(r->body, r->body_len, &err);
+    memcpy(w->body_md5, md5, sizeof md5);
+    if (ws == NULL) {
+        char q[1100];
+        log_warn("workspace_reload_failed", "url=%s error=%s", w->url, log_quote(q, sizeof q, err.msg));
+        return;
+    }
+    w->warned = false;
+    swap_in(w, ws, "control_plane");
+}
+
+static void poll_url(evutil_socket_t fd, short what, void *arg)
+{
+    WsWatcher *w = arg;
+    if (w->fetching)
+        return;
+    const char *headers[] = {w->auth, NULL};
+    HttpcRequest req = {"GET", w->url, headers, NULL, 0, 30000};
+    if (httpc_start(w->http, &req, on_fetched, w) == 0)
+        w->fetching = true;
+}
+
+static size_t collect(char *p, size_t size, size_t n, void *arg)
+{
+    buf_append(arg, p, size * n);
+    return size * n;
+}
+
+/* The first fetch blocks: a service does not start without its workspace. */
+static Workspace *fetch_blocking(WsWatcher *w, Err *err)
+{
+    CURL *c = curl_easy_init();
+    Buf body;
+    buf_init(&body);
+    struct curl_slist *h = curl_slist_append(NULL, w->auth);
+    curl_easy_setopt(c, CURLOPT_URL, w->url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 30000L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    Workspace *ws = NULL;
+    if (rc != CURLE_OK)
+        err_set(err, ERR_IO, "could not fetch workspace config from \"%s\": %s", w->url,
+                curl_easy_strerror(rc));
+    else if (status != 200)
+        err_set(err, ERR_IO, "could not fetch workspace config from \"%s\": HTTP %ld", w->url,
+                status);
+    else if ((ws = ws_parse(body.data ? body.data : "", body.len, err)) == NULL)
+        err_prefix(err, "%s", w->url);
+    else
+        md5_digest(body.data, body.len, w->body_md5);
+    buf_deinit(&body);
+    return ws;
+}
+
+WsWatcher *ws_watcher_create(struct event_base *base, const WorkspaceConfigCfg *cfg,
                              void (*on_change)(void *), void *arg, Err *err)
 {
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        err_set(err, ERR_IO, "could not open workspace config \"%s\": %m", path);
-        return NULL;
-    }
-    Workspace *ws = ws_load_file(path, err);
-    if (ws == NULL)
-        return NULL;
     WsWatcher *w = xcalloc(1, sizeof(*w));
-    w->path = xstrdup(path);
-    w->current = ws;
-    w->seen = st;
     w->on_change = on_change;
     w->arg = arg;
-    w->every.tv_sec = poll_ms / 1000;
-    w->every.tv_usec = (poll_ms % 1000) * 1000;
+    w->every.tv_sec = cfg->poll_interval_ms / 1000;
+    w->every.tv_usec = (cfg->poll_interval_ms % 1000) * 1000;
+    if (cfg->control_plane_url[0] != '\0') {
+        w->url = xstrdup(cfg->control_plane_url);
+        Buf cred, b64;
+        buf_init(&cred);
+        buf_init(&b64);
+        buf_printf(&cred, "%s:", cfg->control_plane_token);
+        static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const unsigned char *in = (const unsigned char *)cred.data;
+        for (size_t i = 0; i < cred.len; i += 3) {
+            unsigned v = (unsigned)in[i] << 16 | (i + 1 < cred.len ? (unsigned)in[i + 1] << 8 : 0) |
+                         (i + 2 < cred.len ? in[i + 2] : 0);
+            buf_putc(&b64, tbl[v >> 18 & 63]);
+            buf_putc(&b64, tbl[v >> 12 & 63]);
+            buf_putc(&b64, i + 1 < cred.len ? tbl[v >> 6 & 63] : '=');
+            buf_putc(&b64, i + 2 < cred.len ? tbl[v & 63] : '=');
+        }
+        w->auth = xasprintf("Authorization: Basic %s", b64.data);
+        buf_deinit(&cred);
+        buf_deinit(&b64);
+        w->current = fetch_blocking(w, err);
+        if (w->current == NULL) {
+            ws_watcher_destroy(w);
+            return NULL;
+        }
+        w->http = httpc_create(base, 1);
+        w->timer = event_new(base, -1, EV_PERSIST, poll_url, w);
+        event_add(w->timer, &w->every);
+        return w;
+    }
+    struct stat st;
+    if (stat(cfg->path, &st) != 0) {
+        err_set(err, ERR_IO, "could not open workspace config \"%s\": %m", cfg->path);
+        free(w);
+        return NULL;
+    }
+    w->current = ws_load_file(cfg->path, err);
+    if (w->current == NULL) {
+        free(w);
+        return NULL;
+    }
+    w->path = xstrdup(cfg->path);
+    w->seen = st;
     w->timer = event_new(base, -1, EV_PERSIST, poll_file, w);
     event_add(w->timer, &w->every);
     return w;
@@ -279,9 +405,13 @@ void ws_watcher_destroy(WsWatcher *w)
 {
     if (w == NULL)
         return;
-    event_free(w->timer);
+    if (w->timer)
+        event_free(w->timer);
+    httpc_destroy(w->http);
     ws_destroy(w->current);
     free(w->path);
+    free(w->url);
+    free(w->auth);
     free(w);
 }
 

@@ -12,6 +12,7 @@
 
 #include <json-c/json.h>
 
+#include "common/cfg.h"
 #include "common/err.h"
 #include "common/hmap.h"
 
@@ -60,10 +61,14 @@ const WsDestination *ws_destination(const WsSource *s, const char *dest_id);
 bool ws_dest_supports(const WsDestination *d, const char *type);
 
 typedef struct WsWatcher WsWatcher;
-/* Loads path now (failure is an error) and polls it every poll_ms; on a
- * change that parses, swaps the snapshot and calls on_change. A change that
- * does not parse is logged once and the old snapshot stays. */
-WsWatcher *ws_watcher_create(struct event_base *base, const char *path, int poll_ms,
+/* Loads the workspace config now (failure is an error) and re-checks it every
+ * poll_interval_ms; on a change that parses, swaps the snapshot and calls
+ * on_change. A change that does not parse is logged once and the old
+ * snapshot stays. The source is the control plane when
+ * cfg->control_plane_url is set (GET with the workspace token as the
+ * Basic-auth user; the first fetch blocks, later ones run on the loop),
+ * else the file cfg->path. */
+WsWatcher *ws_watcher_create(struct event_base *base, const WorkspaceConfigCfg *cfg,
                              void (*on_change)(void *arg), void *arg, Err *err);
 void ws_watcher_destroy(WsWatcher *w);
 /* The current snapshot (borrowed; valid until the next loop iteration that

@@ -102,8 +102,7 @@ static int run(App *app)
     }
     app->metrics = metrics_create();
     metrics_set_collect(app->metrics, collect, app);
-    app->ws = ws_watcher_create(app->base, app->cfg.workspace.path,
-                                app->cfg.workspace.poll_interval_ms, NULL, NULL, &err);
+    app->ws = ws_watcher_create(app->base, &app->cfg.workspace, NULL, NULL, &err);
     if (app->ws == NULL) {
         char q[1100];
         log_error("startup_failed", "error=%s", log_quote(q, sizeof q, err.msg));

@@ -82,8 +82,7 @@ static int run(App *app)
     Err err;
     app->base = loop_create();
     app->metrics = metrics_create();
-    app->ws = ws_watcher_create(app->base, app->cfg.workspace.path,
-                                app->cfg.workspace.poll_interval_ms, NULL, NULL, &err);
+    app->ws = ws_watcher_create(app->base, &app->cfg.workspace, NULL, NULL, &err);
     if (app->ws == NULL)
         return fail("workspace", &err);
     if (app->cfg.hints.enabled) {

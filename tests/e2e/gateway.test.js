@@ -8,7 +8,7 @@ const http = require('node:http');
 const zlib = require('node:zlib');
 const Rudder = require('@rudderstack/rudder-sdk-node');
 const { Analytics } = require('@segment/analytics-node');
-const { Stack, withLogs, basicAuth, sleep, waitFor, freePort } = require('./lib/stack');
+const { Stack, Proc, BIN, withLogs, basicAuth, sleep, waitFor, freePort } = require('./lib/stack');
 
 const WRITE_KEY = 'sample-write-key';
 const ENRICHMENT = ['receivedAt', 'request_ip', 'rudderId'];
@@ -233,6 +233,47 @@ describe('gateway', () => {
     } finally {
       stop = true;
       await g.stop();
+      require('node:fs').rmSync(stack2.tmp, { recursive: true, force: true });
+    }
+  }));
+
+  it('fetches the workspace config from a control-plane URL and follows its changes', withLogs(S, async () => {
+    const ws = JSON.parse(require('node:fs').readFileSync(require('node:path').join(__dirname, '../../config/workspaceConfig.sample.json')));
+    const auths = [];
+    let served = JSON.stringify(ws);
+    const cp = http.createServer((req, res) => {
+      auths.push(req.headers.authorization);
+      if (req.headers.authorization !== basicAuth('ws-token')) {
+        res.writeHead(401);
+        return res.end('bad token');
+      }
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(served);
+    });
+    const port = await freePort();
+    await new Promise((r) => cp.listen(port, '127.0.0.1', r));
+    const stack2 = new Stack();
+    stack2.pg = stack.pg;
+    try {
+      const g = await stack2.startGateway({
+        PINTLE_WORKSPACE_CONTROL_PLANE_URL: `http://127.0.0.1:${port}/workspaceConfig?fetchAll=true`,
+        PINTLE_WORKSPACE_CONTROL_PLANE_TOKEN: 'ws-token',
+        PINTLE_WORKSPACE_POLL_INTERVAL_MS: '100',
+        PINTLE_WORKSPACE_PATH: '/nonexistent/workspace.json',
+      });
+      assert.equal((await post(g.url, '/v1/track', JSON.stringify({ userId: 'cp', event: 'x' }))).status, 200);
+      assert.equal((await post(g.url, '/v1/track', JSON.stringify({ userId: 'cp', event: 'x' }), { key: 'cp-key' })).status, 401);
+      ws.sources.push({ id: 'src-cp', writeKey: 'cp-key', enabled: true, workspaceId: 'ws-sample', destinations: [] });
+      served = JSON.stringify(ws);
+      await waitFor(async () => (await post(g.url, '/v1/track', JSON.stringify({ userId: 'cp', event: 'x' }), { key: 'cp-key' })).status === 200, { what: 'control-plane change applied' });
+      assert.ok(auths.length >= 2 && auths.every((a) => a === basicAuth('ws-token')));
+      assert.equal((await g.stop()).code, 0);
+      // a control plane that refuses the token stops the service from starting
+      const bad = new Proc('gateway-bad-token', require('node:path').join(BIN, 'gateway'), [], stack2.env({ PINTLE_GATEWAY_PORT: String(await freePort()), PINTLE_WORKSPACE_CONTROL_PLANE_URL: `http://127.0.0.1:${port}/x`, PINTLE_WORKSPACE_CONTROL_PLANE_TOKEN: 'wrong' }));
+      await assert.rejects(bad.start(), /exited early/);
+      assert.match(bad.log, /event=startup_failed.*HTTP 401/);
+    } finally {
+      await new Promise((r) => cp.close(r));
       require('node:fs').rmSync(stack2.tmp, { recursive: true, force: true });
     }
   }));
