@@ -155,12 +155,13 @@ static bool basic_auth_user(const char *header, char *out, size_t outsz)
     while (*p == ' ')
         p++;
     size_t o = 0;
-    int bits = 0, acc = 0;
+    int bits = 0;
+    unsigned acc = 0;
     for (; *p && *p != '='; p++) {
         int v = b64val((unsigned char)*p);
         if (v < 0)
             return false;
-        acc = (acc << 6) | v;
+        acc = ((acc << 6) | (unsigned)v) & 0xffffffu;
         bits += 6;
         if (bits >= 8) {
             bits -= 8;
