@@ -52,7 +52,7 @@ class Proc {
     this.exit = null;
   }
 
-  start(readyRe = /event=ready/, timeoutMs = 20000) {
+  async start(readyRe = /event=ready/, timeoutMs = 20000) {
     this.exit = null;
     this.child = spawn(this.cmd, this.args, { env: { ...process.env, ...this.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     this.exited = new Promise((resolve) => {
@@ -65,10 +65,14 @@ class Proc {
     this.child.stdout.on('data', append);
     this.child.stderr.on('data', append);
     const from = this.log.length;
-    return waitFor(() => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (readyRe.test(this.log.slice(from))) return true;
+      // a process that exits before it is ready fails the start at once
       if (this.exit) throw new Error(`${this.name} exited early: ${JSON.stringify(this.exit)}\n${this.log}`);
-      return readyRe.test(this.log.slice(from));
-    }, { timeoutMs, what: `${this.name} ready` });
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${this.name} ready\n${this.log}`);
+      await sleep(25);
+    }
   }
 
   get running() {
