@@ -46,7 +46,7 @@ UNIT_BINS  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
 INTEG_SRC  := $(wildcard tests/integration/test_*.c)
 INTEG_BINS := $(INTEG_SRC:tests/integration/%.c=$(BUILD)/tests/integration/%)
 
-.PHONY: all deps run stop test unit integration transformer-test e2e check asan fuzz fuzz-smoke bench clean format format-check
+.PHONY: all deps run stop test config-check unit integration transformer-test e2e check asan fuzz fuzz-smoke bench clean format format-check
 .SECONDARY:
 
 all: $(BINS)
@@ -111,7 +111,14 @@ e2e: all
 transformer-test:
 	@cd transformer && node --test test/
 
-check: unit integration transformer-test e2e
+# config/pintle.conf documents every key at its default: it must match the table.
+config-check: all
+	@if $(BUILD)/bin/pintlectl config-doc | diff -u config/pintle.conf - ; then \
+	  echo "config-doc: 1 passed, 0 failed"; \
+	else echo "config/pintle.conf is stale: run build/bin/pintlectl config-doc > config/pintle.conf"; \
+	  echo "config-doc: 0 passed, 1 failed"; exit 1; fi
+
+check: config-check unit integration transformer-test e2e
 
 # make test: what CI runs. Installs what is missing, builds, runs everything.
 test: deps

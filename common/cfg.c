@@ -97,7 +97,7 @@ static const CfgKey keys[] = {
       "port of the processor's /health and /metrics; 0 disables"),
     S("processor", "transformer_url", processor.transformer_url, "http://127.0.0.1:9090",
       "base URL of the rudder-transformer compatible service"),
-    I("processor", "claim_batch", processor.claim_batch, "2000", 1, 100000,
+    I("processor", "claim_batch", processor.claim_batch, "1000", 1, 100000,
       "gw jobs claimed per cycle"),
     I("processor", "transform_chunk", processor.transform_chunk, "200", 1, 10000,
       "events per transformer request"),
