@@ -69,6 +69,8 @@ struct UserQ {
     RJob *head, *tail;
     bool queued;  /* in the destination's ready list */
     UserQ *next_ready;
+    bool delayed; /* in the engine's list of users waiting for a retry time */
+    UserQ *next_delayed;
 };
 
 struct Dest {
@@ -102,6 +104,7 @@ struct Engine {
     Part *parts;
     HMap dests;  /* id -> Dest */
     HMap users;  /* dest \x1f user -> UserQ */
+    UserQ *delayed; /* users whose head waits for its retry time */
     RJob **dirty;
     int ndirty, capdirty;
     int pending; /* jobs in memory */
@@ -219,6 +222,16 @@ static void make_ready(UserQ *u)
     d->ready_tail = u;
 }
 
+/* The user's head waits for its retry time; the tick makes it ready again. */
+static void delay_user(Engine *e, UserQ *u)
+{
+    if (u->delayed)
+        return;
+    u->delayed = true;
+    u->next_delayed = e->delayed;
+    e->delayed = u;
+}
+
 static bool user_has_failed_head(const UserQ *u)
 {
     return u->head != NULL && u->head->row && !u->head->parked;
@@ -251,7 +264,7 @@ static void user_pop(Engine *e, UserQ *u)
         u->tail = NULL;
     j->in_user = false;
     j->next_user = NULL;
-    if (u->head == NULL && !u->queued) {
+    if (u->head == NULL && !u->queued && !u->delayed) {
         hmap_del(&e->users, u->key);
         free(u->key);
         free(u);
@@ -371,6 +384,7 @@ static void on_delivered(void *arg, const HttpcResponse *r)
             }
     }
     /* the user stays out of the ready list until the retry time (tick) */
+    delay_user(e, u);
     pump(e);
 }
 
@@ -421,15 +435,19 @@ static void dispatch(Engine *e)
             u->queued = false;
             RJob *j = u->head;
             if (j == NULL) {
-                hmap_del(&e->users, u->key);
-                free(u->key);
-                free(u);
+                if (!u->delayed) { /* else the tick frees it */
+                    hmap_del(&e->users, u->key);
+                    free(u->key);
+                    free(u);
+                }
                 continue;
             }
             if (j->inflight)
                 continue;
-            if (j->next_retry_ms > now)
-                continue; /* the tick puts it back when due */
+            if (j->next_retry_ms > now) {
+                delay_user(e, u); /* the tick puts it back when due */
+                continue;
+            }
             deliver(e, j);
         }
     }
@@ -463,6 +481,7 @@ static void reset_state(Engine *e)
     }
     hmap_deinit(&e->users);
     hmap_init(&e->users);
+    e->delayed = NULL;
     for (int p = 0; p < e->nparts; p++) {
         for (RJob *j = e->parts[p].head, *n; j; j = n) {
             n = j->next_part;
@@ -994,12 +1013,23 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     Engine *e = arg;
     static int ticks;
     int64_t now = now_ms();
-    size_t it = 0;
-    HMapEntry *ent;
-    while (hmap_next(&e->users, &it, &ent)) {
-        UserQ *u = ent->value;
-        if (!u->queued && u->head && !u->head->inflight && u->head->next_retry_ms <= now)
-            make_ready(u);
+    /* only users waiting for a retry time are looked at, not every user */
+    for (UserQ **pp = &e->delayed; *pp;) {
+        UserQ *u = *pp;
+        if (u->head == NULL || u->head->next_retry_ms <= now) {
+            *pp = u->next_delayed;
+            u->delayed = false;
+            u->next_delayed = NULL;
+            if (u->head == NULL && !u->queued) {
+                hmap_del(&e->users, u->key);
+                free(u->key);
+                free(u);
+            } else if (!u->head->inflight) {
+                make_ready(u);
+            }
+            continue;
+        }
+        pp = &u->next_delayed;
     }
     /* poll for new jobs even without hints */
     if (++ticks * 50 >= e->cfg->router.poll_interval_ms) {
