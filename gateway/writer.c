@@ -152,11 +152,10 @@ static void on_written(void *arg, DbConn *c, PGresult *res, const Err *err)
         return;
     }
     metrics_inc(w->m_failures, 1);
-    /* 42P01: the cached dataset was dropped or renamed under us; look it up again. */
-    if (strstr(err->msg, "sqlstate=42P01") != NULL || strstr(err->msg, "does not exist") != NULL) {
-        free(w->table);
-        w->table = NULL;
-    }
+    /* The cached dataset may have been dropped under us (maintenance drops a
+     * consumed dataset once a newer one exists): look it up again. */
+    free(w->table);
+    w->table = NULL;
     char q[1100];
     double waited_ms = elapsed_s(&b->first_try) * 1000.0;
     if (waited_ms >= w->cfg->gateway.db_retry_ms || w->draining) {

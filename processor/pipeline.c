@@ -187,6 +187,10 @@ static void db_failed(Pipeline *p, const char *what, const Err *err)
     }
     p->leader = false;
     metrics_set(p->m_leader, 0);
+    /* a cached dataset may have been dropped by maintenance: look them up again */
+    free(p->rt_table);
+    free(p->brt_table);
+    p->rt_table = p->brt_table = NULL;
     reset_batch(p);
     p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : 200;
     if (p->backoff_ms > p->cfg->processor.retry_max_backoff_ms)

@@ -173,6 +173,37 @@ describe('failing destinations', () => {
   }));
 });
 
+describe('datasets', () => {
+  let st;
+  const S = () => st;
+  after(() => teardown(st));
+
+  it('rotates and drops datasets under load without losing or repeating an event', withLogs(S, async () => {
+    const fast = { PINTLE_QUEUE_DATASET_MAX_AGE_S: '1', PINTLE_QUEUE_MAINTENANCE_INTERVAL_MS: '200' };
+    st = await newStack(undefined, { processorEnv: fast, routerEnv: fast });
+    const N = 3000;
+    for (let i = 0; i < N; i += 100) {
+      const batch = [];
+      for (let k = i; k < i + 100; k++) batch.push(track(`R${k % 30}`, k));
+      await sendBatch(st.gw.url, batch);
+      await sleep(300); // about 9 s of traffic: writers refresh their dataset name every 5 s
+    }
+    await waitFor(() => st.sink.ok().length >= N, { timeoutMs: 60000, what: `${N} deliveries` });
+    await sleep(500);
+    assert.equal(st.sink.ok().length, N);
+    assert.equal(new Set(st.sink.ok().map((r) => r.body.messageId)).size, N);
+    const ds = await st.pg.query("SELECT queue, min(idx)::int AS lo, max(idx)::int AS hi, count(*)::int AS n FROM pintle.datasets GROUP BY queue");
+    const gw = ds.find((d) => d.queue === 'gw');
+    const rt = ds.find((d) => d.queue === 'rt');
+    assert.ok(gw.lo > 1, `gw datasets rotated and dropped: ${JSON.stringify(gw)}`);
+    assert.ok(rt.lo > 1, `rt datasets rotated and dropped: ${JSON.stringify(rt)}`);
+    assert.match(st.processors[0].log, /event=datasets_dropped queue=gw/);
+    assert.match(st.routers[0].log, /event=datasets_dropped queue=rt/);
+    const d = deliveredOrder(st.sink);
+    for (const [u, mids] of d) assert.deepEqual(mids, [...mids].sort((a, b) => parseInt(a.split('-')[1], 10) - parseInt(b.split('-')[1], 10)), `order of ${u}`);
+  }));
+});
+
 describe('crashes and concurrency', () => {
   let st;
   const S = () => st;
