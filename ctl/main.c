@@ -2,6 +2,7 @@
  *   migrate          apply pending schema migrations (the explicit migrate step)
  *   status           queue depths per stage, datasets and dead letters
  *   dead-letters     list dead-lettered jobs
+ *   replay           re-queue the router's dead letters as new rt jobs
  *   config-doc       print a documented pintle.conf with every default
  *   check-config     validate the configuration and print it
  * Blocking libpq is fine here: this is a short-lived command, not a loop. */
@@ -22,6 +23,9 @@ static void usage(FILE *f)
                "  migrate        apply pending schema migrations\n"
                "  status         queue depths, datasets and dead letters\n"
                "  dead-letters   list dead-lettered jobs (newest 100)\n"
+               "  replay [--destination ID] [--id N]\n"
+               "                 re-queue the router's dead letters (all, one destination's,\n"
+               "                 or one) as new rt jobs; transformer rejections are not replayed\n"
                "  config-doc     print a documented pintle.conf with every default\n"
                "  check-config   validate the configuration and print it\n");
 }
@@ -121,7 +125,25 @@ int main(int argc, char **argv)
                                  " GROUP BY 1, 2 ORDER BY 1, 2");
     } else if (strcmp(cmd, "dead-letters") == 0) {
         rc = print_query(pg, "SELECT id, stage, destination_id, user_id, status_code, reason,"
-                             " created_at FROM dead_letters ORDER BY id DESC LIMIT 100");
+                             " created_at, replayed_at FROM dead_letters ORDER BY id DESC LIMIT 100");
+    } else if (strcmp(cmd, "replay") == 0) {
+        const char *dest = NULL, *id = NULL;
+        for (int i = optind + 1; i + 1 < argc; i += 2) {
+            if (strcmp(argv[i], "--destination") == 0)
+                dest = argv[i + 1];
+            else if (strcmp(argv[i], "--id") == 0)
+                id = argv[i + 1];
+        }
+        const char *params[2] = {dest, id};
+        PGresult *r = PQexecParams(pg, "SELECT replay_dead_letters($1, $2::bigint)", 2, NULL,
+                                   params, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            fprintf(stderr, "pintlectl: could not replay dead letters: %s", PQresultErrorMessage(r));
+            rc = 1;
+        } else {
+            printf("replayed %s dead letters\n", PQgetvalue(r, 0, 0));
+        }
+        PQclear(r);
     } else {
         usage(stderr);
         rc = 2;

@@ -286,7 +286,7 @@ static void commit(Pipeline *p, DbConn *c)
         } else if (o->status != 298) {
             /* queue job_id stage workspace source destination user status reason response payload */
             Buf *d = &p->dead_rows;
-            buf_printf(d, "gw\t%" PRId64 "\tprocessor\t", j->job_id);
+            buf_printf(d, "gw\t%" PRId64 "\tprocessor\t%d\t", j->job_id, j->partition);
             buf_put_copy_text(d, j->workspace_id, strlen(j->workspace_id));
             buf_putc(d, '\t');
             buf_put_copy_text(d, j->source_id, strlen(j->source_id));
@@ -316,7 +316,7 @@ static void commit(Pipeline *p, DbConn *c)
         p->copies[nc++] = (DbCopy){p->brt_rows.data, p->brt_rows.len};
     }
     if (p->dead_rows.len > 0) {
-        buf_puts(&p->sql, "COPY dead_letters (queue, job_id, stage, workspace_id, source_id,"
+        buf_puts(&p->sql, "COPY dead_letters (queue, job_id, stage, partition, workspace_id, source_id,"
                           " destination_id, user_id, status_code, reason, response, payload)"
                           " FROM STDIN;");
         p->copies[nc++] = (DbCopy){p->dead_rows.data, p->dead_rows.len};

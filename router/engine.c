@@ -698,7 +698,7 @@ static void flush(Engine *e, DbConn *c)
             buf_printf(&e->del_ids, ndel++ ? ",%" PRId64 : "%" PRId64, j->job_id);
             if (j->fate == FATE_DEAD) {
                 Buf *b = &e->dead_rows;
-                buf_printf(b, "rt\t%" PRId64 "\trouter\t", j->job_id);
+                buf_printf(b, "rt\t%" PRId64 "\trouter\t%d\t", j->job_id, j->partition);
                 put_text(b, j->workspace_id);
                 buf_putc(b, '\t');
                 put_text(b, j->source_id);
@@ -770,7 +770,7 @@ static void flush(Engine *e, DbConn *c)
         buf_printf(&e->sql, "DELETE FROM rt_retries WHERE job_id = ANY('{%s}'::bigint[]);",
                    e->del_ids.data);
     if (e->dead_rows.len > 0) {
-        buf_puts(&e->sql, "COPY dead_letters (queue, job_id, stage, workspace_id, source_id,"
+        buf_puts(&e->sql, "COPY dead_letters (queue, job_id, stage, partition, workspace_id, source_id,"
                           " destination_id, user_id, status_code, reason, response, payload,"
                           " attempts) FROM STDIN;");
         e->copies[nc++] = (DbCopy){e->dead_rows.data, e->dead_rows.len};

@@ -4,7 +4,7 @@
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const Rudder = require('@rudderstack/rudder-sdk-node');
-const { Stack, withLogs, basicAuth, sleep, waitFor, startSink, webhookWorkspace } = require('./lib/stack');
+const { Stack, BIN, withLogs, basicAuth, sleep, waitFor, startSink, webhookWorkspace } = require('./lib/stack');
 
 const KEY = 'e2e-key';
 
@@ -113,9 +113,10 @@ describe('failing destinations', () => {
 
   it('retries a user answered 500 in order, without holding other users back; aborts a 400 event only', withLogs(S, async () => {
     let failing = 'U';
+    let poisonOk = false;
     st = await newStack((rec) => {
       if (rec.body.userId === failing) return 500;
-      if (rec.body.properties && rec.body.properties.poison) return 400;
+      if (rec.body.properties && rec.body.properties.poison && !poisonOk) return 400;
       return 200;
     });
     const events = [];
@@ -152,9 +153,44 @@ describe('failing destinations', () => {
     await waitFor(() => (deliveredOrder(st.sink).get('U') || []).length === 20, { timeoutMs: 30000, what: 'U delivered' });
     assert.deepEqual(deliveredOrder(st.sink).get('U'), Array.from({ length: 20 }, (_, i) => `U-${i}`));
     await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_retries')).at(0).n === 0, { what: 'retry table empty' });
+    // an operator replays the dead letter once the destination accepts it
+    poisonOk = true;
+    const replay = (args) => require('node:child_process').execFileSync(require('node:path').join(BIN, 'pintlectl'), ['replay', ...args], { env: { ...process.env, ...st.env() }, encoding: 'utf8' });
+    assert.match(replay(['--destination', 'dst-hook']), /replayed 1 dead letters/);
+    await waitFor(() => st.sink.ok().some((r) => r.body.messageId === 'B-5'), { timeoutMs: 20000, what: 'replayed event delivered' });
+    assert.match(replay(['--destination', 'dst-hook']), /replayed 0 dead letters/);
+    const rep = await st.pg.query("SELECT replayed_at FROM pintle.dead_letters WHERE queue = 'rt'");
+    assert.ok(rep[0].replayed_at, 'dead letter marked replayed');
     const m = await (await fetch(`http://127.0.0.1:${st.routers[0].port}/metrics`)).text();
     assert.match(m, /pintle_router_retries_total\{destination_id="dst-hook"\} [1-9]/);
     assert.match(m, /pintle_router_aborted_total\{destination_id="dst-hook"\} 1/);
+  }));
+
+  it('dead-letters events the transformer rejects, per destination', withLogs(S, async () => {
+    const ws = webhookWorkspace(st.sink.url);
+    const broken = JSON.parse(JSON.stringify(ws.sources[0].destinations[0]));
+    broken.id = 'dst-broken';
+    broken.config = {}; // no webhookUrl: the transform fails with 400
+    ws.sources[0].destinations.push(broken);
+    st.writeWorkspace(ws);
+    await waitFor(() => /event=workspace_reloaded/.test(st.processors[0].log), { what: 'processor reloaded the workspace' });
+    const before = st.sink.ok().length;
+    await sendBatch(st.gw.url, [track('DL', 0), track('DL', 1), track('DL', 2)]);
+    await waitFor(() => st.sink.ok().length === before + 3, { what: 'delivered to the working destination' });
+    const dead = await waitFor(async () => {
+      const rows = await st.pg.query("SELECT stage, destination_id, status_code, reason, partition, payload FROM pintle.dead_letters WHERE stage = 'processor' ORDER BY job_id");
+      return rows.length === 3 && rows;
+    }, { what: 'processor dead letters' });
+    for (const d of dead) {
+      assert.equal(d.destination_id, 'dst-broken');
+      assert.equal(d.status_code, 400);
+      assert.equal(d.reason, 'Invalid URL in destination config');
+      assert.notEqual(d.partition, null);
+    }
+    assert.deepEqual(dead.map((d) => JSON.parse(d.payload).messageId), ['DL-0', 'DL-1', 'DL-2']);
+    ws.sources[0].destinations.pop();
+    st.writeWorkspace(ws);
+    await sleep(1500);
   }));
 
   it('pauses while the transformer is down for 10 s and loses nothing', withLogs(S, async () => {
