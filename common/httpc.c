@@ -18,7 +18,6 @@ struct Httpc {
 };
 
 typedef struct Transfer {
-    Httpc *h;
     struct Transfer *prev, *next;
     CURL *easy;
     struct curl_slist *headers;
@@ -199,7 +198,6 @@ int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg)
     if (easy == NULL)
         return -1;
     Transfer *t = xcalloc(1, sizeof(*t));
-    t->h = h;
     t->easy = easy;
     t->done = done;
     t->arg = arg;

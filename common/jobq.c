@@ -7,6 +7,10 @@
 const char JOBQ_SQL_NEWEST_DATASET[] =
     "SELECT table_name FROM datasets WHERE queue = $1 ORDER BY idx DESC LIMIT 1";
 
+const char JOBQ_SQL_COPY_DEAD_LETTERS[] =
+    "COPY dead_letters (queue, job_id, stage, partition, workspace_id, source_id,"
+    " destination_id, user_id, status_code, reason, response, payload, attempts) FROM STDIN;";
+
 const char *jobq_name(JobQueueId q)
 {
     switch (q) {
@@ -28,20 +32,49 @@ int jobq_partition(const char *workspace_id, const char *user_key, int partition
     return (int)(h % (uint32_t)partitions);
 }
 
+void jobq_copy_text(Buf *b, const char *s)
+{
+    if (s == NULL)
+        buf_puts(b, "\\N");
+    else
+        buf_put_copy_text(b, s, strlen(s));
+}
+
+/* workspace, source, destination, user: the identity columns every row has */
+static void copy_ids(Buf *b, const char *ws, const char *src, const char *dest, const char *user)
+{
+    jobq_copy_text(b, ws);
+    buf_putc(b, '\t');
+    jobq_copy_text(b, src);
+    buf_putc(b, '\t');
+    jobq_copy_text(b, dest ? dest : "");
+    buf_putc(b, '\t');
+    jobq_copy_text(b, user);
+    buf_putc(b, '\t');
+}
+
 void jobq_copy_row(Buf *b, const JobRow *r)
 {
     buf_printf(b, "%d\t", r->partition);
-    buf_put_copy_text(b, r->workspace_id, strlen(r->workspace_id));
-    buf_putc(b, '\t');
-    buf_put_copy_text(b, r->source_id, strlen(r->source_id));
-    buf_putc(b, '\t');
-    const char *d = r->destination_id ? r->destination_id : "";
-    buf_put_copy_text(b, d, strlen(d));
-    buf_putc(b, '\t');
-    buf_put_copy_text(b, r->user_id, strlen(r->user_id));
-    buf_putc(b, '\t');
+    copy_ids(b, r->workspace_id, r->source_id, r->destination_id, r->user_id);
     buf_put_copy_text(b, r->payload, r->payload_len);
     buf_putc(b, '\n');
+}
+
+void jobq_copy_dead_letter(Buf *b, const DeadLetter *d)
+{
+    jobq_copy_text(b, d->queue);
+    buf_printf(b, "\t%" PRId64 "\t", d->job_id);
+    jobq_copy_text(b, d->stage);
+    buf_printf(b, "\t%d\t", d->partition);
+    copy_ids(b, d->workspace_id, d->source_id, d->destination_id, d->user_id);
+    buf_printf(b, "%d\t", d->status_code);
+    jobq_copy_text(b, d->reason ? d->reason : "aborted");
+    buf_putc(b, '\t');
+    jobq_copy_text(b, d->response);
+    buf_putc(b, '\t');
+    jobq_copy_text(b, d->payload);
+    buf_printf(b, "\t%d\n", d->attempts);
 }
 
 static int cmp_int(const void *a, const void *b)

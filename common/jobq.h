@@ -37,6 +37,27 @@ typedef struct JobRow {
 /* Appends one COPY text-format line for r (columns as in jobq_format_write). */
 void jobq_copy_row(Buf *copy, const JobRow *r);
 
+/* Appends one COPY text field: s escaped, or \N for NULL. */
+void jobq_copy_text(Buf *copy, const char *s);
+
+/* A row of dead_letters; the stage that gave up on a job writes it. */
+typedef struct DeadLetter {
+    const char *queue; /* queue the job came from: "gw" or "rt" */
+    int64_t job_id;
+    const char *stage; /* "processor" or "router" */
+    int partition;
+    const char *workspace_id, *source_id, *destination_id, *user_id;
+    int status_code;
+    const char *reason;
+    const char *response; /* may be NULL */
+    const char *payload;
+    int attempts;
+} DeadLetter;
+
+/* The COPY statement whose rows jobq_copy_dead_letter encodes. */
+extern const char JOBQ_SQL_COPY_DEAD_LETTERS[];
+void jobq_copy_dead_letter(Buf *copy, const DeadLetter *d);
+
 /* Sorts and de-duplicates parts in place; returns the new count. */
 int jobq_sort_partitions(int *parts, int n);
 

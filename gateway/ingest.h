@@ -36,7 +36,6 @@ typedef struct IngestOut {
     int *parts; /* partition of each event */
     int nevents;
     int cap;
-    /* workspace_id of the events (for rate limiting); borrowed from ctx */
 } IngestOut;
 
 void ingest_out_init(IngestOut *o);

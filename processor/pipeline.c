@@ -66,7 +66,6 @@ typedef struct Chunk {
     const WsDestination *dest;
     int attempt;
     struct event *retry_ev;
-    bool done;
 } Chunk;
 
 struct Pipeline {
@@ -103,7 +102,7 @@ struct Pipeline {
     bool kicked;
     int64_t last_claim_rows;
     MetricSeries *m_events, *m_outputs, *m_dead, *m_filtered, *m_batches, *m_tf_seconds,
-        *m_tf_retries, *m_commit_seconds, *m_leader;
+        *m_tf_retries, *m_leader;
 };
 
 static void cycle(Pipeline *p);
@@ -284,22 +283,10 @@ static void commit(Pipeline *p, DbConn *c)
             else
                 rt_parts[nrt++] = j->partition;
         } else if (o->status != 298) {
-            /* queue job_id stage workspace source destination user status reason response payload */
-            Buf *d = &p->dead_rows;
-            buf_printf(d, "gw\t%" PRId64 "\tprocessor\t%d\t", j->job_id, j->partition);
-            buf_put_copy_text(d, j->workspace_id, strlen(j->workspace_id));
-            buf_putc(d, '\t');
-            buf_put_copy_text(d, j->source_id, strlen(j->source_id));
-            buf_putc(d, '\t');
-            buf_put_copy_text(d, o->dest_id, strlen(o->dest_id));
-            buf_putc(d, '\t');
-            buf_put_copy_text(d, j->user_id, strlen(j->user_id));
-            buf_printf(d, "\t%d\t", o->status);
-            const char *why = o->error ? o->error : "transformation failed";
-            buf_put_copy_text(d, why, strlen(why));
-            buf_puts(d, "\t\\N\t");
-            buf_put_copy_text(d, o->payload, strlen(o->payload));
-            buf_putc(d, '\n');
+            DeadLetter dl = {"gw", j->job_id, "processor", j->partition, j->workspace_id,
+                             j->source_id, o->dest_id, j->user_id, o->status,
+                             o->error ? o->error : "transformation failed", NULL, o->payload, 1};
+            jobq_copy_dead_letter(&p->dead_rows, &dl);
         }
     }
     nrt = jobq_sort_partitions(rt_parts, nrt);
@@ -316,9 +303,7 @@ static void commit(Pipeline *p, DbConn *c)
         p->copies[nc++] = (DbCopy){p->brt_rows.data, p->brt_rows.len};
     }
     if (p->dead_rows.len > 0) {
-        buf_puts(&p->sql, "COPY dead_letters (queue, job_id, stage, partition, workspace_id, source_id,"
-                          " destination_id, user_id, status_code, reason, response, payload)"
-                          " FROM STDIN;");
+        buf_puts(&p->sql, JOBQ_SQL_COPY_DEAD_LETTERS);
         p->copies[nc++] = (DbCopy){p->dead_rows.data, p->dead_rows.len};
     }
     free(rt_parts);
@@ -430,7 +415,6 @@ static int find_job(Pipeline *p, int64_t id)
 
 static void chunk_finished(Pipeline *p, Chunk *c)
 {
-    c->done = true;
     p->inflight--;
     p->chunks_done++;
     if (p->chunks_done == p->nchunks)
@@ -615,7 +599,6 @@ static void format_destination(Buf *b, const WsSource *s, const WsDestination *d
 }
 
 typedef struct DestChunks {
-    const WsSource *src;
     const WsDestination *d;
     char *dest_json;
     Chunk *open;
@@ -647,7 +630,6 @@ static void route_job(Pipeline *p, int i, json_object *ev, HMap *by_dest)
             DestChunks *dc = hmap_get(by_dest, key);
             if (dc == NULL) {
                 dc = xcalloc(1, sizeof(*dc));
-                dc->src = s;
                 dc->d = d;
                 Buf b;
                 buf_init(&b);

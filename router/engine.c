@@ -605,14 +605,6 @@ static void claim(Engine *e, DbConn *c)
     }
 }
 
-static void put_text(Buf *b, const char *s)
-{
-    if (s == NULL)
-        buf_puts(b, "\\N");
-    else
-        buf_put_copy_text(b, s, strlen(s));
-}
-
 static void put_time(Buf *b, int64_t ms)
 {
     if (ms == 0) {
@@ -673,15 +665,15 @@ static void flush(Engine *e, DbConn *c)
         if (j->fate == FATE_PENDING && j->row) {
             Buf *b = &e->retry_rows;
             buf_printf(b, "%" PRId64 "\t%d\t", j->job_id, j->partition);
-            put_text(b, j->workspace_id);
+            jobq_copy_text(b, j->workspace_id);
             buf_putc(b, '\t');
-            put_text(b, j->source_id);
+            jobq_copy_text(b, j->source_id);
             buf_putc(b, '\t');
-            put_text(b, j->dest_id);
+            jobq_copy_text(b, j->dest_id);
             buf_putc(b, '\t');
-            put_text(b, j->user_id);
+            jobq_copy_text(b, j->user_id);
             buf_putc(b, '\t');
-            put_text(b, j->payload);
+            jobq_copy_text(b, j->payload);
             buf_printf(b, "\t%s\t%d\t", j->parked ? "t" : "f", j->attempts);
             put_time(b, j->first_failed_ms);
             buf_putc(b, '\t');
@@ -692,27 +684,15 @@ static void flush(Engine *e, DbConn *c)
             else
                 buf_puts(b, "\\N");
             buf_putc(b, '\t');
-            put_text(b, j->last_error);
+            jobq_copy_text(b, j->last_error);
             buf_putc(b, '\n');
         } else if (j->fate != FATE_PENDING) {
             buf_printf(&e->del_ids, ndel++ ? ",%" PRId64 : "%" PRId64, j->job_id);
             if (j->fate == FATE_DEAD) {
-                Buf *b = &e->dead_rows;
-                buf_printf(b, "rt\t%" PRId64 "\trouter\t%d\t", j->job_id, j->partition);
-                put_text(b, j->workspace_id);
-                buf_putc(b, '\t');
-                put_text(b, j->source_id);
-                buf_putc(b, '\t');
-                put_text(b, j->dest_id);
-                buf_putc(b, '\t');
-                put_text(b, j->user_id);
-                buf_printf(b, "\t%d\t", j->last_status);
-                put_text(b, j->last_error ? j->last_error : "aborted");
-                buf_putc(b, '\t');
-                put_text(b, j->response);
-                buf_putc(b, '\t');
-                put_text(b, j->payload);
-                buf_printf(b, "\t%d\n", j->attempts);
+                DeadLetter dl = {"rt", j->job_id, "router", j->partition, j->workspace_id,
+                                 j->source_id, j->dest_id, j->user_id, j->last_status,
+                                 j->last_error, j->response, j->payload, j->attempts};
+                jobq_copy_dead_letter(&e->dead_rows, &dl);
             }
         }
     }
@@ -770,9 +750,7 @@ static void flush(Engine *e, DbConn *c)
         buf_printf(&e->sql, "DELETE FROM rt_retries WHERE job_id = ANY('{%s}'::bigint[]);",
                    e->del_ids.data);
     if (e->dead_rows.len > 0) {
-        buf_puts(&e->sql, "COPY dead_letters (queue, job_id, stage, partition, workspace_id, source_id,"
-                          " destination_id, user_id, status_code, reason, response, payload,"
-                          " attempts) FROM STDIN;");
+        buf_puts(&e->sql, JOBQ_SQL_COPY_DEAD_LETTERS);
         e->copies[nc++] = (DbCopy){e->dead_rows.data, e->dead_rows.len};
     }
     if (e->flush_n > 0) {

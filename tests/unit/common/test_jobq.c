@@ -36,6 +36,20 @@ static void test_copy_row(void **state)
     buf_deinit(&b);
 }
 
+static void test_dead_letter_row(void **state)
+{
+    Buf b;
+    buf_init(&b);
+    DeadLetter d = {"rt", 42, "router", 7, "ws", "src", "dst", "u\t1", 400, "destination answered 400",
+                    NULL, "{\"a\":\"x\\ny\"}", 2};
+    jobq_copy_dead_letter(&b, &d);
+    /* columns in the order of JOBQ_SQL_COPY_DEAD_LETTERS; a NULL response is \N */
+    assert_string_equal(b.data, "rt\t42\trouter\t7\tws\tsrc\tdst\tu\\t1\t400\t"
+                                "destination answered 400\t\\N\t{\"a\":\"x\\\\ny\"}\t2\n");
+    assert_non_null(strstr(JOBQ_SQL_COPY_DEAD_LETTERS, "(queue, job_id, stage, partition,"));
+    buf_deinit(&b);
+}
+
 static void test_sort_partitions(void **state)
 {
     int p[] = {5, 1, 5, 3, 1};
@@ -63,6 +77,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_partition),
         cmocka_unit_test(test_copy_row),
+        cmocka_unit_test(test_dead_letter_row),
         cmocka_unit_test(test_sort_partitions),
         cmocka_unit_test(test_write_sql),
     };
