@@ -26,6 +26,8 @@ void *hmap_get(const HMap *m, const char *key);
 void *hmap_put(HMap *m, const char *key, void *value);
 /* Removes key; returns its value or NULL. */
 void *hmap_del(HMap *m, const char *key);
+/* Keyed hash (SipHash-1-3, random key per process): slots cannot be
+ * predicted by whoever chooses the keys. Not stable across processes. */
 uint32_t hmap_hash(const char *s);
 
 /* Iteration: for (size_t i = 0; hmap_next(m, &i, &e);) ... */

@@ -15,6 +15,8 @@ struct Httpc {
     struct Transfer *transfers; /* every transfer in flight, for shutdown */
     CURL *spare[64];            /* finished easy handles, reset for reuse */
     int nspare;
+    struct Transfer *cancelled; /* removed from the multi, callbacks pending */
+    struct event *cancel_ev;
 };
 
 typedef struct Transfer {
@@ -23,6 +25,9 @@ typedef struct Transfer {
     struct curl_slist *headers;
     char *body;
     Buf resp;
+    size_t max_resp;
+    bool keep_prefix;
+    bool truncated;
     HttpcDoneCb done;
     void *arg;
     char errbuf[CURL_ERROR_SIZE];
@@ -40,6 +45,29 @@ static void unlink_transfer(Httpc *h, Transfer *t)
         h->transfers = t->next;
     if (t->next)
         t->next->prev = t->prev;
+}
+
+/* Reports t to its owner and recycles its easy handle (already removed
+ * from the multi handle and unlinked). */
+static void finish(Httpc *h, Transfer *t, HttpcResponse *r)
+{
+    if (t->resp.data == NULL)
+        buf_puts(&t->resp, "");
+    r->body = t->resp.data;
+    r->body_len = t->resp.len;
+    r->truncated = t->truncated;
+    t->done(t->arg, r);
+    /* reusing handles saves their (large) allocations on every request */
+    if (h->nspare < (int)(sizeof h->spare / sizeof h->spare[0])) {
+        curl_easy_reset(t->easy);
+        h->spare[h->nspare++] = t->easy;
+    } else {
+        curl_easy_cleanup(t->easy);
+    }
+    curl_slist_free_all(t->headers);
+    free(t->body);
+    buf_deinit(&t->resp);
+    free(t);
 }
 
 static void check_done(Httpc *h)
@@ -62,26 +90,42 @@ static void check_done(Httpc *h)
             r.error = t->errbuf[0] ? t->errbuf : curl_easy_strerror(code);
             r.status = 0;
         }
-        if (t->resp.data == NULL)
-            buf_puts(&t->resp, "");
-        r.body = t->resp.data;
-        r.body_len = t->resp.len;
+        if (code == CURLE_WRITE_ERROR && t->truncated)
+            r.error = "response larger than the limit";
         curl_multi_remove_handle(h->multi, easy);
         h->inflight--;
         unlink_transfer(h, t);
-        t->done(t->arg, &r);
-        /* reusing handles saves their (large) allocations on every request */
-        if (h->nspare < (int)(sizeof h->spare / sizeof h->spare[0])) {
-            curl_easy_reset(easy);
-            h->spare[h->nspare++] = easy;
-        } else {
-            curl_easy_cleanup(easy);
-        }
-        curl_slist_free_all(t->headers);
-        free(t->body);
-        buf_deinit(&t->resp);
-        free(t);
+        finish(h, t, &r);
     }
+}
+
+static void on_cancelled(evutil_socket_t fd, short what, void *arg)
+{
+    Httpc *h = arg;
+    while (h->cancelled != NULL) {
+        Transfer *t = h->cancelled;
+        h->cancelled = t->next;
+        HttpcResponse r;
+        memset(&r, 0, sizeof r);
+        r.curl_code = CURLE_ABORTED_BY_CALLBACK;
+        r.error = "cancelled";
+        finish(h, t, &r);
+    }
+}
+
+void httpc_cancel_all(Httpc *h)
+{
+    while (h->transfers != NULL) {
+        Transfer *t = h->transfers;
+        unlink_transfer(h, t);
+        curl_multi_remove_handle(h->multi, t->easy);
+        h->inflight--;
+        t->prev = NULL;
+        t->next = h->cancelled;
+        h->cancelled = t;
+    }
+    if (h->cancelled != NULL)
+        event_active(h->cancel_ev, 0, 0);
 }
 
 static void on_socket_event(evutil_socket_t fd, short what, void *arg)
@@ -143,9 +187,15 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     Transfer *t = userdata;
     size_t n = size * nmemb;
-    /* responses are only logged or stored as error context: keep 1 MiB at most */
-    if (t->resp.len < (1u << 20))
-        buf_append(&t->resp, ptr, n);
+    if (t->resp.len + n > t->max_resp) {
+        t->truncated = true;
+        if (!t->keep_prefix)
+            return 0; /* aborts the transfer (CURLE_WRITE_ERROR) */
+        if (t->resp.len < t->max_resp)
+            buf_append(&t->resp, ptr, t->max_resp - t->resp.len);
+        return n;
+    }
+    buf_append(&t->resp, ptr, n);
     return n;
 }
 
@@ -160,6 +210,7 @@ Httpc *httpc_create(struct event_base *base, long max_host_connections)
     h->base = base;
     h->multi = curl_multi_init();
     h->timer = evtimer_new(base, on_timeout, h);
+    h->cancel_ev = event_new(base, -1, 0, on_cancelled, h);
     curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
     curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
@@ -175,10 +226,15 @@ void httpc_destroy(Httpc *h)
     if (h == NULL)
         return;
     /* abandon transfers still in flight (shutdown): their callbacks do not run */
-    while (h->transfers != NULL) {
+    while (h->transfers != NULL || h->cancelled != NULL) {
         Transfer *t = h->transfers;
-        unlink_transfer(h, t);
-        curl_multi_remove_handle(h->multi, t->easy);
+        if (t != NULL) {
+            unlink_transfer(h, t);
+            curl_multi_remove_handle(h->multi, t->easy);
+        } else {
+            t = h->cancelled;
+            h->cancelled = t->next;
+        }
         curl_easy_cleanup(t->easy);
         curl_slist_free_all(t->headers);
         free(t->body);
@@ -189,6 +245,7 @@ void httpc_destroy(Httpc *h)
         curl_easy_cleanup(h->spare[--h->nspare]);
     curl_multi_cleanup(h->multi);
     event_free(h->timer);
+    event_free(h->cancel_ev);
     free(h);
 }
 
@@ -201,6 +258,8 @@ int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg)
     t->easy = easy;
     t->done = done;
     t->arg = arg;
+    t->max_resp = req->max_response_bytes > 0 ? req->max_response_bytes : (size_t)1 << 20;
+    t->keep_prefix = req->keep_prefix;
     buf_init(&t->resp);
     curl_easy_setopt(easy, CURLOPT_URL, req->url);
     curl_easy_setopt(easy, CURLOPT_PRIVATE, t);

@@ -7,6 +7,7 @@
 #ifndef COMMON_HTTPC_H
 #define COMMON_HTTPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "common/buf.h"
@@ -21,6 +22,7 @@ typedef struct HttpcResponse {
     const char *error;   /* transport error text, or NULL */
     const char *body;    /* response body (NUL-terminated), borrowed until the callback returns */
     size_t body_len;
+    bool truncated;      /* the body went past the request's max_response_bytes */
     double seconds;      /* total time */
 } HttpcResponse;
 
@@ -33,6 +35,13 @@ typedef struct HttpcRequest {
     const char *body;
     size_t body_len;
     long timeout_ms;
+    /* Bytes of the response body kept (0: 1 MiB). Beyond it the response
+     * is truncated: with keep_prefix the transfer goes on and the first
+     * max_response_bytes are reported (bodies kept only as context); else
+     * the transfer is aborted at once and reported with status 0 (a caller
+     * that needs the whole answer). Either way truncated is set. */
+    size_t max_response_bytes;
+    bool keep_prefix;
 } HttpcRequest;
 
 Httpc *httpc_create(struct event_base *base, long max_host_connections);
@@ -41,6 +50,10 @@ void httpc_destroy(Httpc *h);
  * synchronously). Returns 0, or -1 if the request could not be started. */
 int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg);
 int httpc_inflight(const Httpc *h);
+/* Ends every transfer in flight now (shutdown deadline): each callback runs
+ * once, from the loop shortly after this returns (never inside it), with
+ * status 0 and error "cancelled". Requests started afterwards run normally. */
+void httpc_cancel_all(Httpc *h);
 
 /* Appends s percent-encoded for a URL query component. */
 void httpc_url_encode(Buf *out, const char *s, size_t n);

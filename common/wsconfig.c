@@ -302,7 +302,8 @@ static void poll_url(evutil_socket_t fd, short what, void *arg)
     if (w->fetching)
         return;
     const char *headers[] = {w->auth, NULL};
-    HttpcRequest req = {"GET", w->url, headers, NULL, 0, 30000};
+    /* an export of a large workspace runs to megabytes */
+    HttpcRequest req = {"GET", w->url, headers, NULL, 0, 30000, .max_response_bytes = 256u << 20};
     if (httpc_start(w->http, &req, on_fetched, w) == 0)
         w->fetching = true;
 }

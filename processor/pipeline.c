@@ -557,9 +557,11 @@ static void start_chunk(Pipeline *p, Chunk *c)
 {
     static const char *const headers[] = {"Content-Type: application/json", NULL};
     HttpcRequest req = {"POST", c->url, headers, c->body.data, c->body.len,
-                        p->cfg->processor.transformer_timeout_ms};
+                        p->cfg->processor.transformer_timeout_ms, .max_response_bytes = 0,
+                        .keep_prefix = false};
     if (httpc_start(p->http, &req, on_transformed, c) < 0) {
-        HttpcResponse r = {0, -1, "could not start request", "", 0, 0};
+        HttpcResponse r = {.status = 0, .curl_code = -1, .error = "could not start request",
+                           .body = ""};
         on_transformed(c, &r);
     }
 }

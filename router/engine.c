@@ -402,7 +402,8 @@ static void deliver(Engine *e, RJob *j)
     }
     HttpcRequest req = {a->d.method, a->d.url.data, (const char *const *)a->d.headers,
                         a->d.has_body ? a->d.body.data : NULL, a->d.body.len,
-                        e->cfg->router.timeout_ms};
+                        e->cfg->router.timeout_ms, .max_response_bytes = 4096,
+                        .keep_prefix = true};
     Dest *d = dest_get(e, j->dest_id);
     if (httpc_start(e->http, &req, on_delivered, a) < 0) {
         delivery_deinit(&a->d);
