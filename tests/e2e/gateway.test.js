@@ -232,7 +232,7 @@ describe('gateway', () => {
       assert.equal((await post(g.url, '/v1/track', JSON.stringify({ userId: 'n', event: 'x' }), { key: 'new-key' })).status, 200);
     } finally {
       stop = true;
-      await g.stop();
+      await stack2.stopProcs();
       require('node:fs').rmSync(stack2.tmp, { recursive: true, force: true });
     }
   }));
@@ -273,6 +273,8 @@ describe('gateway', () => {
       await assert.rejects(bad.start(), /exited early/);
       assert.match(bad.log, /event=startup_failed.*HTTP 401/);
     } finally {
+      await stack2.stopProcs();
+      cp.closeAllConnections();
       await new Promise((r) => cp.close(r));
       require('node:fs').rmSync(stack2.tmp, { recursive: true, force: true });
     }

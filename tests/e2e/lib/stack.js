@@ -12,6 +12,20 @@ const path = require('node:path');
 const { Client } = require('pg');
 
 const ROOT = path.resolve(__dirname, '../../..');
+
+// Every process any test of this file started, so that none outlives the
+// file even when a test forgot it or failed half-way: the root after() hook
+// kills what is left, and so does process exit (a child holding our pipes
+// open would otherwise keep the test runner waiting for its timeout).
+const live = new Set();
+process.on('exit', () => {
+  for (const p of live) {
+    try { p.child.kill('SIGKILL'); } catch (e) { /* gone */ }
+  }
+});
+require('node:test').after(async () => {
+  for (const p of [...live]) await p.stop('SIGKILL', 5000);
+});
 const BIN = path.join(ROOT, process.env.PINTLE_BUILD || 'build', 'bin');
 
 function freePort() {
@@ -55,9 +69,11 @@ class Proc {
   async start(readyRe = /event=ready/, timeoutMs = 20000) {
     this.exit = null;
     this.child = spawn(this.cmd, this.args, { env: { ...process.env, ...this.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    live.add(this);
     this.exited = new Promise((resolve) => {
       this.child.on('exit', (code, signal) => {
         this.exit = { code, signal };
+        live.delete(this);
         resolve(this.exit);
       });
     });
@@ -181,8 +197,8 @@ class Stack {
     const key = name.toUpperCase();
     const p = new Proc(name, path.join(BIN, name), args, this.env({ [`PINTLE_${key}_ADMIN_PORT`]: String(port), ...extra }));
     p.port = port;
+    this.procs.push(p); // registered first: a process that fails to start is still stopped
     await p.start();
-    this.procs.push(p);
     return p;
   }
 
@@ -211,9 +227,14 @@ class Stack {
     }
   }
 
-  async stopAll() {
+  // Stops this stack's processes (not its Postgres, which may be shared).
+  async stopProcs() {
     for (const p of this.procs.reverse()) await p.stop('SIGKILL', 5000);
     this.procs = [];
+  }
+
+  async stopAll() {
+    await this.stopProcs();
     if (this.pg) this.pg.destroy();
     fs.rmSync(this.tmp, { recursive: true, force: true });
   }
