@@ -32,6 +32,7 @@ struct DbConn {
     PGresult *last;
     Err err;
     bool failed;
+    bool checking; /* connected, schema check running: not usable yet */
 };
 
 struct DbPool {
@@ -46,10 +47,15 @@ struct DbPool {
     void (*idle_cb)(void *);
     void *idle_arg;
     struct event *idle_ev;
+    int expect_partitions; /* 0: no schema check */
+    DbFatalCb fatal_cb;
+    void *fatal_arg;
+    bool warned_schema;
 };
 
 static void conn_start_connect(DbConn *c);
 static void conn_drive(DbConn *c);
+static void start_check(DbConn *c);
 
 static void conn_close(DbConn *c)
 {
@@ -310,6 +316,10 @@ static void connect_poll(DbConn *c, PostgresPollingStatusType st)
         c->generation++;
         if (c->backoff_ms > 0)
             log_info("db_connected", "conn=%d", c->index);
+        if (c->pool->expect_partitions > 0) {
+            start_check(c);
+            return;
+        }
         c->backoff_ms = 0;
         notify_idle(c->pool);
         return;
@@ -339,6 +349,59 @@ static void conn_start_connect(DbConn *c)
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     conn_start_connect(arg);
+}
+
+/* The schema check of a new connection: meta.partitions must equal what
+ * this process hashes events into, else rows land in partitions that no
+ * cursor reads (or are read by the wrong consumer). */
+static void on_checked(void *arg, DbConn *c, PGresult *res, const Err *err)
+{
+    DbPool *p = c->pool;
+    c->checking = false;
+    if (err != NULL || res == NULL || PQntuples(res) != 1) {
+        if (!p->warned_schema) {
+            char q[1100];
+            log_warn("db_schema_unavailable", "conn=%d error=%s", c->index,
+                     log_quote(q, sizeof q,
+                               err ? err->msg
+                                   : "no partitions row in meta (run `pintlectl migrate`)"));
+            p->warned_schema = true;
+        }
+        if (c->pg != NULL) /* else the connection was lost and finish_op reconnects */
+            schedule_reconnect(c);
+        return;
+    }
+    int have = atoi(PQgetvalue(res, 0, 0));
+    if (have != p->expect_partitions) {
+        Err e;
+        err_set(&e, ERR_INVALID,
+                "queue.partitions is %d but the jobs schema was installed with %d partitions;"
+                " set queue.partitions = %d",
+                p->expect_partitions, have, have);
+        conn_close(c);
+        if (p->fatal_cb)
+            p->fatal_cb(p->fatal_arg, &e);
+        return;
+    }
+    p->warned_schema = false;
+    c->backoff_ms = 0;
+    /* finish_op makes the connection idle and notifies the pool */
+}
+
+static void start_check(DbConn *c)
+{
+    c->state = CONN_RESERVED;
+    c->checking = true;
+    if (db_exec(c, "SELECT value FROM meta WHERE key = 'partitions'", -1, NULL, NULL, 0,
+                on_checked, c) < 0)
+        c->checking = false; /* db_exec scheduled a reconnect */
+}
+
+void db_pool_expect_partitions(DbPool *p, int partitions, DbFatalCb fatal, void *arg)
+{
+    p->expect_partitions = partitions;
+    p->fatal_cb = fatal;
+    p->fatal_arg = arg;
 }
 
 DbPool *db_pool_create(struct event_base *base, const DbConfig *cfg, const char *app, int size)
@@ -408,7 +471,7 @@ int db_pool_connected(const DbPool *p)
 {
     int n = 0;
     for (int i = 0; i < p->size; i++)
-        n += p->conns[i].state >= CONN_IDLE;
+        n += p->conns[i].state >= CONN_IDLE && !p->conns[i].checking;
     return n;
 }
 

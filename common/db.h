@@ -40,6 +40,14 @@ typedef void (*DbDoneCb)(void *arg, DbConn *conn, PGresult *res, const Err *err)
  * cannot be made are retried). app is the application_name. */
 DbPool *db_pool_create(struct event_base *base, const DbConfig *cfg, const char *app, int size);
 void db_pool_destroy(DbPool *pool);
+typedef void (*DbFatalCb)(void *arg, const Err *err);
+/* Checks every new connection (before it counts as connected or can be
+ * acquired) against the jobs schema: meta.partitions must equal
+ * partitions. A schema that is not there yet (not migrated) is retried with
+ * the reconnect backoff; a mismatch closes the connection and calls fatal,
+ * which should stop the process (a configuration error). Call right after
+ * db_pool_create, before the loop runs. */
+void db_pool_expect_partitions(DbPool *pool, int partitions, DbFatalCb fatal, void *arg);
 /* Called (from the loop) whenever a connection becomes idle or connects. */
 void db_pool_set_idle_cb(DbPool *pool, void (*cb)(void *arg), void *arg);
 /* Reserves an idle connection for the caller; NULL if none is idle. The
@@ -47,6 +55,7 @@ void db_pool_set_idle_cb(DbPool *pool, void (*cb)(void *arg), void *arg);
  * another one, or with db_conn_release. */
 DbConn *db_pool_acquire(DbPool *pool);
 void db_conn_release(DbConn *conn);
+/* Connections that are up (and passed the schema check, if any). */
 int db_pool_connected(const DbPool *pool);
 int db_pool_idle(const DbPool *pool);
 

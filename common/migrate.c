@@ -88,6 +88,23 @@ int migrate_run(PGconn *pg, const char *schema, int partitions, Err *err)
         rc = current;
         goto out;
     }
+    if (current >= 1) {
+        /* the partition count is fixed at install: a different one now
+         * would make writers and readers disagree about where rows are */
+        char *q = xasprintf("SELECT value FROM \"%s\".meta WHERE key = 'partitions'", schema);
+        PGresult *r = PQexec(pg, q);
+        free(q);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+            atoi(PQgetvalue(r, 0, 0)) != partitions) {
+            rc = err_set(err, ERR_INVALID,
+                         "queue.partitions is %d but the jobs schema was installed with %s"
+                         " partitions; set queue.partitions = %s",
+                         partitions, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 0));
+            PQclear(r);
+            goto out;
+        }
+        PQclear(r);
+    }
     for (const Migration *m = migrations; m->name != NULL; m++) {
         if (m->version <= current)
             continue;

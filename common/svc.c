@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "common/log.h"
 
 static void usage(FILE *f, const char *name)
@@ -53,4 +55,13 @@ int svc_start(int argc, char **argv, const char *name, Config *cfg)
         return 0;
     }
     return -1;
+}
+
+void svc_on_db_fatal(void *arg, const Err *err)
+{
+    SvcFatal *f = arg;
+    char q[1100];
+    log_error("startup_failed", "step=schema_check error=%s", log_quote(q, sizeof q, err->msg));
+    f->code = SVC_EXIT_CONFIG;
+    event_base_loopbreak(f->base);
 }

@@ -36,6 +36,7 @@ typedef struct App {
     Writer *writer;
     Server *server;
     struct event *sig_term, *sig_int, *deadline;
+    SvcFatal fatal;
     bool stopping;
     int exit_code;
 } App;
@@ -117,6 +118,8 @@ static int run(App *app)
         }
     }
     app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-gateway", app->cfg.db.pool_size);
+    app->fatal.base = app->base;
+    db_pool_expect_partitions(app->pool, app->cfg.queue.partitions, svc_on_db_fatal, &app->fatal);
     app->writer = writer_create(app->base, &app->cfg, app->pool, app->hints, app->metrics);
     app->server =
         server_create(app->base, &app->cfg, app->writer, app->ws, app->metrics, &err);
@@ -133,7 +136,7 @@ static int run(App *app)
     log_info("ready", "port=%d sources=%d partitions=%d", server_port(app->server), ws->nsources,
              app->cfg.queue.partitions);
     event_base_dispatch(app->base);
-    return 0;
+    return app->fatal.code;
 }
 
 static void teardown(App *app)
@@ -209,6 +212,13 @@ static int supervise(int workers)
                     if (!stopping)
                         log_warn("worker_died", "worker=%d child_pid=%d code=%d", i, (int)pid,
                                  code);
+                    if (code == SVC_EXIT_CONFIG && !stopping) {
+                        /* a configuration error: restarting cannot help */
+                        stopping = true;
+                        for (int k = 0; k < workers; k++)
+                            if (pids[k] > 0)
+                                kill(pids[k], SIGTERM);
+                    }
                 }
         }
     }

@@ -37,6 +37,7 @@ typedef struct App {
     Admin *admin;
     Pipeline *pipeline;
     struct event *sig_term, *sig_int;
+    SvcFatal fatal;
     bool stopping;
 } App;
 
@@ -94,6 +95,8 @@ static int run(App *app)
             return fail("hints", &err);
     }
     app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-processor", 1);
+    app->fatal.base = app->base;
+    db_pool_expect_partitions(app->pool, app->cfg.queue.partitions, svc_on_db_fatal, &app->fatal);
     app->http = httpc_create(app->base, app->cfg.processor.max_inflight);
     app->pipeline = pipeline_create(app->base, &app->cfg, app->pool, app->http, app->rt_hints,
                                     app->batch_hints, app->ws, app->metrics);
@@ -117,7 +120,7 @@ static int run(App *app)
     log_info("ready", "transformer=%s admin_port=%d", app->cfg.processor.transformer_url,
              app->cfg.processor.admin_port);
     event_base_dispatch(app->base);
-    return 0;
+    return app->fatal.code;
 }
 
 static void teardown(App *app)

@@ -33,6 +33,7 @@ typedef struct App {
     Admin *admin;
     Engine *engine;
     struct event *sig_term, *sig_int, *deadline;
+    SvcFatal fatal;
     bool stopping;
 } App;
 
@@ -91,6 +92,8 @@ static int run(App *app)
     app->base = loop_create();
     app->metrics = metrics_create();
     app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-router", 1);
+    app->fatal.base = app->base;
+    db_pool_expect_partitions(app->pool, app->cfg.queue.partitions, svc_on_db_fatal, &app->fatal);
     app->http = httpc_create(app->base, app->cfg.router.max_concurrency_per_destination);
     app->engine = engine_create(app->base, &app->cfg, app->pool, app->http, app->metrics);
     if (app->cfg.hints.enabled) {
@@ -112,7 +115,7 @@ static int run(App *app)
     log_info("ready", "admin_port=%d max_concurrency_per_destination=%d", app->cfg.router.admin_port,
              app->cfg.router.max_concurrency_per_destination);
     event_base_dispatch(app->base);
-    return 0;
+    return app->fatal.code;
 }
 
 static void teardown(App *app)

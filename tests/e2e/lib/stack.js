@@ -26,7 +26,7 @@ process.on('exit', () => {
 require('node:test').after(async () => {
   for (const p of [...live]) await p.stop('SIGKILL', 5000);
 });
-const BIN = path.join(ROOT, process.env.PINTLE_BUILD || 'build', 'bin');
+const BIN = path.resolve(ROOT, process.env.PINTLE_BUILD || 'build', 'bin');
 
 function freePort() {
   return new Promise((resolve, reject) => {

@@ -1,5 +1,6 @@
 /* Tests common/jscan.c against tricky JSON texts. */
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <string.h>
@@ -42,22 +43,47 @@ static void test_members(void **state)
     assert_false(jscan_is_empty(jscan_doc("{\"a\":1}", 7)));
 }
 
+/* Walks v completely (members of objects, elements of arrays, recursively)
+ * and returns false as soon as any level reports malformed text. */
+static bool walk(JSpan v, int depth)
+{
+    JIter it;
+    JSpan k, el;
+    if (depth > 32)
+        return false;
+    if (jscan_object(v, &it)) {
+        while (jscan_next_member(&it, &k, &el))
+            if (!walk(el, depth + 1))
+                return false;
+        return !it.failed;
+    }
+    if (jscan_array(v, &it)) {
+        while (jscan_next_element(&it, &el))
+            if (!walk(el, depth + 1))
+                return false;
+        return !it.failed;
+    }
+    char t = jscan_type(v);
+    return t != 0 && t != 'o' && t != 'a'; /* an unterminated object or array */
+}
+
 static void test_malformed(void **state)
 {
-    const char *bad[] = {"[1,", "[{\"a\":}]", "[\"x]", "{\"a\" 1}", "[1 2]"};
+    /* the scanner must notice each of these where a caller looks */
+    const char *bad[] = {"[1,", "[{\"a\":}]", "[\"x]", "{\"a\" 1}", "[1 2]", "{\"a\":1,}", "[",
+                         "{\"a\":[1,{\"b\":}]}", "[\"a\\\"]"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         JSpan d = jscan_doc(bad[i], strlen(bad[i]));
-        JIter it;
-        JSpan el, k;
-        int n = 0;
-        if (jscan_array(d, &it)) {
-            while (jscan_next_element(&it, &el) && n < 10)
-                n++;
-        } else if (jscan_object(d, &it)) {
-            while (jscan_next_member(&it, &k, &el) && n < 10)
-                n++;
-        }
-        assert_true(n < 10);
+        if (walk(d, 0))
+            fail_msg("malformed text accepted: %s", bad[i]);
+    }
+    /* and accept their well-formed neighbours, so the check above can fail */
+    const char *good[] = {"[1]", "[{\"a\":null}]", "[\"x\"]", "{\"a\": 1}", "[1, 2]", "{}", "[]",
+                          "{\"a\":[1,{\"b\":true}]}", "[\"a\\\\\"]"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        JSpan d = jscan_doc(good[i], strlen(good[i]));
+        if (!walk(d, 0))
+            fail_msg("well-formed text refused: %s", good[i]);
     }
 }
 
