@@ -188,9 +188,10 @@ describe('failing destinations', () => {
       assert.notEqual(d.partition, null);
     }
     assert.deepEqual(dead.map((d) => JSON.parse(d.payload).messageId), ['DL-0', 'DL-1', 'DL-2']);
+    const reloads = (st.processors[0].log.match(/event=workspace_reloaded/g) || []).length;
     ws.sources[0].destinations.pop();
     st.writeWorkspace(ws);
-    await sleep(1500);
+    await waitFor(() => (st.processors[0].log.match(/event=workspace_reloaded/g) || []).length > reloads, { what: 'processor dropped the broken destination' });
   }));
 
   it('pauses while the transformer is down for 10 s and loses nothing', withLogs(S, async () => {
