@@ -58,7 +58,8 @@ static int parse_destination(WsDestination *d, json_object *o, const char *src_i
     if (tr != NULL && json_object_is_type(tr, json_type_array) &&
         json_object_array_length(tr) > 0) {
         json_object *t0 = json_object_array_get_idx(tr, 0);
-        d->transformation_id = jsonu_str_ci(t0, "versionId", jsonu_str_ci(t0, "id", NULL));
+        /* never NULL here: a listed transformation without ids must still not be skipped */
+        d->transformation_id = jsonu_str_ci(t0, "versionId", jsonu_str_ci(t0, "id", ""));
     }
     return 0;
 }
@@ -76,6 +77,7 @@ Workspace *ws_parse(const char *json, size_t len, Err *err)
         return NULL;
     }
     Workspace *ws = xcalloc(1, sizeof(*ws));
+    ws->refs = 1;
     ws->root = root;
     hmap_init(&ws->by_write_key);
     hmap_init(&ws->by_source_id);
@@ -133,9 +135,25 @@ Workspace *ws_parse(const char *json, size_t len, Err *err)
     return ws;
 }
 
+const Workspace *ws_ref(const Workspace *ws)
+{
+    /* the count is the one mutable field of an otherwise immutable snapshot */
+    ((Workspace *)ws)->refs++;
+    return ws;
+}
+
 void ws_destroy(Workspace *ws)
 {
-    if (ws == NULL)
+    ws_unref(ws);
+}
+
+void ws_unref(const Workspace *cws)
+{
+    if (cws == NULL)
+        return;
+    Workspace *ws = (Workspace *)cws;
+    ASSERT(ws->refs > 0);
+    if (--ws->refs > 0)
         return;
     for (int i = 0; i < ws->nsources; i++) {
         for (int j = 0; j < ws->sources[i].ndests; j++)
@@ -419,4 +437,9 @@ void ws_watcher_destroy(WsWatcher *w)
 const Workspace *ws_watcher_get(const WsWatcher *w)
 {
     return w->current;
+}
+
+const Workspace *ws_watcher_ref(const WsWatcher *w)
+{
+    return ws_ref(w->current);
 }
