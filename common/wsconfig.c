@@ -17,8 +17,8 @@
 #include "common/xalloc.h"
 
 /* Destination types the batchrouter delivers (DESIGN §6); the rest go to the router. */
-static const char *const batch_types[] = {"S3", "MINIO", "GCS", "AZURE_BLOB", "POSTGRES",
-                                          "RS", "BQ", "SNOWFLAKE", "CLICKHOUSE", NULL};
+static const char *const batch_types[] = {"S3", "MINIO", "GCS",       "AZURE_BLOB", "POSTGRES",
+                                          "RS", "BQ",    "SNOWFLAKE", "CLICKHOUSE", NULL};
 
 static bool is_batch_type(const char *name)
 {
@@ -307,7 +307,8 @@ static void on_fetched(void *arg, const HttpcResponse *r)
     memcpy(w->body_md5, md5, sizeof md5);
     if (ws == NULL) {
         char q[1100];
-        log_warn("workspace_reload_failed", "url=%s error=%s", w->url, log_quote(q, sizeof q, err.msg));
+        log_warn("workspace_reload_failed", "url=%s error=%s", w->url,
+                 log_quote(q, sizeof q, err.msg));
         return;
     }
     w->warned = false;
@@ -379,7 +380,8 @@ WsWatcher *ws_watcher_create(struct event_base *base, const WorkspaceConfigCfg *
         buf_init(&cred);
         buf_init(&b64);
         buf_printf(&cred, "%s:", cfg->control_plane_token);
-        static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        static const char tbl[] =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         const unsigned char *in = (const unsigned char *)cred.data;
         for (size_t i = 0; i < cred.len; i += 3) {
             unsigned v = (unsigned)in[i] << 16 | (i + 1 < cred.len ? (unsigned)in[i + 1] << 8 : 0) |

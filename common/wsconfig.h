@@ -29,10 +29,10 @@ typedef struct WsDestination {
     const char *def_display_name; /* destinationDefinition.displayName, e.g. Webhook */
     bool enabled;
     bool processor_enabled;
-    bool batch; /* delivered by the batchrouter (object storage, warehouses) */
+    bool batch;                   /* delivered by the batchrouter (object storage, warehouses) */
     const char **supported_types; /* lower-case; NULL when not restricted */
     int n_supported_types;
-    json_object *obj;             /* the destination object as exported (borrowed) */
+    json_object *obj; /* the destination object as exported (borrowed) */
     /* The first user transformation's versionId (else its id, else ""),
      * or NULL when transformations[] is missing or empty. */
     const char *transformation_id;

@@ -9,14 +9,22 @@
 const char *outputs_reason_label(DeadReason r)
 {
     switch (r) {
-    case DEAD_TRANSFORMER: return "transformer";
-    case DEAD_UNKNOWN_SOURCE: return "unknown_source";
-    case DEAD_UNKNOWN_DESTINATION: return "unknown_destination";
-    case DEAD_UNPARSABLE: return "unparsable";
-    case DEAD_NO_TYPE: return "no_type";
-    case DEAD_USER_TRANSFORMATION: return "user_transformation";
-    case DEAD_ANSWER_TOO_LARGE: return "answer_too_large";
-    case DEAD_NREASONS: break;
+    case DEAD_TRANSFORMER:
+        return "transformer";
+    case DEAD_UNKNOWN_SOURCE:
+        return "unknown_source";
+    case DEAD_UNKNOWN_DESTINATION:
+        return "unknown_destination";
+    case DEAD_UNPARSABLE:
+        return "unparsable";
+    case DEAD_NO_TYPE:
+        return "no_type";
+    case DEAD_USER_TRANSFORMATION:
+        return "user_transformation";
+    case DEAD_ANSWER_TOO_LARGE:
+        return "answer_too_large";
+    case DEAD_NREASONS:
+        break;
     }
     return "?";
 }
@@ -74,8 +82,7 @@ void outputs_add_filtered(OutputList *l, int job, int seq, const char *dest_id)
 }
 
 void outputs_add_dead(OutputList *l, int job, int seq, const char *dest_id, int status,
-                      DeadReason reason, const char *error, size_t error_len,
-                      const char *payload)
+                      DeadReason reason, const char *error, size_t error_len, const char *payload)
 {
     Output *o = add(l, job, seq, dest_id, OUTPUT_DEAD);
     o->status = status;

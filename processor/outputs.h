@@ -18,13 +18,13 @@
 /* Why an event became a dead letter: the label of
  * pintle_processor_dead_letters_total{reason=...}. */
 typedef enum DeadReason {
-    DEAD_TRANSFORMER,          /* the transformer rejected it (its statusCode and error) */
-    DEAD_UNKNOWN_SOURCE,       /* the job's source is not in the workspace snapshot */
-    DEAD_UNKNOWN_DESTINATION,  /* a replayed job's destination is not in the snapshot */
-    DEAD_UNPARSABLE,           /* the payload is not a JSON object */
-    DEAD_NO_TYPE,              /* the event has no string "type" */
-    DEAD_USER_TRANSFORMATION,  /* the destination has a user transformation (not run yet) */
-    DEAD_ANSWER_TOO_LARGE,     /* the event's own answer is over the response limit */
+    DEAD_TRANSFORMER,         /* the transformer rejected it (its statusCode and error) */
+    DEAD_UNKNOWN_SOURCE,      /* the job's source is not in the workspace snapshot */
+    DEAD_UNKNOWN_DESTINATION, /* a replayed job's destination is not in the snapshot */
+    DEAD_UNPARSABLE,          /* the payload is not a JSON object */
+    DEAD_NO_TYPE,             /* the event has no string "type" */
+    DEAD_USER_TRANSFORMATION, /* the destination has a user transformation (not run yet) */
+    DEAD_ANSWER_TOO_LARGE,    /* the event's own answer is over the response limit */
     DEAD_NREASONS
 } DeadReason;
 
@@ -37,15 +37,15 @@ const char *outputs_reason_label(DeadReason r);
 typedef enum OutputKind { OUTPUT_RT, OUTPUT_BATCH_RT, OUTPUT_FILTERED, OUTPUT_DEAD } OutputKind;
 
 typedef struct Output {
-    int job;             /* index of the gw job in the batch */
-    int seq;             /* destination order within the job's source */
+    int job; /* index of the gw job in the batch */
+    int seq; /* destination order within the job's source */
     OutputKind kind;
-    const char *dest_id; /* borrowed; "" for a dead letter of a whole job */
-    size_t off, len;     /* rt/batch_rt payload: bytes in OutputList.text */
+    const char *dest_id;      /* borrowed; "" for a dead letter of a whole job */
+    size_t off, len;          /* rt/batch_rt payload: bytes in OutputList.text */
     const char *dead_payload; /* dead letter: the event (borrowed) */
-    int status;          /* dead letter: status code */
-    DeadReason reason;   /* dead letter */
-    char *error;         /* dead letter: valid UTF-8 without NUL (owned) */
+    int status;               /* dead letter: status code */
+    DeadReason reason;        /* dead letter */
+    char *error;              /* dead letter: valid UTF-8 without NUL (owned) */
 } Output;
 
 typedef struct OutputList {
@@ -70,8 +70,7 @@ void outputs_add_filtered(OutputList *l, int job, int seq, const char *dest_id);
  * OUTPUTS_MAX_ERROR_BYTES on a character boundary, with invalid UTF-8 and
  * NUL escaped (\xHH), so the row can always be stored. payload is borrowed. */
 void outputs_add_dead(OutputList *l, int job, int seq, const char *dest_id, int status,
-                      DeadReason reason, const char *error, size_t error_len,
-                      const char *payload);
+                      DeadReason reason, const char *error, size_t error_len, const char *payload);
 
 /* The payload of an rt/batch_rt output (valid until the next add or reset). */
 const char *outputs_payload(const OutputList *l, const Output *o);

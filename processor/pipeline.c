@@ -236,7 +236,9 @@ static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
             }
             break;
         }
-        case OUTPUT_FILTERED: filtered++; break;
+        case OUTPUT_FILTERED:
+            filtered++;
+            break;
         case OUTPUT_DEAD:
             dead++;
             dead_by[o->reason]++;
@@ -251,8 +253,8 @@ static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
             metrics_inc(p->m_dead[r], dead_by[r]);
     metrics_inc(p->m_filtered, filtered);
     metrics_inc(p->m_batches, 1);
-    log_debug("batch_committed", "jobs=%d rt=%d batch_rt=%d dead=%d filtered=%d", p->njobs, rt,
-              brt, dead, filtered);
+    log_debug("batch_committed", "jobs=%d rt=%d batch_rt=%d dead=%d filtered=%d", p->njobs, rt, brt,
+              dead, filtered);
     memcpy(p->cursor, p->new_cursor, sizeof(int64_t) * (size_t)p->nparts);
     p->backoff_ms = 0;
     reset_batch(p);
@@ -274,18 +276,27 @@ static void commit(Pipeline *p, DbConn *c)
         const Job *j = &p->jobs[o->job];
         if (o->kind == OUTPUT_RT || o->kind == OUTPUT_BATCH_RT) {
             bool batch = o->kind == OUTPUT_BATCH_RT;
-            JobRow r = {j->partition, j->workspace_id, j->source_id, o->dest_id, j->user_id,
-                        outputs_payload(&p->outs, o), o->len};
+            JobRow r = {j->partition, j->workspace_id, j->source_id,
+                        o->dest_id,   j->user_id,      outputs_payload(&p->outs, o),
+                        o->len};
             jobq_copy_row(batch ? &p->brt_rows : &p->rt_rows, &r);
             if (batch)
                 brt_parts[nbrt++] = j->partition;
             else
                 rt_parts[nrt++] = j->partition;
         } else if (o->kind == OUTPUT_DEAD) {
-            DeadLetter dl = {"gw",         j->job_id,     "processor", j->partition,
-                             j->workspace_id, j->source_id, o->dest_id, j->user_id,
-                             o->status,    o->error,      NULL,        o->dead_payload,
-                             1};
+            DeadLetter dl = {.queue = "gw",
+                             .job_id = j->job_id,
+                             .stage = "processor",
+                             .partition = j->partition,
+                             .workspace_id = j->workspace_id,
+                             .source_id = j->source_id,
+                             .destination_id = o->dest_id,
+                             .user_id = j->user_id,
+                             .status_code = o->status,
+                             .reason = o->error,
+                             .payload = o->dead_payload,
+                             .attempts = 1};
             jobq_copy_dead_letter(&p->dead_rows, &dl);
         }
     }
@@ -424,8 +435,14 @@ static void route_job(Pipeline *p, int i, json_object *ev)
                  NULL);
         return;
     }
-    TfEvent te = {i,          0,          j->job_id,      j->text,      j->text_len,
-                  j->workspace_id, j->user_id, j->type, j->message_id};
+    TfEvent te = {.job = i,
+                  .job_id = j->job_id,
+                  .text = j->text,
+                  .text_len = j->text_len,
+                  .workspace_id = j->workspace_id,
+                  .user_id = j->user_id,
+                  .type = j->type,
+                  .message_id = j->message_id};
     bool found = false;
     for (int k = 0; k < s->ndests; k++) {
         const WsDestination *d = &s->dests[k];
@@ -611,8 +628,9 @@ static void on_locked(void *arg, DbConn *c, PGresult *res, const Err *err)
         return;
     }
     p->state = ST_LOADING;
-    if (db_exec(c, "SELECT partition, last_job_id FROM cursors WHERE stage = 'processor'"
-                   " ORDER BY partition",
+    if (db_exec(c,
+                "SELECT partition, last_job_id FROM cursors WHERE stage = 'processor'"
+                " ORDER BY partition",
                 -1, NULL, NULL, 0, on_cursors, p) < 0) {
         Err e;
         err_set(&e, ERR_DB, "could not send cursor load");
@@ -645,8 +663,8 @@ static void cycle(Pipeline *p)
     }
     if (!p->leader) {
         p->state = ST_LOCKING;
-        if (db_exec(c, "SELECT pg_try_advisory_lock(hashtext('pintle.stage.processor'))", -1,
-                    NULL, NULL, 0, on_locked, p) < 0) {
+        if (db_exec(c, "SELECT pg_try_advisory_lock(hashtext('pintle.stage.processor'))", -1, NULL,
+                    NULL, 0, on_locked, p) < 0) {
             Err e;
             err_set(&e, ERR_DB, "could not send lock");
             db_failed(p, "lock", &e);
@@ -691,16 +709,16 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
     outputs_init(&p->outs);
     gettimeofday(&p->maintained_at, NULL);
     p->poll_ev = evtimer_new(base, on_poll, p);
-    p->m_events = metrics_series(m, "pintle_processor_events_total", "gw jobs processed",
-                                 METRIC_COUNTER, "");
+    p->m_events =
+        metrics_series(m, "pintle_processor_events_total", "gw jobs processed", METRIC_COUNTER, "");
     p->m_outputs = metrics_series(m, "pintle_processor_outputs_total",
                                   "rt and batch_rt jobs written", METRIC_COUNTER, "");
     for (int r = 0; r < DEAD_NREASONS; r++) {
         char labels[64];
         snprintf(labels, sizeof labels, "reason=\"%s\"", outputs_reason_label((DeadReason)r));
-        p->m_dead[r] = metrics_series(m, "pintle_processor_dead_letters_total",
-                                      "Events written to dead_letters, by reason",
-                                      METRIC_COUNTER, labels);
+        p->m_dead[r] =
+            metrics_series(m, "pintle_processor_dead_letters_total",
+                           "Events written to dead_letters, by reason", METRIC_COUNTER, labels);
     }
     p->m_filtered = metrics_series(m, "pintle_processor_filtered_total",
                                    "Events the transformer filtered (298)", METRIC_COUNTER, "");
@@ -711,10 +729,9 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
                        "Transformer request latency", METRIC_HISTOGRAM, "");
     p->tf_metrics.retries = metrics_series(m, "pintle_processor_transformer_retries_total",
                                            "Transformer requests retried", METRIC_COUNTER, "");
-    p->tf_metrics.splits =
-        metrics_series(m, "pintle_processor_transformer_splits_total",
-                       "Chunks split in halves because the answer was over the limit",
-                       METRIC_COUNTER, "");
+    p->tf_metrics.splits = metrics_series(
+        m, "pintle_processor_transformer_splits_total",
+        "Chunks split in halves because the answer was over the limit", METRIC_COUNTER, "");
     p->m_leader = metrics_series(m, "pintle_processor_active",
                                  "1 when this instance holds the processor lock", METRIC_GAUGE, "");
     event_active(p->poll_ev, 0, 0);
@@ -793,7 +810,7 @@ void pipeline_stop(Pipeline *p, void (*done)(void *), void *arg)
 bool pipeline_ready(const Pipeline *p, char *detail, size_t size)
 {
     bool db = db_pool_connected(p->pool) > 0;
-    snprintf(detail, size, "{\"db\":\"%s\",\"active\":%s,\"state\":\"%s\"}",
-             db ? "UP" : "DOWN", p->leader ? "true" : "false", state_names[p->state]);
+    snprintf(detail, size, "{\"db\":\"%s\",\"active\":%s,\"state\":\"%s\"}", db ? "UP" : "DOWN",
+             p->leader ? "true" : "false", state_names[p->state]);
     return db;
 }

@@ -407,8 +407,9 @@ static void answer_too_large(TfBatch *b, Chunk *c)
                    "transformer answer for this event is larger than"
                    " processor.max_transformer_response_bytes (%ld bytes)",
                    limit);
-        log_warn("transformer_answer_too_large", "destination_id=%s job_id=%" PRId64
-                 " limit_bytes=%ld", dest_id, c->slots[0].job_id, limit);
+        log_warn("transformer_answer_too_large",
+                 "destination_id=%s job_id=%" PRId64 " limit_bytes=%ld", dest_id,
+                 c->slots[0].job_id, limit);
         dead(b, c, &c->slots[0], 500, DEAD_ANSWER_TOO_LARGE, b->err.data, b->err.len);
         return;
     }
@@ -492,8 +493,8 @@ static void send_chunk(Chunk *c)
                         .keep_prefix = false};
     b->requests++;
     if (httpc_start(b->http, &req, on_transformed, c) < 0) {
-        HttpcResponse r = {.status = 0, .curl_code = -1, .error = "could not start request",
-                           .body = ""};
+        HttpcResponse r = {
+            .status = 0, .curl_code = -1, .error = "could not start request", .body = ""};
         on_transformed(c, &r);
     }
 }

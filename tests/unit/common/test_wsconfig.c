@@ -76,10 +76,12 @@ static void test_errors(void **state)
     const char *nokey = "{\"sources\":[{\"id\":\"s\"}]}";
     assert_null(ws_parse(nokey, strlen(nokey), &err));
     assert_non_null(strstr(err.msg, "no id or no writeKey"));
-    const char *dup = "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\"},{\"id\":\"b\",\"writeKey\":\"k\"}]}";
+    const char *dup =
+        "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\"},{\"id\":\"b\",\"writeKey\":\"k\"}]}";
     assert_null(ws_parse(dup, strlen(dup), &err));
     assert_non_null(strstr(err.msg, "used by another source"));
-    const char *nodef = "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\",\"destinations\":[{\"id\":\"d\"}]}]}";
+    const char *nodef =
+        "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\",\"destinations\":[{\"id\":\"d\"}]}]}";
     assert_null(ws_parse(nodef, strlen(nodef), &err));
     assert_non_null(strstr(err.msg, "destinationDefinition.name"));
 }
