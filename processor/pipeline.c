@@ -249,8 +249,12 @@ static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
     metrics_inc(p->m_events, p->njobs);
     metrics_inc(p->m_outputs, rt + brt);
     for (int r = 0; r < DEAD_NREASONS; r++)
-        if (dead_by[r] > 0)
+        if (dead_by[r] > 0) {
             metrics_inc(p->m_dead[r], dead_by[r]);
+            /* one line per batch and reason: bounded, however many events */
+            log_warn("dead_lettered", "reason=%s count=%d", outputs_reason_label((DeadReason)r),
+                     dead_by[r]);
+        }
     metrics_inc(p->m_filtered, filtered);
     metrics_inc(p->m_batches, 1);
     log_debug("batch_committed", "jobs=%d rt=%d batch_rt=%d dead=%d filtered=%d", p->njobs, rt, brt,
@@ -526,7 +530,7 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
         } else {
             j->text_len = (size_t)PQgetlength(res, i, 7);
             j->text = xstrndup(payload, j->text_len);
-            log_warn("job_unparsable", "job_id=%" PRId64, j->job_id);
+            log_debug("job_unparsable", "job_id=%" PRId64, j->job_id);
             job_dead(p, i, j->dest_id ? j->dest_id : "", 400, DEAD_UNPARSABLE,
                      "payload is not a JSON object", NULL, NULL);
         }

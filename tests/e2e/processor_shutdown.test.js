@@ -5,6 +5,7 @@
 // after the restart, so nothing is lost and nothing is handed on twice.
 const { describe, it, after } = require('node:test');
 const assert = require('node:assert/strict');
+const { Client } = require('pg');
 const { withLogs, sleep, waitFor, webhookWorkspace } = require('./lib/stack');
 const { procStack, closeStack, sendBatch, track, startFakeTransformer, webhookOutput } = require('./lib/processor');
 
@@ -115,5 +116,33 @@ describe('processor shutdown', () => {
     assert.deepEqual(st.processor.errors(), []);
     st.processor = await st.startProcessor();
     await assertAllDelivered(st, events);
+  }));
+
+  it('SIGTERM while the commit waits on a lock in the database: exit 0 at the deadline, nothing lost or handed on twice', withLogs(S, async () => {
+    await closeStack(st);
+    st = await procStack({ processor: false });
+    st.processor = await st.startProcessor({ PINTLE_PROCESSOR_SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_MS) });
+    // an operator's session holds the rt dataset: the processor's COPY waits for it
+    const locker = new Client({ host: '127.0.0.1', port: st.pg.port, user: 'postgres', database: 'pintle' });
+    await locker.connect();
+    try {
+      const t = (await locker.query("SELECT table_name FROM pintle.datasets WHERE queue = 'rt' ORDER BY idx DESC LIMIT 1")).rows[0].table_name;
+      await locker.query('BEGIN');
+      await locker.query(`LOCK TABLE pintle.${t} IN ACCESS EXCLUSIVE MODE`);
+      const events = Array.from({ length: 20 }, (_, i) => track(`L${i % 4}`, i));
+      await sendBatch(st.gw.url, events);
+      await waitFor(async () => (await st.pg.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'pintle-processor' AND wait_event_type = 'Lock'"))[0].n === 1, { what: 'the processor\'s commit waiting on the lock' });
+      const { exit, ms } = await stopTimed(st.processor);
+      assert.equal(exit.code, 0, `exit ${JSON.stringify(exit)}`);
+      assert.ok(ms >= SHUTDOWN_MS - 200 && ms < SHUTDOWN_MS + 1500, `exited after ${ms} ms`);
+      assert.match(st.processor.log, /event=shutdown_deadline state=(committing|tables)/);
+      await locker.query('ROLLBACK');
+      st.processor = await st.startProcessor();
+      await assertAllDelivered(st, events);
+      const rt = await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_jobs');
+      assert.equal(rt[0].n, 20, 'one rt job per event');
+    } finally {
+      await locker.end();
+    }
   }));
 });
