@@ -23,7 +23,7 @@ describe('transformer answers', () => {
     st = await procStack();
     const events = Array.from({ length: 300 }, (_, i) => track(`big-${i}`, i, { properties: { seq: i, blob: blob(6000) } }));
     await sendBatch(st.gw.url, events);
-    await waitFor(() => st.sink.ok().length >= 300, { timeoutMs: 60000, what: '300 deliveries' });
+    await waitFor(() => st.sink.ok().length >= 300, { timeoutMs: 30000, what: '300 deliveries' });
     await sleep(300);
     assert.equal(new Set(st.sink.ok().map((r) => r.body.messageId)).size, 300);
     assert.equal(st.sink.ok().length, 300);
@@ -39,7 +39,7 @@ describe('transformer answers', () => {
     const events = Array.from({ length: 300 }, (_, i) => track(`sp-${i}`, i, { properties: { seq: i, blob: blob(6000) } }));
     events.splice(150, 0, track('sp-huge', 0, { properties: { blob: blob(150000) } }));
     await sendBatch(st.gw.url, events);
-    await waitFor(() => st.sink.ok().length >= before + 300, { timeoutMs: 60000, what: '300 deliveries' });
+    await waitFor(() => st.sink.ok().length >= before + 300, { timeoutMs: 30000, what: '300 deliveries' });
     const dead = await waitFor(async () => {
       const rows = await st.pg.query("SELECT destination_id, status_code, reason, payload FROM pintle.dead_letters WHERE stage = 'processor'");
       return rows.length > 0 && rows;

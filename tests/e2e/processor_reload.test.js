@@ -44,7 +44,7 @@ describe('processor and workspace reloads', () => {
         await tf.start();
       }
       await sending;
-      await waitFor(() => st.sink.ok().length >= N, { timeoutMs: 60000, what: `${N} deliveries` });
+      await waitFor(() => st.sink.ok().length >= N, { timeoutMs: 30000, what: `${N} deliveries` });
     } finally {
       reloading = false;
       await reloads;
