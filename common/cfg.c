@@ -109,6 +109,11 @@ static const CfgKey keys[] = {
       "cap of the backoff while the transformer fails"),
     I("processor", "poll_interval_ms", processor.poll_interval_ms, "300", 1, 60000,
       "poll period when idle (hints wake it sooner)"),
+    I("processor", "max_transformer_response_bytes", processor.max_transformer_response_bytes,
+      "67108864", 1024, 1073741824,
+      "largest transformer answer read; a larger one splits its chunk in halves and retries"),
+    I("processor", "shutdown_timeout_ms", processor.shutdown_timeout_ms, "10000", 100, 600000,
+      "on SIGTERM, exit within this long whatever the transformer and database do"),
 
     S("router", "listen_address", router.listen_address, "127.0.0.1",
       "address of the router's /health and /metrics"),

@@ -17,8 +17,8 @@
 #include "common/xalloc.h"
 
 /* Destination types the batchrouter delivers (DESIGN §6); the rest go to the router. */
-static const char *const batch_types[] = {"S3", "MINIO", "GCS", "AZURE_BLOB", "POSTGRES",
-                                          "RS", "BQ", "SNOWFLAKE", "CLICKHOUSE", NULL};
+static const char *const batch_types[] = {"S3", "MINIO", "GCS",       "AZURE_BLOB", "POSTGRES",
+                                          "RS", "BQ",    "SNOWFLAKE", "CLICKHOUSE", NULL};
 
 static bool is_batch_type(const char *name)
 {
@@ -58,7 +58,8 @@ static int parse_destination(WsDestination *d, json_object *o, const char *src_i
     if (tr != NULL && json_object_is_type(tr, json_type_array) &&
         json_object_array_length(tr) > 0) {
         json_object *t0 = json_object_array_get_idx(tr, 0);
-        d->transformation_id = jsonu_str_ci(t0, "versionId", jsonu_str_ci(t0, "id", NULL));
+        /* never NULL here: a listed transformation without ids must still not be skipped */
+        d->transformation_id = jsonu_str_ci(t0, "versionId", jsonu_str_ci(t0, "id", ""));
     }
     return 0;
 }
@@ -76,6 +77,7 @@ Workspace *ws_parse(const char *json, size_t len, Err *err)
         return NULL;
     }
     Workspace *ws = xcalloc(1, sizeof(*ws));
+    ws->refs = 1;
     ws->root = root;
     hmap_init(&ws->by_write_key);
     hmap_init(&ws->by_source_id);
@@ -133,9 +135,25 @@ Workspace *ws_parse(const char *json, size_t len, Err *err)
     return ws;
 }
 
+const Workspace *ws_ref(const Workspace *ws)
+{
+    /* the count is the one mutable field of an otherwise immutable snapshot */
+    ((Workspace *)ws)->refs++;
+    return ws;
+}
+
 void ws_destroy(Workspace *ws)
 {
-    if (ws == NULL)
+    ws_unref(ws);
+}
+
+void ws_unref(const Workspace *cws)
+{
+    if (cws == NULL)
+        return;
+    Workspace *ws = (Workspace *)cws;
+    ASSERT(ws->refs > 0);
+    if (--ws->refs > 0)
         return;
     for (int i = 0; i < ws->nsources; i++) {
         for (int j = 0; j < ws->sources[i].ndests; j++)
@@ -289,7 +307,8 @@ static void on_fetched(void *arg, const HttpcResponse *r)
     memcpy(w->body_md5, md5, sizeof md5);
     if (ws == NULL) {
         char q[1100];
-        log_warn("workspace_reload_failed", "url=%s error=%s", w->url, log_quote(q, sizeof q, err.msg));
+        log_warn("workspace_reload_failed", "url=%s error=%s", w->url,
+                 log_quote(q, sizeof q, err.msg));
         return;
     }
     w->warned = false;
@@ -361,7 +380,8 @@ WsWatcher *ws_watcher_create(struct event_base *base, const WorkspaceConfigCfg *
         buf_init(&cred);
         buf_init(&b64);
         buf_printf(&cred, "%s:", cfg->control_plane_token);
-        static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        static const char tbl[] =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         const unsigned char *in = (const unsigned char *)cred.data;
         for (size_t i = 0; i < cred.len; i += 3) {
             unsigned v = (unsigned)in[i] << 16 | (i + 1 < cred.len ? (unsigned)in[i + 1] << 8 : 0) |
@@ -419,4 +439,9 @@ void ws_watcher_destroy(WsWatcher *w)
 const Workspace *ws_watcher_get(const WsWatcher *w)
 {
     return w->current;
+}
+
+const Workspace *ws_watcher_ref(const WsWatcher *w)
+{
+    return ws_ref(w->current);
 }

@@ -1,9 +1,13 @@
 /* Workspace config: RudderStack's exported workspace JSON (sources, their
  * destinations and transformations), keys matched case-insensitively.
- * A Workspace is an immutable snapshot; WsWatcher owns the current one and
- * replaces it when the file changes (polled on the loop), so a request that
- * looked a source up finishes with the snapshot it started with as long as
- * it copies what it keeps. */
+ * A Workspace is an immutable, reference-counted snapshot. WsWatcher holds
+ * a reference to the current one and swaps in a new one when the file (or
+ * the control plane's answer) changes, dropping its reference to the old.
+ * Synchronous users (the gateway looking up a write key) borrow the current
+ * snapshot with ws_watcher_get; work that outlives the loop iteration (the
+ * processor's batch, whose transformer requests point into the snapshot)
+ * holds its own reference (ws_watcher_ref ... ws_unref), so a reload never
+ * frees what it still uses. Single-threaded: counts are plain ints. */
 #ifndef COMMON_WSCONFIG_H
 #define COMMON_WSCONFIG_H
 
@@ -25,11 +29,13 @@ typedef struct WsDestination {
     const char *def_display_name; /* destinationDefinition.displayName, e.g. Webhook */
     bool enabled;
     bool processor_enabled;
-    bool batch; /* delivered by the batchrouter (object storage, warehouses) */
+    bool batch;                   /* delivered by the batchrouter (object storage, warehouses) */
     const char **supported_types; /* lower-case; NULL when not restricted */
     int n_supported_types;
-    json_object *obj;             /* the destination object as exported (borrowed) */
-    const char *transformation_id; /* first transformation's id or NULL */
+    json_object *obj; /* the destination object as exported (borrowed) */
+    /* The first user transformation's versionId (else its id, else ""),
+     * or NULL when transformations[] is missing or empty. */
+    const char *transformation_id;
 } WsDestination;
 
 typedef struct WsSource {
@@ -44,6 +50,7 @@ typedef struct WsSource {
 } WsSource;
 
 typedef struct Workspace {
+    int refs; /* references held; the snapshot is freed with the last */
     json_object *root;
     WsSource *sources;
     int nsources;
@@ -51,8 +58,15 @@ typedef struct Workspace {
     HMap by_source_id;
 } Workspace;
 
-/* Parses an export. Errors name what is wrong. Caller frees with ws_destroy. */
+/* Parses an export. Errors name what is wrong. The caller holds the one
+ * reference and drops it with ws_unref (or ws_destroy). */
 Workspace *ws_parse(const char *json, size_t len, Err *err);
+/* Takes one more reference to ws and returns it: ws stays valid, and
+ * unchanged, until the matching ws_unref. */
+const Workspace *ws_ref(const Workspace *ws);
+/* Drops one reference; the last one frees the snapshot. NULL is a no-op. */
+void ws_unref(const Workspace *ws);
+/* Drops the reference ws_parse or ws_load_file returned (ws_unref). */
 void ws_destroy(Workspace *ws);
 /* Borrowed; NULL if the write key is unknown. Deleted sources are absent. */
 const WsSource *ws_source_by_write_key(const Workspace *ws, const char *write_key);
@@ -71,9 +85,12 @@ typedef struct WsWatcher WsWatcher;
 WsWatcher *ws_watcher_create(struct event_base *base, const WorkspaceConfigCfg *cfg,
                              void (*on_change)(void *arg), void *arg, Err *err);
 void ws_watcher_destroy(WsWatcher *w);
-/* The current snapshot (borrowed; valid until the next loop iteration that
- * reloads). */
+/* The current snapshot, borrowed: valid only until control returns to the
+ * loop (a reload may free it then). Cheap; for synchronous lookups. */
 const Workspace *ws_watcher_get(const WsWatcher *w);
+/* The current snapshot, held: the caller owns one reference and drops it
+ * with ws_unref; reloads meanwhile do not free it. */
+const Workspace *ws_watcher_ref(const WsWatcher *w);
 /* Reads and parses a file once. */
 Workspace *ws_load_file(const char *path, Err *err);
 

@@ -2,7 +2,8 @@
  *   migrate          apply pending schema migrations (the explicit migrate step)
  *   status           queue depths per stage, datasets and dead letters
  *   dead-letters     list dead-lettered jobs
- *   replay           re-queue the router's dead letters as new rt jobs
+ *   replay           re-queue dead letters: the router's as new rt jobs, the
+ *                    processor's as gw jobs for their one destination
  *   config-doc       print a documented pintle.conf with every default
  *   check-config     validate the configuration and print it
  * Blocking libpq is fine here: this is a short-lived command, not a loop. */
@@ -24,8 +25,9 @@ static void usage(FILE *f)
                "  status         queue depths, datasets and dead letters\n"
                "  dead-letters   list dead-lettered jobs (newest 100)\n"
                "  replay [--destination ID] [--id N]\n"
-               "                 re-queue the router's dead letters (all, one destination's,\n"
-               "                 or one) as new rt jobs; transformer rejections are not replayed\n"
+               "                 re-queue dead letters (all, one destination's, or one): the\n"
+               "                 router's as new rt jobs, the processor's as gw jobs that are\n"
+               "                 processed again for their one destination only\n"
                "  config-doc     print a documented pintle.conf with every default\n"
                "  check-config   validate the configuration and print it\n");
 }
@@ -57,9 +59,15 @@ int main(int argc, char **argv)
     int o;
     while ((o = getopt(argc, argv, "+c:h")) != -1) {
         switch (o) {
-        case 'c': path = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            path = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind >= argc) {
@@ -109,36 +117,47 @@ int main(int argc, char **argv)
             log_info("migrated", "schema=%s applied=%d version=%d", cfg.db.schema, n, v);
         }
     } else if (strcmp(cmd, "status") == 0) {
-        rc = print_query(pg, "SELECT stage, queue, sum(pending) AS pending FROM ("
-                                 "SELECT c.stage, c.queue, (SELECT count(*) FROM gw_jobs j"
-                                 " WHERE c.queue = 'gw' AND j.partition = c.partition"
-                                 " AND j.job_id > c.last_job_id) + (SELECT count(*) FROM rt_jobs j"
-                                 " WHERE c.queue = 'rt' AND j.partition = c.partition"
-                                 " AND j.job_id > c.last_job_id) + (SELECT count(*) FROM batch_rt_jobs j"
-                             " WHERE c.queue = 'batch_rt' AND j.partition = c.partition"
-                             " AND j.job_id > c.last_job_id) AS pending FROM cursors c) x"
-                                 " GROUP BY stage, queue ORDER BY stage") ||
-                 print_query(pg, "SELECT queue, idx, table_name, created_at FROM datasets"
-                                 " ORDER BY queue, idx") ||
-                 print_query(pg, "SELECT stage, destination_id, count(*) AS dead_letters"
-                                 " FROM dead_letters WHERE replayed_at IS NULL"
-                                 " GROUP BY 1, 2 ORDER BY 1, 2");
+        rc =
+            print_query(pg, "SELECT stage, queue, sum(pending) AS pending FROM ("
+                            "SELECT c.stage, c.queue, (SELECT count(*) FROM gw_jobs j"
+                            " WHERE c.queue = 'gw' AND j.partition = c.partition"
+                            " AND j.job_id > c.last_job_id) + (SELECT count(*) FROM rt_jobs j"
+                            " WHERE c.queue = 'rt' AND j.partition = c.partition"
+                            " AND j.job_id > c.last_job_id) + (SELECT count(*) FROM batch_rt_jobs j"
+                            " WHERE c.queue = 'batch_rt' AND j.partition = c.partition"
+                            " AND j.job_id > c.last_job_id) AS pending FROM cursors c) x"
+                            " GROUP BY stage, queue ORDER BY stage") ||
+            print_query(pg, "SELECT queue, idx, table_name, created_at FROM datasets"
+                            " ORDER BY queue, idx") ||
+            print_query(pg, "SELECT stage, destination_id, count(*) AS dead_letters"
+                            " FROM dead_letters WHERE replayed_at IS NULL"
+                            " GROUP BY 1, 2 ORDER BY 1, 2");
     } else if (strcmp(cmd, "dead-letters") == 0) {
-        rc = print_query(pg, "SELECT id, stage, destination_id, user_id, status_code, reason,"
-                             " created_at, replayed_at FROM dead_letters ORDER BY id DESC LIMIT 100");
+        rc = print_query(pg,
+                         "SELECT id, stage, destination_id, user_id, status_code, reason,"
+                         " created_at, replayed_at FROM dead_letters ORDER BY id DESC LIMIT 100");
     } else if (strcmp(cmd, "replay") == 0) {
         const char *dest = NULL, *id = NULL;
-        for (int i = optind + 1; i + 1 < argc; i += 2) {
-            if (strcmp(argv[i], "--destination") == 0)
+        for (int i = optind + 1; i < argc; i += 2) {
+            if (i + 1 < argc && strcmp(argv[i], "--destination") == 0) {
                 dest = argv[i + 1];
-            else if (strcmp(argv[i], "--id") == 0)
+            } else if (i + 1 < argc && strcmp(argv[i], "--id") == 0) {
                 id = argv[i + 1];
+            } else {
+                fprintf(stderr, "pintlectl: replay: unknown or incomplete option \"%s\"\n",
+                        argv[i]);
+                usage(stderr);
+                PQfinish(pg);
+                cfg_deinit(&cfg);
+                return 2;
+            }
         }
         const char *params[2] = {dest, id};
         PGresult *r = PQexecParams(pg, "SELECT replay_dead_letters($1, $2::bigint)", 2, NULL,
                                    params, NULL, NULL, 0);
         if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-            fprintf(stderr, "pintlectl: could not replay dead letters: %s", PQresultErrorMessage(r));
+            fprintf(stderr, "pintlectl: could not replay dead letters: %s",
+                    PQresultErrorMessage(r));
             rc = 1;
         } else {
             printf("replayed %s dead letters\n", PQgetvalue(r, 0, 0));

@@ -5,8 +5,10 @@
  * the libcurl-multi client for the transformer, hint subscriber (gw) and
  * publishers (rt, batch_rt), /health and /metrics, and the pipeline.
  * Everything runs on one libevent loop; nothing blocks it. SIGTERM/SIGINT:
- * finish or abandon the batch in progress (uncommitted work is simply read
- * again), release the lock by closing the session, exit 0. */
+ * abandon a batch being transformed (its requests are cancelled; uncommitted
+ * work is simply read again) or let a database step finish, never past
+ * processor.shutdown_timeout_ms; release the lock by closing the session,
+ * exit 0. A second signal exits at once. */
 #include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>

@@ -1,22 +1,38 @@
 /* Processor cycle (see pipeline.h).
  *
  * States: IDLE -> (LOCKING -> LOADING) -> CLAIMING -> TRANSFORMING ->
- * (TABLES) -> COMMITTING -> IDLE. One batch at a time; inside a batch, the
- * events for each destination are sent to the transformer in chunks with up
- * to processor.max_inflight requests in flight.
+ * (TABLES) -> COMMITTING -> IDLE. One batch at a time; its destination
+ * transforms run in processor/transform.c, its outputs are collected in
+ * processor/outputs.c.
  *
  * Mutual exclusion: the stage holds pg_try_advisory_lock('pintle.stage.
  * processor') on its only connection; other processors wait as standbys. The
  * cursor update is also compare-and-set (check_cursors), so even a processor
  * that lost its lock without noticing cannot commit a duplicate hand-off.
  *
- * Transformer failures (5xx, 408, 429, timeouts, connection errors) are
- * retried with capped backoff forever: the processor pauses, never drops.
- * Per-event failures (statusCode other than 200/298) and whole-request 4xx
- * answers go to dead_letters in the same transaction as the outputs.
+ * Snapshot: a claimed batch is routed with one workspace snapshot, held
+ * (ws_watcher_ref) until the batch is reset, because its chunks and outputs
+ * point into it; a reload meanwhile applies from the next batch on.
  *
- * Order: outputs are written in gw job order, so each (destination, user)
- * keeps the order the gateway committed. */
+ * Nothing consumed disappears: every gw job either yields outputs (rt /
+ * batch_rt jobs, filtered events) or dead letters, written with the gw
+ * cursors in one transaction. Dead letters of the processor: the
+ * transformer's per-event rejections and whole-request 4xx answers, a
+ * source missing from the snapshot, a payload that is not a JSON object, an
+ * event without a type, a destination with a user transformation (not run
+ * yet: the event is not sent untransformed), an answer too large for one
+ * event. Each is counted by reason. A gw job with destination_id set is a
+ * replayed dead letter (pintlectl replay): it is routed to that one
+ * destination only.
+ *
+ * Order: outputs are written in gw job order, then destination order, then
+ * the order of the transformer's answer (outputs_order), so each
+ * (destination, user) keeps the order the gateway committed.
+ *
+ * Shutdown: pipeline_stop abandons a batch that is being transformed (timers
+ * cancelled, requests cancelled, nothing committed: the jobs are claimed
+ * again after the restart) and lets a database step in progress finish, but
+ * never past processor.shutdown_timeout_ms. */
 #include "processor/pipeline.h"
 
 #include <event2/event.h>
@@ -27,46 +43,37 @@
 #include <sys/time.h>
 
 #include "common/jobq.h"
-#include "common/jscan.h"
 #include "common/jsonu.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "processor/events.h"
+#include "processor/outputs.h"
+#include "processor/transform.h"
 
-typedef enum State { ST_IDLE, ST_LOCKING, ST_LOADING, ST_CLAIMING, ST_TRANSFORMING, ST_TABLES, ST_COMMITTING, ST_MAINTAIN } State;
+typedef enum State {
+    ST_IDLE,
+    ST_LOCKING,
+    ST_LOADING,
+    ST_CLAIMING,
+    ST_TRANSFORMING,
+    ST_TABLES,
+    ST_COMMITTING,
+    ST_MAINTAIN
+} State;
+
+static const char *const state_names[] = {"idle",         "locking", "loading",    "claiming",
+                                          "transforming", "tables",  "committing", "maintain"};
 
 typedef struct Job {
     int64_t job_id;
     int partition;
     char *workspace_id, *source_id, *user_id;
-    char *text; /* normalised event, serialised; the tree is freed after routing */
+    char *dest_id; /* a replayed job's one destination, else NULL */
+    char *text;    /* normalised event, serialised; the tree is freed after routing */
     size_t text_len;
     char *type;
     char *message_id;
 } Job;
-
-/* One destination's share of the batch, sent in chunks. */
-typedef struct Output {
-    int job;     /* index into jobs */
-    int seq;     /* destination order within the job */
-    char *dest_id;
-    char *payload; /* output JSON (rt/batch_rt) or event (dead letter) */
-    int status;    /* 200 ok, 298 filtered, else failed */
-    char *error;
-    bool batch;
-} Output;
-
-typedef struct Chunk {
-    Pipeline *p;
-    char *url;
-    Buf body;
-    int *jobs; /* job indices in this chunk */
-    int *seqs;
-    int njobs;
-    const WsDestination *dest;
-    int attempt;
-    struct event *retry_ev;
-} Chunk;
 
 struct Pipeline {
     struct event_base *base;
@@ -79,6 +86,7 @@ struct Pipeline {
     bool stopping;
     void (*stopped)(void *);
     void *stopped_arg;
+    struct event *deadline_ev;
     bool leader;
     unsigned long lock_gen;
     int nparts;
@@ -86,27 +94,26 @@ struct Pipeline {
     int64_t *cursor;
     int *limit;
     /* current batch */
+    const Workspace *snap; /* held for the batch */
     Job *jobs;
     int njobs;
     int64_t *new_cursor;
-    Output *outs;
-    int nouts, capouts;
-    Chunk **chunks;
-    int nchunks, next_chunk, inflight, chunks_done;
+    OutputList outs;
+    TfBatch *tf;
+    TfMetrics tf_metrics;
     Buf sql, rt_rows, brt_rows, dead_rows;
     DbCopy copies[3];
     char *rt_table, *brt_table;
     struct timeval tables_at, maintained_at;
-    struct event *poll_ev, *backoff_ev;
+    struct event *poll_ev;
     int backoff_ms;
     bool kicked;
     int64_t last_claim_rows;
-    MetricSeries *m_events, *m_outputs, *m_dead, *m_filtered, *m_batches, *m_tf_seconds,
-        *m_tf_retries, *m_leader;
+    MetricSeries *m_events, *m_outputs, *m_filtered, *m_batches, *m_leader;
+    MetricSeries *m_dead[DEAD_NREASONS];
 };
 
 static void cycle(Pipeline *p);
-static void send_chunks(Pipeline *p);
 
 static int64_t now_ms(void)
 {
@@ -122,12 +129,17 @@ static double since(const struct timeval *t)
     return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_usec - t->tv_usec) / 1e6;
 }
 
+/* Forgets the batch. Its transformer requests must be over (tf done ran). */
 static void reset_batch(Pipeline *p)
 {
+    tf_batch_destroy(p->tf);
+    p->tf = NULL;
+    outputs_reset(&p->outs);
     for (int i = 0; i < p->njobs; i++) {
         free(p->jobs[i].workspace_id);
         free(p->jobs[i].source_id);
         free(p->jobs[i].user_id);
+        free(p->jobs[i].dest_id);
         free(p->jobs[i].text);
         free(p->jobs[i].type);
         free(p->jobs[i].message_id);
@@ -135,25 +147,8 @@ static void reset_batch(Pipeline *p)
     free(p->jobs);
     p->jobs = NULL;
     p->njobs = 0;
-    for (int i = 0; i < p->nouts; i++) {
-        free(p->outs[i].dest_id);
-        free(p->outs[i].payload);
-        free(p->outs[i].error);
-    }
-    p->nouts = 0;
-    for (int i = 0; i < p->nchunks; i++) {
-        Chunk *c = p->chunks[i];
-        if (c->retry_ev)
-            event_free(c->retry_ev);
-        buf_deinit(&c->body);
-        free(c->url);
-        free(c->jobs);
-        free(c->seqs);
-        free(c);
-    }
-    free(p->chunks);
-    p->chunks = NULL;
-    p->nchunks = p->next_chunk = p->inflight = p->chunks_done = 0;
+    ws_unref(p->snap);
+    p->snap = NULL;
 }
 
 static void go_idle(Pipeline *p, int delay_ms)
@@ -163,6 +158,8 @@ static void go_idle(Pipeline *p, int delay_ms)
         if (p->stopped) {
             void (*cb)(void *) = p->stopped;
             p->stopped = NULL;
+            if (p->deadline_ev)
+                evtimer_del(p->deadline_ev);
             cb(p->stopped_arg);
         }
         return;
@@ -210,14 +207,6 @@ static DbConn *conn(Pipeline *p)
 
 /* ---- commit ---- */
 
-static int cmp_out(const void *a, const void *b)
-{
-    const Output *x = a, *y = b;
-    if (x->job != y->job)
-        return x->job < y->job ? -1 : 1;
-    return (x->seq > y->seq) - (x->seq < y->seq);
-}
-
 static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
 {
     Pipeline *p = arg;
@@ -226,35 +215,50 @@ static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
         return;
     }
     int rt = 0, brt = 0, dead = 0, filtered = 0;
+    int dead_by[DEAD_NREASONS] = {0};
     HMap hinted;
     hmap_init(&hinted);
-    for (int i = 0; i < p->nouts; i++) {
-        Output *o = &p->outs[i];
-        if (o->status == 200) {
-            if (o->batch)
+    for (int i = 0; i < p->outs.n; i++) {
+        const Output *o = &p->outs.v[i];
+        switch (o->kind) {
+        case OUTPUT_RT:
+        case OUTPUT_BATCH_RT: {
+            bool batch = o->kind == OUTPUT_BATCH_RT;
+            if (batch)
                 brt++;
             else
                 rt++;
-            if (hmap_get(&hinted, o->dest_id) == NULL) {
-                hmap_put(&hinted, o->dest_id, o);
-                char topic[256];
-                snprintf(topic, sizeof topic, "%s:%s", o->batch ? "batch_rt" : "rt", o->dest_id);
-                hint_pub_send(o->batch ? p->batch_hints : p->rt_hints, topic);
+            char topic[256];
+            snprintf(topic, sizeof topic, "%s:%s", batch ? "batch_rt" : "rt", o->dest_id);
+            if (hmap_get(&hinted, topic) == NULL) {
+                hmap_put(&hinted, topic, (void *)o);
+                hint_pub_send(batch ? p->batch_hints : p->rt_hints, topic);
             }
-        } else if (o->status == 298) {
+            break;
+        }
+        case OUTPUT_FILTERED:
             filtered++;
-        } else {
+            break;
+        case OUTPUT_DEAD:
             dead++;
+            dead_by[o->reason]++;
+            break;
         }
     }
     hmap_deinit(&hinted);
     metrics_inc(p->m_events, p->njobs);
     metrics_inc(p->m_outputs, rt + brt);
-    metrics_inc(p->m_dead, dead);
+    for (int r = 0; r < DEAD_NREASONS; r++)
+        if (dead_by[r] > 0) {
+            metrics_inc(p->m_dead[r], dead_by[r]);
+            /* one line per batch and reason: bounded, however many events */
+            log_warn("dead_lettered", "reason=%s count=%d", outputs_reason_label((DeadReason)r),
+                     dead_by[r]);
+        }
     metrics_inc(p->m_filtered, filtered);
     metrics_inc(p->m_batches, 1);
-    log_debug("batch_committed", "jobs=%d rt=%d batch_rt=%d dead=%d filtered=%d", p->njobs, rt,
-              brt, dead, filtered);
+    log_debug("batch_committed", "jobs=%d rt=%d batch_rt=%d dead=%d filtered=%d", p->njobs, rt, brt,
+              dead, filtered);
     memcpy(p->cursor, p->new_cursor, sizeof(int64_t) * (size_t)p->nparts);
     p->backoff_ms = 0;
     reset_batch(p);
@@ -264,28 +268,39 @@ static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
 
 static void commit(Pipeline *p, DbConn *c)
 {
-    qsort(p->outs, (size_t)p->nouts, sizeof(Output), cmp_out);
+    const int *order = outputs_order(&p->outs, p->njobs);
     buf_reset(&p->rt_rows);
     buf_reset(&p->brt_rows);
     buf_reset(&p->dead_rows);
-    int *rt_parts = xmalloc(sizeof(int) * (size_t)(p->nouts + 1));
-    int *brt_parts = xmalloc(sizeof(int) * (size_t)(p->nouts + 1));
+    int *rt_parts = xmalloc(sizeof(int) * (size_t)(p->outs.n + 1));
+    int *brt_parts = xmalloc(sizeof(int) * (size_t)(p->outs.n + 1));
     int nrt = 0, nbrt = 0;
-    for (int i = 0; i < p->nouts; i++) {
-        Output *o = &p->outs[i];
-        Job *j = &p->jobs[o->job];
-        if (o->status == 200) {
-            JobRow r = {j->partition, j->workspace_id, j->source_id, o->dest_id, j->user_id,
-                        o->payload, strlen(o->payload)};
-            jobq_copy_row(o->batch ? &p->brt_rows : &p->rt_rows, &r);
-            if (o->batch)
+    for (int i = 0; i < p->outs.n; i++) {
+        const Output *o = &p->outs.v[order[i]];
+        const Job *j = &p->jobs[o->job];
+        if (o->kind == OUTPUT_RT || o->kind == OUTPUT_BATCH_RT) {
+            bool batch = o->kind == OUTPUT_BATCH_RT;
+            JobRow r = {j->partition, j->workspace_id, j->source_id,
+                        o->dest_id,   j->user_id,      outputs_payload(&p->outs, o),
+                        o->len};
+            jobq_copy_row(batch ? &p->brt_rows : &p->rt_rows, &r);
+            if (batch)
                 brt_parts[nbrt++] = j->partition;
             else
                 rt_parts[nrt++] = j->partition;
-        } else if (o->status != 298) {
-            DeadLetter dl = {"gw", j->job_id, "processor", j->partition, j->workspace_id,
-                             j->source_id, o->dest_id, j->user_id, o->status,
-                             o->error ? o->error : "transformation failed", NULL, o->payload, 1};
+        } else if (o->kind == OUTPUT_DEAD) {
+            DeadLetter dl = {.queue = "gw",
+                             .job_id = j->job_id,
+                             .stage = "processor",
+                             .partition = j->partition,
+                             .workspace_id = j->workspace_id,
+                             .source_id = j->source_id,
+                             .destination_id = o->dest_id,
+                             .user_id = j->user_id,
+                             .status_code = o->status,
+                             .reason = o->error,
+                             .payload = o->dead_payload,
+                             .attempts = 1};
             jobq_copy_dead_letter(&p->dead_rows, &dl);
         }
     }
@@ -342,7 +357,9 @@ static void on_tables(void *arg, DbConn *c, PGresult *res, const Err *err)
     }
     for (int i = 0; res && i < PQntuples(res); i++) {
         const char *q = PQgetvalue(res, i, 0);
-        char **slot = strcmp(q, "rt") == 0 ? &p->rt_table : strcmp(q, "batch_rt") == 0 ? &p->brt_table : NULL;
+        char **slot = strcmp(q, "rt") == 0         ? &p->rt_table
+                      : strcmp(q, "batch_rt") == 0 ? &p->brt_table
+                                                   : NULL;
         if (slot) {
             free(*slot);
             *slot = xstrdup(PQgetvalue(res, i, 1));
@@ -367,8 +384,9 @@ static void all_transformed(Pipeline *p, DbConn *c)
     }
     if (p->rt_table == NULL || p->brt_table == NULL || since(&p->tables_at) > 5.0) {
         p->state = ST_TABLES;
-        if (db_exec(c, "SELECT queue, table_name FROM datasets d WHERE idx ="
-                       " (SELECT max(idx) FROM datasets WHERE queue = d.queue)",
+        if (db_exec(c,
+                    "SELECT queue, table_name FROM datasets d WHERE idx ="
+                    " (SELECT max(idx) FROM datasets WHERE queue = d.queue)",
                     -1, NULL, NULL, 0, on_tables, p) < 0) {
             Err e;
             err_set(&e, ERR_DB, "could not send dataset lookup");
@@ -379,324 +397,83 @@ static void all_transformed(Pipeline *p, DbConn *c)
     commit(p, c);
 }
 
-/* ---- transformer ---- */
-
-static void add_output(Pipeline *p, int job, int seq, const WsDestination *d, char *payload,
-                       int status, const char *error)
+static void on_transformed(void *arg, bool complete)
 {
-    if (p->nouts == p->capouts) {
-        p->capouts = p->capouts ? p->capouts * 2 : 256;
-        p->outs = xrealloc(p->outs, sizeof(Output) * (size_t)p->capouts);
-    }
-    Output *o = &p->outs[p->nouts++];
-    o->job = job;
-    o->seq = seq;
-    o->dest_id = xstrdup(d->id);
-    o->payload = payload;
-    o->status = status;
-    o->error = error ? xstrdup(error) : NULL;
-    o->batch = d->batch;
-}
-
-static int find_job(Pipeline *p, int64_t id)
-{
-    int lo = 0, hi = p->njobs - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (p->jobs[mid].job_id == id)
-            return mid;
-        if (p->jobs[mid].job_id < id)
-            lo = mid + 1;
-        else
-            hi = mid - 1;
-    }
-    return -1;
-}
-
-static void chunk_finished(Pipeline *p, Chunk *c)
-{
-    p->inflight--;
-    p->chunks_done++;
-    if (p->chunks_done == p->nchunks)
-        all_transformed(p, NULL);
-    else
-        send_chunks(p);
-}
-
-/* Every event of the chunk fails with the same status (whole-request 4xx). */
-static void chunk_fail_all(Pipeline *p, Chunk *c, int status, const char *error)
-{
-    for (int i = 0; i < c->njobs; i++) {
-        Job *j = &p->jobs[c->jobs[i]];
-        add_output(p, c->jobs[i], c->seqs[i], c->dest, xstrdup(j->text),
-                   status, error);
-    }
-}
-
-/* The answer is picked apart with jscan: each output is kept as the exact
- * JSON text the transformer produced, without building a tree. */
-static void parse_answer(Pipeline *p, Chunk *c, const char *body, size_t len)
-{
-    JSpan doc = jscan_doc(body, len);
-    JIter it;
-    if (!jscan_array(doc, &it)) {
-        chunk_fail_all(p, c, 500, "transformer answer is not a JSON array");
+    Pipeline *p = arg;
+    if (!complete) {
+        /* abandoned (shutdown): nothing is committed; the jobs are claimed again */
+        log_info("batch_abandoned", "jobs=%d reason=shutdown", p->njobs);
+        reset_batch(p);
+        go_idle(p, 0);
         return;
     }
-    bool *answered = xcalloc((size_t)c->njobs, sizeof(bool));
-    Buf err;
-    buf_init(&err);
-    JSpan item;
-    while (jscan_next_element(&it, &item)) {
-        JSpan md, jid, sc, out, e;
-        int64_t job_id = -1, status = 200;
-        if (jscan_get(item, "metadata", &md)) {
-            JIter ai;
-            /* router-style answers carry a list of metadata */
-            if (jscan_array(md, &ai) && !jscan_next_element(&ai, &md))
-                md.n = 0;
-            if (jscan_get(md, "jobId", &jid))
-                jscan_int(jid, &job_id);
-        }
-        int idx = job_id >= 0 ? find_job(p, job_id) : -1;
-        int slot = -1;
-        for (int k = 0; idx >= 0 && k < c->njobs; k++)
-            if (c->jobs[k] == idx) {
-                slot = k;
-                break;
-            }
-        if (slot < 0) {
-            log_warn("transformer_unknown_job", "destination_id=%s job_id=%" PRId64, c->dest->id,
-                     job_id);
+    all_transformed(p, NULL);
+}
+
+/* ---- routing ---- */
+
+/* A dead letter for the whole job i (no destination, or its replay target). */
+static void job_dead(Pipeline *p, int i, const char *dest_id, int status, DeadReason reason,
+                     const char *fmt, const char *arg1, const char *arg2)
+{
+    char msg[600];
+    int n = snprintf(msg, sizeof msg, fmt, arg1, arg2);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1;
+    outputs_add_dead(&p->outs, i, 0, dest_id, status, reason, msg, len, p->jobs[i].text);
+}
+
+/* Sends job i (its tree is ev) to every destination it goes to: the
+ * transformer's chunks, batch_rt outputs, or dead letters. */
+static void route_job(Pipeline *p, int i, json_object *ev)
+{
+    static const char no_ut[] = "user transformation not supported";
+    Job *j = &p->jobs[i];
+    const WsSource *s = ws_source_by_id(p->snap, j->source_id);
+    if (s == NULL) {
+        job_dead(p, i, j->dest_id ? j->dest_id : "", 404, DEAD_UNKNOWN_SOURCE,
+                 "source \"%s\" is not in the workspace config", j->source_id, NULL);
+        return;
+    }
+    if (j->type == NULL) {
+        job_dead(p, i, j->dest_id ? j->dest_id : "", 400, DEAD_NO_TYPE, "event has no type", NULL,
+                 NULL);
+        return;
+    }
+    TfEvent te = {.job = i,
+                  .job_id = j->job_id,
+                  .text = j->text,
+                  .text_len = j->text_len,
+                  .workspace_id = j->workspace_id,
+                  .user_id = j->user_id,
+                  .type = j->type,
+                  .message_id = j->message_id};
+    bool found = false;
+    for (int k = 0; k < s->ndests; k++) {
+        const WsDestination *d = &s->dests[k];
+        if (j->dest_id != NULL && strcmp(d->id, j->dest_id) != 0)
+            continue;
+        found = true;
+        if (!events_dest_wanted(d, ev, j->type))
+            continue;
+        int seq = k + 1;
+        if (d->transformation_id != NULL) {
+            /* until user transformations run, never send the event on without them */
+            outputs_add_dead(&p->outs, i, seq, d->id, 501, DEAD_USER_TRANSFORMATION, no_ut,
+                             sizeof no_ut - 1, j->text);
             continue;
         }
-        answered[slot] = true;
-        if (jscan_get(item, "statusCode", &sc))
-            jscan_int(sc, &status);
-        bool has_out = jscan_get(item, "output", &out) && jscan_type(out) == 'o';
-        if (status == 200 && has_out) {
-            add_output(p, idx, c->seqs[slot], c->dest, xstrndup(out.p, out.n), 200, NULL);
-        } else if (status == 298) {
-            add_output(p, idx, c->seqs[slot], c->dest, xstrdup(""), 298, NULL);
-        } else {
-            if (status == 200)
-                status = 500; /* 200 without an output object */
-            buf_reset(&err);
-            if (!jscan_get(item, "error", &e) || !jscan_string(e, &err) || err.len == 0) {
-                buf_reset(&err);
-                buf_puts(&err, "transformation failed");
-            }
-            add_output(p, idx, c->seqs[slot], c->dest, xstrdup(p->jobs[idx].text), (int)status,
-                       err.data);
+        if (d->batch) {
+            /* object storage and warehouses take the event as it is */
+            outputs_add_job(&p->outs, i, seq, d->id, true, j->text, j->text_len);
+            continue;
         }
+        te.seq = seq;
+        tf_batch_add(p->tf, s, d, &te);
     }
-    if (it.failed)
-        log_warn("transformer_answer_malformed", "destination_id=%s", c->dest->id);
-    buf_deinit(&err);
-    for (int k = 0; k < c->njobs; k++)
-        if (!answered[k])
-            add_output(p, c->jobs[k], c->seqs[k], c->dest, xstrdup(p->jobs[c->jobs[k]].text), 500,
-                       "event missing from the transformer's answer");
-    free(answered);
-}
-
-static void start_chunk(Pipeline *p, Chunk *c);
-
-static void on_chunk_retry(evutil_socket_t fd, short what, void *arg)
-{
-    Chunk *c = arg;
-    start_chunk(c->p, c);
-}
-
-static void on_transformed(void *arg, const HttpcResponse *r)
-{
-    Chunk *c = arg;
-    Pipeline *p = c->p;
-    metrics_observe(p->m_tf_seconds, r->seconds);
-    bool retry = r->status == 0 || r->status >= 500 || r->status == 408 || r->status == 429;
-    if (retry && !p->stopping) {
-        c->attempt++;
-        int ms = 100;
-        for (int i = 1; i < c->attempt && ms < p->cfg->processor.retry_max_backoff_ms; i++)
-            ms *= 2;
-        if (ms > p->cfg->processor.retry_max_backoff_ms)
-            ms = p->cfg->processor.retry_max_backoff_ms;
-        char q[600];
-        log_warn("transformer_retry", "destination_id=%s attempt=%d status=%ld backoff_ms=%d error=%s",
-                 c->dest->id, c->attempt, r->status, ms,
-                 log_quote(q, sizeof q, r->error ? r->error : r->body));
-        metrics_inc(p->m_tf_retries, 1);
-        if (c->retry_ev == NULL)
-            c->retry_ev = evtimer_new(p->base, on_chunk_retry, c);
-        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-        evtimer_add(c->retry_ev, &tv);
-        return;
-    }
-    if (retry) {
-        /* stopping: abandon the batch uncommitted; it is claimed again after restart */
-        p->inflight--;
-        if (p->inflight == 0) {
-            reset_batch(p);
-            go_idle(p, 0);
-        }
-        return;
-    }
-    if (r->status == 200) {
-        parse_answer(p, c, r->body, r->body_len);
-    } else {
-        char err[300];
-        snprintf(err, sizeof err, "transformer answered %ld: %.200s", r->status, r->body);
-        log_warn("transformer_rejected", "destination_id=%s status=%ld events=%d", c->dest->id,
-                 r->status, c->njobs);
-        chunk_fail_all(p, c, (int)r->status, err);
-    }
-    chunk_finished(p, c);
-}
-
-static void start_chunk(Pipeline *p, Chunk *c)
-{
-    static const char *const headers[] = {"Content-Type: application/json", NULL};
-    HttpcRequest req = {"POST", c->url, headers, c->body.data, c->body.len,
-                        p->cfg->processor.transformer_timeout_ms, .max_response_bytes = 0,
-                        .keep_prefix = false};
-    if (httpc_start(p->http, &req, on_transformed, c) < 0) {
-        HttpcResponse r = {.status = 0, .curl_code = -1, .error = "could not start request",
-                           .body = ""};
-        on_transformed(c, &r);
-    }
-}
-
-static void send_chunks(Pipeline *p)
-{
-    while (p->next_chunk < p->nchunks && p->inflight < p->cfg->processor.max_inflight) {
-        Chunk *c = p->chunks[p->next_chunk++];
-        p->inflight++;
-        start_chunk(p, c);
-    }
-}
-
-/* The destination object in RudderStack's capitalised form. */
-static void format_destination(Buf *b, const WsSource *s, const WsDestination *d)
-{
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "ID", json_object_new_string(d->id));
-    json_object_object_add(o, "Name", json_object_new_string(d->name));
-    json_object *cfg = jsonu_get_ci(d->obj, "config");
-    json_object_object_add(o, "Config", cfg ? json_object_get(cfg) : json_object_new_object());
-    json_object_object_add(o, "Enabled", json_object_new_boolean(d->enabled));
-    json_object_object_add(o, "WorkspaceID", json_object_new_string(s->workspace_id));
-    json_object_object_add(o, "IsProcessorEnabled", json_object_new_boolean(d->processor_enabled));
-    json_object *def = jsonu_get_ci(d->obj, "destinationDefinition");
-    json_object *dd = json_object_new_object();
-    json_object_object_add(dd, "ID", json_object_new_string(jsonu_str_ci(def, "id", "")));
-    json_object_object_add(dd, "Name", json_object_new_string(d->def_name));
-    json_object_object_add(dd, "DisplayName", json_object_new_string(d->def_display_name));
-    json_object *dcfg = jsonu_get_ci(def, "config");
-    json_object_object_add(dd, "Config", dcfg ? json_object_get(dcfg) : json_object_new_object());
-    json_object_object_add(o, "DestinationDefinition", dd);
-    json_object *tr = jsonu_get_ci(d->obj, "transformations");
-    json_object_object_add(o, "Transformations", tr ? json_object_get(tr) : json_object_new_array());
-    buf_puts(b, jsonu_to_string(o, NULL));
-    json_object_put(o);
-}
-
-typedef struct DestChunks {
-    const WsDestination *d;
-    char *dest_json;
-    Chunk *open;
-} DestChunks;
-
-/* Adds job i (its tree is ev) to the chunks of every destination it goes to. */
-static void route_job(Pipeline *p, int i, json_object *ev, HMap *by_dest)
-{
-    const Workspace *ws = ws_watcher_get(p->ws);
-    int chunk_max = p->cfg->processor.transform_chunk;
-    {
-        Job *j = &p->jobs[i];
-        const WsSource *s = ws_source_by_id(ws, j->source_id);
-        if (s == NULL)
-            return;
-        int seq = 0;
-        for (int k = 0; k < s->ndests; k++) {
-            const WsDestination *d = &s->dests[k];
-            if (!events_dest_wanted(d, ev, j->type))
-                continue;
-            seq++;
-            if (d->batch) {
-                /* object storage and warehouses take the event as it is */
-                add_output(p, i, seq, d, xstrndup(j->text, j->text_len), 200, NULL);
-                continue;
-            }
-            char key[512];
-            snprintf(key, sizeof key, "%s/%s", s->id, d->id);
-            DestChunks *dc = hmap_get(by_dest, key);
-            if (dc == NULL) {
-                dc = xcalloc(1, sizeof(*dc));
-                dc->d = d;
-                Buf b;
-                buf_init(&b);
-                format_destination(&b, s, d);
-                dc->dest_json = buf_take(&b, NULL);
-                hmap_put(by_dest, key, dc);
-            }
-            if (dc->open == NULL || dc->open->njobs >= chunk_max) {
-                Chunk *c = xcalloc(1, sizeof(*c));
-                c->p = p;
-                c->dest = d;
-                buf_init(&c->body);
-                buf_putc(&c->body, '[');
-                c->url = xasprintf("%s/v0/destinations/%s", p->cfg->processor.transformer_url,
-                                   d->def_name);
-                for (char *q = c->url + strlen(p->cfg->processor.transformer_url); *q; q++)
-                    if (*q >= 'A' && *q <= 'Z')
-                        *q = (char)(*q - 'A' + 'a');
-                c->jobs = xmalloc(sizeof(int) * (size_t)chunk_max);
-                c->seqs = xmalloc(sizeof(int) * (size_t)chunk_max);
-                p->chunks = xrealloc(p->chunks, sizeof(Chunk *) * (size_t)(p->nchunks + 1));
-                p->chunks[p->nchunks++] = c;
-                dc->open = c;
-            }
-            Chunk *c = dc->open;
-            if (c->njobs > 0)
-                buf_putc(&c->body, ',');
-            buf_puts(&c->body, "{\"message\":");
-            buf_append(&c->body, j->text, j->text_len);
-            buf_printf(&c->body, ",\"metadata\":{\"jobId\":%" PRId64 ",\"sourceId\":", j->job_id);
-            jsonu_put_string(&c->body, s->id);
-            buf_puts(&c->body, ",\"destinationId\":");
-            jsonu_put_string(&c->body, d->id);
-            buf_puts(&c->body, ",\"workspaceId\":");
-            jsonu_put_string(&c->body, j->workspace_id);
-            buf_puts(&c->body, ",\"userId\":");
-            jsonu_put_string(&c->body, j->user_id);
-            buf_puts(&c->body, ",\"destinationType\":");
-            jsonu_put_string(&c->body, d->def_name);
-            buf_puts(&c->body, ",\"eventType\":");
-            jsonu_put_string(&c->body, j->type);
-            buf_puts(&c->body, ",\"messageId\":");
-            jsonu_put_string(&c->body, j->message_id ? j->message_id : "");
-            buf_puts(&c->body, "},\"destination\":");
-            buf_puts(&c->body, dc->dest_json);
-            buf_putc(&c->body, '}');
-            c->jobs[c->njobs] = i;
-            c->seqs[c->njobs] = seq;
-            c->njobs++;
-        }
-    }
-}
-
-static void finish_routing(Pipeline *p, HMap *by_dest)
-{
-    size_t it = 0;
-    HMapEntry *e;
-    while (hmap_next(by_dest, &it, &e)) {
-        DestChunks *dc = e->value;
-        free(dc->dest_json);
-        free(dc);
-    }
-    hmap_deinit(by_dest);
-    for (int i = 0; i < p->nchunks; i++)
-        buf_putc(&p->chunks[i]->body, ']');
+    if (j->dest_id != NULL && !found)
+        job_dead(p, i, j->dest_id, 404, DEAD_UNKNOWN_DESTINATION,
+                 "destination \"%s\" of source \"%s\" is not in the workspace config", j->dest_id,
+                 j->source_id);
 }
 
 /* ---- claim ---- */
@@ -706,6 +483,10 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
     Pipeline *p = arg;
     if (err != NULL) {
         db_failed(p, "claim", err);
+        return;
+    }
+    if (p->stopping) {
+        go_idle(p, 0); /* not started: nothing to hand back */
         return;
     }
     int n = res ? PQntuples(res) : 0;
@@ -721,15 +502,17 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
     int *got = xcalloc((size_t)p->nparts, sizeof(int));
     p->jobs = xcalloc((size_t)n, sizeof(Job));
     p->njobs = n;
+    p->snap = ws_watcher_ref(p->ws);
+    p->tf = tf_batch_create(p->base, &p->cfg->processor, p->http, &p->tf_metrics, &p->outs);
     int64_t now = now_ms();
-    HMap by_dest;
-    hmap_init(&by_dest);
     for (int i = 0; i < n; i++) {
         Job *j = &p->jobs[i];
         j->job_id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
         j->partition = atoi(PQgetvalue(res, i, 1));
         j->workspace_id = xstrdup(PQgetvalue(res, i, 2));
         j->source_id = xstrdup(PQgetvalue(res, i, 3));
+        const char *dest = PQgetvalue(res, i, 4);
+        j->dest_id = dest[0] != '\0' ? xstrdup(dest) : NULL;
         j->user_id = xstrdup(PQgetvalue(res, i, 5));
         const char *payload = PQgetvalue(res, i, 7);
         /* parse, normalise, serialise and route one event at a time, so only
@@ -743,11 +526,13 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
             j->message_id = m ? xstrdup(m) : NULL;
             const char *text = jsonu_to_string(ev, &j->text_len);
             j->text = xstrndup(text, j->text_len);
-            route_job(p, i, ev, &by_dest);
+            route_job(p, i, ev);
         } else {
-            j->text = xstrdup(payload);
-            j->text_len = strlen(payload);
-            log_warn("job_unparsable", "job_id=%" PRId64, j->job_id);
+            j->text_len = (size_t)PQgetlength(res, i, 7);
+            j->text = xstrndup(payload, j->text_len);
+            log_debug("job_unparsable", "job_id=%" PRId64, j->job_id);
+            job_dead(p, i, j->dest_id ? j->dest_id : "", 400, DEAD_UNPARSABLE,
+                     "payload is not a JSON object", NULL, NULL);
         }
         json_object_put(ev);
         /* partitions are 0..nparts-1 and listed in order */
@@ -771,17 +556,22 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
             p->limit[i] = base_limit;
     }
     free(got);
-    finish_routing(p, &by_dest);
-    p->state = ST_TRANSFORMING;
-    if (p->nchunks == 0) {
+    if (tf_batch_chunks(p->tf) == 0) {
         all_transformed(p, c);
         return;
     }
-    send_chunks(p);
+    p->state = ST_TRANSFORMING;
+    tf_batch_start(p->tf, on_transformed, p);
 }
 
 static void claim(Pipeline *p, DbConn *c)
 {
+    /* called from db callbacks (cycle() never runs while stopping): the
+     * connection goes back when the callback returns */
+    if (p->stopping) {
+        go_idle(p, 0);
+        return;
+    }
     buf_reset(&p->sql);
     jobq_format_claim(&p->sql, JOBQ_GW, p->parts, p->cursor, p->nparts, p->limit, 0);
     p->state = ST_CLAIMING;
@@ -842,8 +632,9 @@ static void on_locked(void *arg, DbConn *c, PGresult *res, const Err *err)
         return;
     }
     p->state = ST_LOADING;
-    if (db_exec(c, "SELECT partition, last_job_id FROM cursors WHERE stage = 'processor'"
-                   " ORDER BY partition",
+    if (db_exec(c,
+                "SELECT partition, last_job_id FROM cursors WHERE stage = 'processor'"
+                " ORDER BY partition",
                 -1, NULL, NULL, 0, on_cursors, p) < 0) {
         Err e;
         err_set(&e, ERR_DB, "could not send cursor load");
@@ -876,8 +667,8 @@ static void cycle(Pipeline *p)
     }
     if (!p->leader) {
         p->state = ST_LOCKING;
-        if (db_exec(c, "SELECT pg_try_advisory_lock(hashtext('pintle.stage.processor'))", -1,
-                    NULL, NULL, 0, on_locked, p) < 0) {
+        if (db_exec(c, "SELECT pg_try_advisory_lock(hashtext('pintle.stage.processor'))", -1, NULL,
+                    NULL, 0, on_locked, p) < 0) {
             Err e;
             err_set(&e, ERR_DB, "could not send lock");
             db_failed(p, "lock", &e);
@@ -919,16 +710,34 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
     buf_init(&p->rt_rows);
     buf_init(&p->brt_rows);
     buf_init(&p->dead_rows);
+    outputs_init(&p->outs);
     gettimeofday(&p->maintained_at, NULL);
     p->poll_ev = evtimer_new(base, on_poll, p);
-    p->m_events = metrics_series(m, "pintle_processor_events_total", "gw jobs processed", METRIC_COUNTER, "");
-    p->m_outputs = metrics_series(m, "pintle_processor_outputs_total", "rt and batch_rt jobs written", METRIC_COUNTER, "");
-    p->m_dead = metrics_series(m, "pintle_processor_dead_letters_total", "Events the transformer rejected", METRIC_COUNTER, "");
-    p->m_filtered = metrics_series(m, "pintle_processor_filtered_total", "Events the transformer filtered (298)", METRIC_COUNTER, "");
-    p->m_batches = metrics_series(m, "pintle_processor_batches_total", "Batches committed", METRIC_COUNTER, "");
-    p->m_tf_seconds = metrics_series(m, "pintle_processor_transformer_request_duration_seconds", "Transformer request latency", METRIC_HISTOGRAM, "");
-    p->m_tf_retries = metrics_series(m, "pintle_processor_transformer_retries_total", "Transformer requests retried", METRIC_COUNTER, "");
-    p->m_leader = metrics_series(m, "pintle_processor_active", "1 when this instance holds the processor lock", METRIC_GAUGE, "");
+    p->m_events =
+        metrics_series(m, "pintle_processor_events_total", "gw jobs processed", METRIC_COUNTER, "");
+    p->m_outputs = metrics_series(m, "pintle_processor_outputs_total",
+                                  "rt and batch_rt jobs written", METRIC_COUNTER, "");
+    for (int r = 0; r < DEAD_NREASONS; r++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "reason=\"%s\"", outputs_reason_label((DeadReason)r));
+        p->m_dead[r] =
+            metrics_series(m, "pintle_processor_dead_letters_total",
+                           "Events written to dead_letters, by reason", METRIC_COUNTER, labels);
+    }
+    p->m_filtered = metrics_series(m, "pintle_processor_filtered_total",
+                                   "Events the transformer filtered (298)", METRIC_COUNTER, "");
+    p->m_batches = metrics_series(m, "pintle_processor_batches_total", "Batches committed",
+                                  METRIC_COUNTER, "");
+    p->tf_metrics.seconds =
+        metrics_series(m, "pintle_processor_transformer_request_duration_seconds",
+                       "Transformer request latency", METRIC_HISTOGRAM, "");
+    p->tf_metrics.retries = metrics_series(m, "pintle_processor_transformer_retries_total",
+                                           "Transformer requests retried", METRIC_COUNTER, "");
+    p->tf_metrics.splits = metrics_series(
+        m, "pintle_processor_transformer_splits_total",
+        "Chunks split in halves because the answer was over the limit", METRIC_COUNTER, "");
+    p->m_leader = metrics_series(m, "pintle_processor_active",
+                                 "1 when this instance holds the processor lock", METRIC_GAUGE, "");
     event_active(p->poll_ev, 0, 0);
     return p;
 }
@@ -938,12 +747,14 @@ void pipeline_destroy(Pipeline *p)
     if (p == NULL)
         return;
     reset_batch(p);
-    free(p->outs);
+    outputs_deinit(&p->outs);
     buf_deinit(&p->sql);
     buf_deinit(&p->rt_rows);
     buf_deinit(&p->brt_rows);
     buf_deinit(&p->dead_rows);
     event_free(p->poll_ev);
+    if (p->deadline_ev)
+        event_free(p->deadline_ev);
     free(p->parts);
     free(p->cursor);
     free(p->new_cursor);
@@ -963,6 +774,23 @@ void pipeline_kick(Pipeline *p)
     }
 }
 
+/* The shutdown deadline: whatever is still in progress is given up. */
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    Pipeline *p = arg;
+    log_warn("shutdown_deadline", "state=%s timeout_ms=%d", state_names[p->state],
+             p->cfg->processor.shutdown_timeout_ms);
+    if (p->tf != NULL)
+        tf_batch_abandon(p->tf);
+    /* an uncommitted batch is simply claimed again; a COMMIT in flight
+     * either happened or did not, and the cursors say which */
+    if (p->stopped) {
+        void (*cb)(void *) = p->stopped;
+        p->stopped = NULL;
+        cb(p->stopped_arg);
+    }
+}
+
 void pipeline_stop(Pipeline *p, void (*done)(void *), void *arg)
 {
     p->stopping = true;
@@ -973,24 +801,20 @@ void pipeline_stop(Pipeline *p, void (*done)(void *), void *arg)
         go_idle(p, 0);
         return;
     }
-    /* waiting on the transformer: abandon the batch (not committed) */
-    if (p->state == ST_TRANSFORMING) {
-        for (int i = 0; i < p->nchunks; i++)
-            if (p->chunks[i]->retry_ev && evtimer_pending(p->chunks[i]->retry_ev, NULL)) {
-                evtimer_del(p->chunks[i]->retry_ev);
-                p->inflight--;
-            }
-        if (p->inflight == 0) {
-            reset_batch(p);
-            go_idle(p, 0);
-        }
-    }
+    int ms = p->cfg->processor.shutdown_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    p->deadline_ev = evtimer_new(p->base, on_deadline, p);
+    evtimer_add(p->deadline_ev, &tv);
+    /* transforming: give the batch up now (never commit half of it); any
+     * other state is a database step that ends soon, or at the deadline */
+    if (p->state == ST_TRANSFORMING)
+        tf_batch_abandon(p->tf);
 }
 
 bool pipeline_ready(const Pipeline *p, char *detail, size_t size)
 {
     bool db = db_pool_connected(p->pool) > 0;
-    snprintf(detail, size, "{\"db\":\"%s\",\"active\":%s,\"state\":%d}", db ? "UP" : "DOWN",
-             p->leader ? "true" : "false", (int)p->state);
+    snprintf(detail, size, "{\"db\":\"%s\",\"active\":%s,\"state\":\"%s\"}", db ? "UP" : "DOWN",
+             p->leader ? "true" : "false", state_names[p->state]);
     return db;
 }

@@ -1,11 +1,16 @@
 /* Tests common/wsconfig.c: RudderStack workspace exports, case-insensitive
- * keys, disabled and deleted sources, unknown write keys, message types. */
+ * keys, disabled and deleted sources, unknown write keys, message types,
+ * user transformations, and snapshots held across reloads. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
+#include <event2/event.h>
 
 #include "common/wsconfig.h"
 
@@ -71,10 +76,12 @@ static void test_errors(void **state)
     const char *nokey = "{\"sources\":[{\"id\":\"s\"}]}";
     assert_null(ws_parse(nokey, strlen(nokey), &err));
     assert_non_null(strstr(err.msg, "no id or no writeKey"));
-    const char *dup = "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\"},{\"id\":\"b\",\"writeKey\":\"k\"}]}";
+    const char *dup =
+        "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\"},{\"id\":\"b\",\"writeKey\":\"k\"}]}";
     assert_null(ws_parse(dup, strlen(dup), &err));
     assert_non_null(strstr(err.msg, "used by another source"));
-    const char *nodef = "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\",\"destinations\":[{\"id\":\"d\"}]}]}";
+    const char *nodef =
+        "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\",\"destinations\":[{\"id\":\"d\"}]}]}";
     assert_null(ws_parse(nodef, strlen(nodef), &err));
     assert_non_null(strstr(err.msg, "destinationDefinition.name"));
 }
@@ -89,12 +96,105 @@ static void test_default_workspace(void **state)
     ws_destroy(ws);
 }
 
+static void test_transformations(void **state)
+{
+    Err err;
+    const char *j = "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\",\"destinations\":["
+                    "{\"id\":\"d1\",\"destinationDefinition\":{\"name\":\"WEBHOOK\"},"
+                    " \"transformations\":[{\"id\":\"t1\",\"versionId\":\"v1\"}]},"
+                    "{\"id\":\"d2\",\"destinationDefinition\":{\"name\":\"WEBHOOK\"},"
+                    " \"transformations\":[{}]},"
+                    "{\"id\":\"d3\",\"destinationDefinition\":{\"name\":\"WEBHOOK\"},"
+                    " \"transformations\":[]}]}]}";
+    Workspace *ws = ws_parse(j, strlen(j), &err);
+    assert_non_null(ws);
+    const WsSource *s = ws_source_by_id(ws, "a");
+    assert_string_equal(ws_destination(s, "d1")->transformation_id, "v1");
+    /* listed without ids: still a transformation, never skipped */
+    assert_non_null(ws_destination(s, "d2")->transformation_id);
+    assert_null(ws_destination(s, "d3")->transformation_id);
+    ws_destroy(ws);
+}
+
+static void test_refs(void **state)
+{
+    Err err;
+    const char *j = "{\"sources\":[{\"id\":\"a\",\"writeKey\":\"k\"}]}";
+    Workspace *ws = ws_parse(j, strlen(j), &err);
+    assert_int_equal(ws->refs, 1);
+    const Workspace *held = ws_ref(ws);
+    assert_ptr_equal(held, ws);
+    assert_int_equal(ws->refs, 2);
+    ws_destroy(ws); /* the parser's reference */
+    /* still valid through the held one (ASan would see a use after free) */
+    assert_string_equal(ws_source_by_write_key(held, "k")->id, "a");
+    ws_unref(held);
+    ws_unref(NULL);
+}
+
+typedef struct Reload {
+    int changes;
+} Reload;
+
+static void on_change(void *arg)
+{
+    ((Reload *)arg)->changes++;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    assert_int_equal(rename(tmp, path), 0);
+}
+
+static void test_watcher_ref_survives_reload(void **state)
+{
+    char dir[] = "/tmp/pintle-wsconfig-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[512];
+    snprintf(path, sizeof path, "%s/ws.json", dir);
+    write_file(path, "{\"sources\":[{\"id\":\"old\",\"writeKey\":\"k\"}]}");
+    struct event_base *base = event_base_new();
+    WorkspaceConfigCfg cfg = {path, 50, "", ""};
+    Reload r = {0};
+    Err err;
+    WsWatcher *w = ws_watcher_create(base, &cfg, on_change, &r, &err);
+    assert_non_null(w);
+    const Workspace *held = ws_watcher_ref(w);
+    assert_ptr_equal(held, ws_watcher_get(w));
+    write_file(path, "{\"sources\":[{\"id\":\"new\",\"writeKey\":\"k2\"}]}");
+    for (int i = 0; i < 100 && r.changes == 0; i++) {
+        struct timeval tv = {0, 20000};
+        event_base_loopexit(base, &tv);
+        event_base_dispatch(base);
+    }
+    assert_int_equal(r.changes, 1);
+    assert_ptr_not_equal(ws_watcher_get(w), held);
+    assert_non_null(ws_source_by_id(ws_watcher_get(w), "new"));
+    /* the held snapshot is the old one, intact */
+    assert_string_equal(ws_source_by_write_key(held, "k")->id, "old");
+    assert_int_equal(held->refs, 1);
+    ws_unref(held);
+    ws_watcher_destroy(w);
+    event_base_free(base);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_default_workspace),
+        cmocka_unit_test(test_transformations),
+        cmocka_unit_test(test_refs),
+        cmocka_unit_test(test_watcher_ref_survives_reload),
     };
     return cmocka_run_group_tests_name("wsconfig", tests, NULL, NULL);
 }

@@ -36,9 +36,9 @@ static void test_skew_correction(void **state)
 {
     /* client clock 10 s ahead: sent at its 10:00:10, event at its 10:00:05,
      * received at 10:00:00 server time -> happened at 09:59:55 */
-    json_object *ev = json_tokener_parse(
-        "{\"originalTimestamp\":\"2024-05-01T10:00:05.000Z\",\"sentAt\":\"2024-05-01T10:00:10.000Z\","
-        "\"receivedAt\":\"2024-05-01T10:00:00.000Z\"}");
+    json_object *ev = json_tokener_parse("{\"originalTimestamp\":\"2024-05-01T10:00:05.000Z\","
+                                         "\"sentAt\":\"2024-05-01T10:00:10.000Z\","
+                                         "\"receivedAt\":\"2024-05-01T10:00:00.000Z\"}");
     events_normalize_times(ev, 1714557600000LL + 60000);
     assert_string_equal(str(ev, "timestamp"), "2024-05-01T09:59:55.000Z");
     assert_string_equal(str(ev, "originalTimestamp"), "2024-05-01T10:00:05.000Z");
@@ -66,9 +66,13 @@ static void test_fallbacks(void **state)
 static void test_dest_wanted(void **state)
 {
     const char *types[] = {"track", "identify"};
-    WsDestination d = {.id = "d", .def_name = "WEBHOOK", .def_display_name = "Webhook",
-                       .enabled = true, .processor_enabled = true,
-                       .supported_types = types, .n_supported_types = 2};
+    WsDestination d = {.id = "d",
+                       .def_name = "WEBHOOK",
+                       .def_display_name = "Webhook",
+                       .enabled = true,
+                       .processor_enabled = true,
+                       .supported_types = types,
+                       .n_supported_types = 2};
     json_object *ev = json_tokener_parse("{}");
     assert_true(events_dest_wanted(&d, ev, "track"));
     assert_false(events_dest_wanted(&d, ev, "page"));
