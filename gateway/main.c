@@ -170,6 +170,7 @@ static int supervise(int workers)
     sigprocmask(SIG_BLOCK, &set, &old);
     int rc = 0;
     bool stopping = false;
+    bool config_error = false;
     int alive = 0;
     for (;;) {
         for (int i = 0; i < workers && !stopping; i++) {
@@ -213,7 +214,9 @@ static int supervise(int workers)
                         log_warn("worker_died", "worker=%d child_pid=%d code=%d", i, (int)pid,
                                  code);
                     if (code == SVC_EXIT_CONFIG && !stopping) {
-                        /* a configuration error: restarting cannot help */
+                        /* a configuration error: restarting cannot help, and
+                         * it is the exit code, whatever the others exit with */
+                        config_error = true;
                         stopping = true;
                         for (int k = 0; k < workers; k++)
                             if (pids[k] > 0)
@@ -223,7 +226,7 @@ static int supervise(int workers)
         }
     }
     free(pids);
-    return rc;
+    return config_error ? SVC_EXIT_CONFIG : rc;
 }
 
 int main(int argc, char **argv)
