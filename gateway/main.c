@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -176,8 +177,14 @@ static int supervise(int workers)
         for (int i = 0; i < workers && !stopping; i++) {
             if (pids[i] != 0)
                 continue;
+            pid_t supervisor = getpid();
             pid_t pid = fork();
             if (pid == 0) {
+                /* a worker never outlives its supervisor (even a kill -9 of
+                 * it): it gets SIGTERM and drains */
+                prctl(PR_SET_PDEATHSIG, SIGTERM);
+                if (getppid() != supervisor)
+                    _exit(0); /* the supervisor died before prctl */
                 sigprocmask(SIG_SETMASK, &old, NULL);
                 free(pids);
                 return -1; /* child: run the gateway */

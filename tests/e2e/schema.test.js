@@ -68,3 +68,22 @@ describe('partition count', () => {
     assert.equal((await q("SELECT pintle.maintain_queue('gw', 1 << 30, 3600) AS n"))[0].n, 1, 'dropped once the orphan is gone');
   });
 });
+
+describe('gateway workers', () => {
+  let st;
+  after(async () => { if (st) await st.stopAll(); });
+
+  it('never outlive their supervisor, even after kill -9 of it', async () => {
+    st = new Stack();
+    await st.startPostgres();
+    st.migrate();
+    const g = await st.startGateway({ PINTLE_GATEWAY_WORKERS: '2' });
+    const { waitFor } = require('./lib/stack');
+    await waitFor(() => (g.log.match(/event=ready/g) || []).length === 2, { what: 'both workers ready' });
+    const workers = [...g.log.matchAll(/event=worker_started worker=\d+ child_pid=(\d+)/g)].map((m) => Number(m[1]));
+    assert.equal(workers.length, 2);
+    await g.kill9();
+    const alive = (pid) => { try { process.kill(pid, 0); return true; } catch (e) { return false; } };
+    await waitFor(() => workers.every((pid) => !alive(pid)), { timeoutMs: 10000, what: 'workers gone' });
+  });
+});
