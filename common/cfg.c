@@ -109,6 +109,10 @@ static const CfgKey keys[] = {
       "cap of the backoff while the transformer fails"),
     I("processor", "poll_interval_ms", processor.poll_interval_ms, "300", 1, 60000,
       "poll period when idle (hints wake it sooner)"),
+    I("processor", "max_transformer_request_bytes", processor.max_transformer_request_bytes,
+      "16777216", 65536, 1073741824,
+      "a transformer request closes at this many bytes (or transform_chunk events); a 413"
+      " answer splits it"),
     I("processor", "max_transformer_response_bytes", processor.max_transformer_response_bytes,
       "67108864", 1024, 1073741824,
       "largest transformer answer read; a larger one splits its chunk in halves and retries"),

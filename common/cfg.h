@@ -71,6 +71,7 @@ typedef struct ProcessorConfig {
     int transformer_timeout_ms;
     int retry_max_backoff_ms;
     int poll_interval_ms;
+    int max_transformer_request_bytes;
     int max_transformer_response_bytes;
     int shutdown_timeout_ms;
 } ProcessorConfig;

@@ -86,12 +86,12 @@ static void check_done(Httpc *h)
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &r.status);
         curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME, &r.seconds);
         r.curl_code = (int)code;
-        if (code != CURLE_OK) {
+        if (code == CURLE_WRITE_ERROR && t->truncated) {
+            r.error = "response larger than the limit"; /* the status is the server's */
+        } else if (code != CURLE_OK) {
             r.error = t->errbuf[0] ? t->errbuf : curl_easy_strerror(code);
             r.status = 0;
         }
-        if (code == CURLE_WRITE_ERROR && t->truncated)
-            r.error = "response larger than the limit";
         curl_multi_remove_handle(h->multi, easy);
         h->inflight--;
         unlink_transfer(h, t);

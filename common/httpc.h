@@ -38,8 +38,9 @@ typedef struct HttpcRequest {
     /* Bytes of the response body kept (0: 1 MiB). Beyond it the response
      * is truncated: with keep_prefix the transfer goes on and the first
      * max_response_bytes are reported (bodies kept only as context); else
-     * the transfer is aborted at once and reported with status 0 (a caller
-     * that needs the whole answer). Either way truncated is set. */
+     * the transfer is aborted at once (a caller that needs the whole
+     * answer), reported with the server's status and the prefix read.
+     * Either way truncated is set. */
     size_t max_response_bytes;
     bool keep_prefix;
 } HttpcRequest;

@@ -106,7 +106,15 @@ int migrate_run(PGconn *pg, const char *schema, int partitions, Err *err)
         PQclear(r);
     }
     for (const Migration *m = migrations; m->name != NULL; m++) {
-        if (m->version <= current)
+        /* every version not recorded yet is applied, not only those above
+         * the highest: a migration merged with a lower number still runs */
+        char *q = xasprintf("SELECT 1 FROM \"%s\".schema_migrations WHERE version = %d", schema,
+                            m->version);
+        PGresult *have = PQexec(pg, q);
+        free(q);
+        bool done = PQresultStatus(have) == PGRES_TUPLES_OK && PQntuples(have) == 1;
+        PQclear(have);
+        if (done)
             continue;
         char *body = expand(m->sql, partitions);
         char *full = xasprintf("BEGIN; SET LOCAL search_path TO \"%s\", public;\n%s\n"

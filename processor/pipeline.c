@@ -416,10 +416,12 @@ static void on_transformed(void *arg, bool complete)
 static void job_dead(Pipeline *p, int i, const char *dest_id, int status, DeadReason reason,
                      const char *fmt, const char *arg1, const char *arg2)
 {
-    char msg[600];
-    int n = snprintf(msg, sizeof msg, fmt, arg1, arg2);
-    size_t len = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1;
-    outputs_add_dead(&p->outs, i, 0, dest_id, status, reason, msg, len, p->jobs[i].text);
+    Buf msg; /* whole ids: a fixed buffer could cut one mid-character */
+    buf_init(&msg);
+    buf_printf(&msg, fmt, arg1, arg2);
+    outputs_add_dead(&p->outs, i, 0, dest_id, status, reason, msg.data, msg.len,
+                     p->jobs[i].text);
+    buf_deinit(&msg);
 }
 
 /* Sends job i (its tree is ev) to every destination it goes to: the
@@ -453,8 +455,14 @@ static void route_job(Pipeline *p, int i, json_object *ev)
         if (j->dest_id != NULL && strcmp(d->id, j->dest_id) != 0)
             continue;
         found = true;
-        if (!events_dest_wanted(d, ev, j->type))
+        if (!events_dest_wanted(d, ev, j->type)) {
+            if (j->dest_id != NULL) /* a replay must not vanish: say why it stops here */
+                job_dead(p, i, d->id, 409, DEAD_UNKNOWN_DESTINATION,
+                         "destination \"%s\" no longer takes this event (disabled, type not"
+                         " supported or excluded by integrations)",
+                         d->id, NULL);
             continue;
+        }
         int seq = k + 1;
         if (d->transformation_id != NULL) {
             /* until user transformations run, never send the event on without them */
@@ -780,7 +788,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     Pipeline *p = arg;
     log_warn("shutdown_deadline", "state=%s timeout_ms=%d", state_names[p->state],
              p->cfg->processor.shutdown_timeout_ms);
-    if (p->tf != NULL)
+    if (p->tf != NULL && p->state == ST_TRANSFORMING)
         tf_batch_abandon(p->tf);
     /* an uncommitted batch is simply claimed again; a COMMIT in flight
      * either happened or did not, and the cursors say which */

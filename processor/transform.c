@@ -206,7 +206,11 @@ void tf_batch_add(TfBatch *b, const WsSource *s, const WsDestination *d, const T
 {
     int chunk_max = b->cfg->transform_chunk;
     DestChunks *dc = dest_chunks(b, s, d);
-    if (dc->open == NULL || dc->open->n >= chunk_max)
+    /* a chunk closes at transform_chunk events or once its request reaches
+     * max_transformer_request_bytes, so large events cannot add up to a
+     * request the transformer refuses */
+    if (dc->open == NULL || dc->open->n >= chunk_max ||
+        dc->open->body.len >= (size_t)b->cfg->max_transformer_request_bytes)
         dc->open = chunk_new(b, dc, chunk_max);
     Chunk *c = dc->open;
     Buf *body = &c->body;
@@ -251,8 +255,8 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
 /* Schedules done once: from the loop, so the callee may destroy b. */
 static void finish(TfBatch *b)
 {
-    if (b->finished)
-        return;
+    if (b->finished || b->done_ev == NULL)
+        return; /* not started: nobody waits for it */
     b->finished = true;
     event_active(b->done_ev, 0, 0);
 }
@@ -441,8 +445,22 @@ static void on_transformed(void *arg, const HttpcResponse *r)
         chunk_end(c);
         return;
     }
-    if (r->truncated) {
+    /* Only a 200 answer is split: a truncated error page is handled by its
+     * status like any other (retried or a rejection). */
+    if (r->truncated && r->status == 200) {
         answer_too_large(b, c);
+        chunk_end(c);
+        return;
+    }
+    if (r->status == 413 && c->n > 1) {
+        /* the request was too large for the transformer: halves, never
+         * dead letters for good events (one event alone is a rejection) */
+        log_warn("transformer_request_split", "destination_id=%s events=%d bytes=%zu", dest_id,
+                 c->n, c->body.len);
+        metrics_inc(b->m->splits, 1);
+        int half = c->n / 2;
+        split_off(b, c, 0, half);
+        split_off(b, c, half, c->n);
         chunk_end(c);
         return;
     }

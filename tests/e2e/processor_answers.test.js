@@ -46,6 +46,7 @@ describe('transformer answers', () => {
     }, { what: 'dead letter of the huge event' });
     await sleep(300);
     assert.equal(dead.length, 1);
+    assert.equal((await st.pg.query("SELECT count(*)::int AS n FROM pintle.dead_letters WHERE stage = 'processor'"))[0].n, 1, 'no second dead letter later');
     assert.equal(JSON.parse(dead[0].payload).messageId, 'sp-huge-0');
     assert.equal(dead[0].destination_id, 'dst-hook');
     assert.match(dead[0].reason, /transformer answer for this event is larger than processor\.max_transformer_response_bytes \(100000 bytes\)/);

@@ -145,4 +145,34 @@ describe('processor shutdown', () => {
       await locker.end();
     }
   }));
+  it('SIGTERM while a batch with no transformer request (batch destination only) waits on a lock: exit 0 at the deadline', withLogs(S, async () => {
+    await closeStack(st);
+    const batchOnly = (sinkUrl) => {
+      const ws = webhookWorkspace(sinkUrl);
+      const d = ws.sources[0].destinations[0];
+      d.id = 'dst-s3';
+      d.config = { bucketName: 'b' };
+      d.destinationDefinition = { id: 'def-s3', name: 'S3', displayName: 'Amazon S3', config: {} };
+      return ws;
+    };
+    st = await procStack({ workspace: batchOnly, processor: false, router: false });
+    st.processor = await st.startProcessor({ PINTLE_PROCESSOR_SHUTDOWN_TIMEOUT_MS: String(SHUTDOWN_MS) });
+    const locker = new Client({ host: '127.0.0.1', port: st.pg.port, user: 'postgres', database: 'pintle' });
+    await locker.connect();
+    try {
+      const t = (await locker.query("SELECT table_name FROM pintle.datasets WHERE queue = 'batch_rt' ORDER BY idx DESC LIMIT 1")).rows[0].table_name;
+      await locker.query('BEGIN');
+      await locker.query(`LOCK TABLE pintle.${t} IN ACCESS EXCLUSIVE MODE`);
+      await sendBatch(st.gw.url, Array.from({ length: 5 }, (_, i) => track(`S${i}`, i)));
+      await waitFor(async () => (await st.pg.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'pintle-processor' AND wait_event_type = 'Lock'"))[0].n === 1, { what: 'the processor\'s commit waiting on the lock' });
+      const { exit, ms } = await stopTimed(st.processor);
+      assert.deepEqual(exit, { code: 0, signal: null });
+      assert.ok(ms < SHUTDOWN_MS + 2500, `exited after ${ms} ms`);
+      await locker.query('ROLLBACK');
+      st.processor = await st.startProcessor();
+      await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.batch_rt_jobs'))[0].n === 5, { what: '5 batch_rt jobs after the restart' });
+    } finally {
+      await locker.end();
+    }
+  }));
 });
