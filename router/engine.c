@@ -37,13 +37,11 @@
 #include "router/store.h"
 
 /* Rows of one due scan, users per page load, rows per user and page. */
-#define DUE_PAGE   256
-#define LOAD_USERS 32
-#define LOAD_PAGE  100
-#define TICK_MS    50
+#define DUE_PAGE          256
+#define LOAD_USERS        32
+#define LOAD_PAGE         100
+#define TICK_MS           50
 #define SPILL_EVERY_TICKS 5
-/* Under memory pressure, cursors are not kept waiting longer than this. */
-#define SPILL_PRESSURE_MS 1000
 
 typedef enum State { ST_DOWN, ST_LOCKING, ST_LOADING, ST_UP, ST_RESET } State;
 
@@ -83,6 +81,7 @@ struct Engine {
     OrderJob **load_jobs;
     int cap_load_jobs;
     MetricSeries *m_pending, *m_inflight, *m_active, *m_users;
+    MetricSeries *m_parked, *m_spilled_budget, *m_spilled_cursor;
 };
 
 static void pump(Engine *e);
@@ -245,7 +244,8 @@ static void on_loaded(void *arg, DbConn *c, PGresult *res, const Err *err)
         while (row < n && atoi(PQgetvalue(res, row, STORE_LOAD_INDEX_COL)) == k + 1) {
             if (m == e->cap_load_jobs) {
                 e->cap_load_jobs = e->cap_load_jobs ? e->cap_load_jobs * 2 : LOAD_PAGE;
-                e->load_jobs = xrealloc(e->load_jobs, sizeof(OrderJob *) * (size_t)e->cap_load_jobs);
+                e->load_jobs =
+                    xrealloc(e->load_jobs, sizeof(OrderJob *) * (size_t)e->cap_load_jobs);
             }
             e->load_jobs[m++] = store_retry_job(res, row++);
         }
@@ -278,8 +278,8 @@ static bool load(Engine *e, DbConn *c)
     store_put_int64_array(&e->params, e->load_after, e->nload);
     char page[16];
     snprintf(page, sizeof page, "%d", LOAD_PAGE);
-    const char *params[4] = {e->params.data, e->params.data + off_users,
-                             e->params.data + off_after, page};
+    const char *params[4] = {e->params.data, e->params.data + off_users, e->params.data + off_after,
+                             page};
     e->claim_turn = true;
     send_op(e, c, "load_retries", STORE_SQL_LOAD, 4, params, NULL, 0, on_loaded);
     return true;
@@ -444,8 +444,7 @@ static void db_step(Engine *e)
         return;
     }
     int64_t t = now_ms();
-    bool can_claim =
-        e->want_claim && order_jobs(e->order) < e->cfg->router.max_pending_jobs;
+    bool can_claim = e->want_claim && order_jobs(e->order) < e->cfg->router.max_pending_jobs;
     if (can_claim && e->claim_turn) {
         claim(e, c);
         return;
@@ -490,12 +489,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     Engine *e = arg;
     e->ticks++;
     if (e->state == ST_UP && !e->stopping && e->ticks % SPILL_EVERY_TICKS == 0) {
-        /* under memory pressure nothing keeps a cursor waiting for long */
-        bool pressure = order_jobs(e->order) >= e->cfg->router.max_pending_jobs / 2;
-        int n = order_spill_blockers(e->order, now_ms(),
-                                     pressure ? SPILL_PRESSURE_MS : e->cfg->router.spill_after_ms);
+        int n = order_spill_blockers(e->order, now_ms());
         if (n > 0)
-            log_debug("users_spilled", "count=%d pressure=%d", n, pressure);
+            log_debug("users_spilled", "count=%d", n);
     }
     /* poll for new jobs even without hints */
     if (e->ticks * TICK_MS % e->cfg->router.poll_interval_ms < TICK_MS)
@@ -503,6 +499,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     metrics_set(e->m_pending, order_jobs(e->order));
     metrics_set(e->m_inflight, sender_inflight(e->sender));
     metrics_set(e->m_users, order_users(e->order));
+    const OrderStats *os = order_stats(e->order);
+    metrics_set(e->m_parked, (double)os->parked);
+    metrics_set(e->m_spilled_budget, (double)os->spilled_budget);
+    metrics_set(e->m_spilled_cursor, (double)os->spilled_cursor);
     pump(e);
 }
 
@@ -533,7 +533,7 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
     e->pool = pool;
     e->http = http;
     e->m = m;
-    OrderLimits lim = {cfg->router.max_concurrency_per_destination,
+    OrderLimits lim = {cfg->router.max_pending_jobs, cfg->router.max_concurrency_per_destination,
                        cfg->router.max_pending_jobs_per_destination, cfg->router.spill_after_ms};
     e->order = order_create(&lim);
     e->sender = sender_create(cfg, http, m, e->order, after_delivery, e);
@@ -542,12 +542,23 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
     store_flush_init(&e->sf);
     due_rewind(e);
     gettimeofday(&e->maintained_at, NULL);
-    e->m_pending = metrics_series(m, "pintle_router_pending_jobs", "rt jobs held in memory",
-                                  METRIC_GAUGE, "");
+    e->m_pending =
+        metrics_series(m, "pintle_router_pending_jobs", "rt jobs held in memory", METRIC_GAUGE, "");
     e->m_inflight = metrics_series(m, "pintle_router_inflight_requests", "Deliveries in flight",
                                    METRIC_GAUGE, "");
     e->m_users = metrics_series(m, "pintle_router_users", "(destination, user) queues in memory",
                                 METRIC_GAUGE, "");
+    e->m_parked = metrics_series(m, "pintle_router_parked_total",
+                                 "Jobs parked in rt_retries behind an earlier job of their user",
+                                 METRIC_COUNTER, "");
+    e->m_spilled_budget =
+        metrics_series(m, "pintle_router_spilled_users_total",
+                       "Users whose jobs were moved from memory to rt_retries, by reason",
+                       METRIC_COUNTER, "reason=\"destination_budget\"");
+    e->m_spilled_cursor =
+        metrics_series(m, "pintle_router_spilled_users_total",
+                       "Users whose jobs were moved from memory to rt_retries, by reason",
+                       METRIC_COUNTER, "reason=\"cursor_wait\"");
     e->m_active = metrics_series(m, "pintle_router_active",
                                  "1 when this instance holds the router lock", METRIC_GAUGE, "");
     e->tick = event_new(base, -1, EV_PERSIST, on_tick, e);

@@ -113,8 +113,8 @@ static int run(App *app)
     app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
     event_add(app->sig_term, NULL);
     event_add(app->sig_int, NULL);
-    log_info("ready", "admin_port=%d max_concurrency_per_destination=%d", app->cfg.router.admin_port,
-             app->cfg.router.max_concurrency_per_destination);
+    log_info("ready", "admin_port=%d max_concurrency_per_destination=%d",
+             app->cfg.router.admin_port, app->cfg.router.max_concurrency_per_destination);
     event_base_dispatch(app->base);
     return 0;
 }

@@ -44,6 +44,7 @@
  * deliver a job around a row it does not know. */
 #include "router/order.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,9 +61,10 @@ typedef enum LoadState { LOAD_NONE, LOAD_WANTED, LOAD_SENT } LoadState;
 typedef struct OrderDest {
     char *id;
     int inflight;
-    int held;       /* undelivered jobs in memory (windows and unwritten parks) */
-    int loading;    /* users waiting for their next rows to be loaded */
-    int loads_sent; /* of those, loads sent */
+    int held;        /* undelivered jobs in memory (windows and unwritten parks) */
+    int loading;     /* users waiting for their next rows to be loaded */
+    int loads_sent;  /* of those, loads sent */
+    int64_t seen_ms; /* a job of it last came into memory */
     OrderUser *ready_head, *ready_tail;
 } OrderDest;
 
@@ -70,9 +72,10 @@ struct OrderUser {
     char *key; /* destination \x1f user */
     const char *user_id;
     OrderDest *dest;
-    OrderJob *head, *tail; /* the window */
+    OrderJob *head, *tail; /* the window: rows, then memory-only jobs */
     int64_t load_after;    /* rows with job_id > load_after are not in memory */
-    bool more;             /* rt_retries may hold rows of the user beyond the window */
+    bool more;             /* rt_retries may hold rows of the user not in the window */
+    bool parked_in_load;   /* jobs were parked while a load was in flight */
     LoadState load;
     bool ready;    /* in the destination's ready list */
     bool detached; /* released while in the ready list: freed when popped */
@@ -106,6 +109,7 @@ struct Order {
     int *fl_parts;
     int64_t *fl_old, *fl_new;
     Buf key;
+    OrderStats stats;
 };
 
 static void settle(Order *o, OrderUser *u, int64_t now);
@@ -198,6 +202,7 @@ static void mark_dirty(Order *o, OrderJob *j)
 /* j (not in a window) becomes a row written at the next flush. */
 static void park(Order *o, OrderJob *j)
 {
+    o->stats.parked++;
     j->row = true;
     j->parked = true;
     mark_dirty(o, j);
@@ -231,6 +236,22 @@ static OrderDest *dest_get(Order *o, const char *id)
 static bool dest_full(const Order *o, const OrderDest *d)
 {
     return d->held + d->loading >= o->lim.max_held_per_dest;
+}
+
+/* A destination over its budget gives back what it holds beyond it when
+ * memory runs short and another destination is active, so the claim keeps
+ * flowing for that one. Alone, it keeps its jobs: spilling would only move
+ * its backlog from rt_jobs to rt_retries. */
+static bool over_budget(const Order *o, const OrderDest *d, int64_t now)
+{
+    if (d->held <= o->lim.max_held_per_dest || (int64_t)o->njobs * 4 < (int64_t)o->lim.max_jobs * 3)
+        return false;
+    for (int i = 0; i < o->ndests; i++) {
+        const OrderDest *x = o->dest_list[i];
+        if (x != d && (x->held > 0 || now - x->seen_ms < 1000))
+            return true;
+    }
+    return false;
 }
 
 static const char *user_key(Order *o, const char *dest, const char *user)
@@ -272,11 +293,6 @@ static void user_release(Order *o, OrderUser *u)
     free(u);
 }
 
-static bool user_has_rows(const OrderUser *u)
-{
-    return u->more || u->load != LOAD_NONE || (u->head != NULL && u->head->row);
-}
-
 static void win_append(OrderUser *u, OrderJob *j)
 {
     j->user = u;
@@ -302,10 +318,17 @@ static void win_unlink_head(OrderUser *u)
     update_held(j);
 }
 
+/* The head may be delivered: not in flight, not waiting for a retry time,
+ * and, when it is memory-only, no row of the user waits before it. */
+static bool head_ready(const OrderUser *u, int64_t now)
+{
+    const OrderJob *j = u->head;
+    return j != NULL && !j->inflight && !is_waiting(j, now) && (j->row || !u->more);
+}
+
 static void make_ready(OrderUser *u, int64_t now)
 {
-    OrderJob *j = u->head;
-    if (u->ready || j == NULL || j->inflight || is_waiting(j, now))
+    if (u->ready || !head_ready(u, now))
         return;
     OrderDest *d = u->dest;
     u->ready = true;
@@ -335,6 +358,8 @@ static void evict(Order *o, OrderUser *u)
     while (u->head) {
         OrderJob *j = u->head;
         win_unlink_head(u);
+        if (!j->row || j->dirty)
+            park(o, j); /* a memory-only follower: written behind the rows */
         maybe_free(o, j);
     }
     user_release(o, u);
@@ -345,21 +370,24 @@ static void evict(Order *o, OrderUser *u)
 static void settle(Order *o, OrderUser *u, int64_t now)
 {
     OrderJob *h = u->head;
-    if (h == NULL) {
-        if (u->load != LOAD_NONE)
-            return;
+    if (h == NULL || !h->row) {
         if (u->more) {
-            want_load(o, u);
+            if (u->load == LOAD_NONE)
+                want_load(o, u); /* its next rows come before anything in memory */
             return;
         }
-        user_release(o, u); /* memory-only again: no rows left */
+        if (h == NULL) {
+            if (u->load == LOAD_NONE)
+                user_release(o, u); /* no rows left: memory-only again */
+            return;
+        }
+        make_ready(u, now);
         return;
     }
-    /* A head row that waits for its retry time, or whose destination holds
-     * too much, leaves memory once written: rt_retries has it all and the
-     * due scan brings it back. */
-    if (h->row && !h->inflight &&
-        (is_waiting(h, now) || u->dest->held > o->lim.max_held_per_dest)) {
+    /* A head row that waits for its retry time, or whose destination is
+     * over its budget, leaves memory once written: rt_retries has it all
+     * and the due scan brings it back. */
+    if (!h->inflight && (is_waiting(h, now) || over_budget(o, u->dest, now))) {
         if (h->durable && !h->dirty && h->flush_gen == 0 && !u->ready)
             evict(o, u);
         return;
@@ -367,24 +395,14 @@ static void settle(Order *o, OrderUser *u, int64_t now)
     make_ready(u, now);
 }
 
-/* The user's memory-only jobs go to rt_retries: the head as a row due at
- * once (it stays in memory, maybe in flight), the rest parked behind it. */
-static void spill_user(Order *o, OrderUser *u, int64_t now)
+/* Parks every job of the chain f (memory-only jobs cut from a window). */
+static void park_chain(Order *o, OrderUser *u, OrderJob *f)
 {
-    OrderJob *h = u->head;
-    if (h == NULL || h->row)
+    if (f == NULL)
         return;
-    h->row = true;
-    h->parked = false;
-    h->next_retry_ms = now;
-    mark_dirty(o, h);
-    OrderJob *f = h->next_win;
-    h->next_win = NULL;
-    u->tail = h;
-    if (f != NULL) {
-        u->more = true;
-        u->load_after = h->job_id;
-    }
+    u->more = true;
+    if (u->load == LOAD_SENT)
+        u->parked_in_load = true; /* the page in flight cannot contain them */
     while (f != NULL) {
         OrderJob *n = f->next_win;
         f->next_win = NULL;
@@ -393,6 +411,36 @@ static void spill_user(Order *o, OrderUser *u, int64_t now)
         park(o, f);
         f = n;
     }
+}
+
+/* The user's memory-only jobs go to rt_retries, so its partitions' cursors
+ * can pass them. A window is rows, then memory-only jobs; with no row in
+ * memory or in rt_retries before it, the first memory-only job becomes the
+ * head row, due at once (it stays in memory, maybe in flight); the others
+ * are parked behind the rows and leave the window. */
+static void spill_user(Order *o, OrderUser *u, int64_t now)
+{
+    OrderJob *h = u->head;
+    if (h == NULL)
+        return;
+    if (!h->row && !u->more) {
+        h->row = true;
+        h->parked = false;
+        h->next_retry_ms = now;
+        mark_dirty(o, h);
+    }
+    OrderJob *last = NULL;
+    for (OrderJob *j = h; j && j->row; j = j->next_win)
+        last = j;
+    OrderJob *f = last ? last->next_win : h;
+    if (last) {
+        last->next_win = NULL;
+        u->tail = last;
+        u->load_after = last->job_id;
+    } else {
+        u->head = u->tail = NULL;
+    }
+    park_chain(o, u, f);
 }
 
 /* ---- lifecycle ---- */
@@ -505,28 +553,35 @@ void order_push_claimed(Order *o, OrderJob *j, bool has_rows, int64_t now)
     p->tail = j;
     j->claimed_ms = now;
     j->dest = dest_get(o, j->dest_id);
+    j->dest->seen_ms = now;
     all_add(o, j);
     OrderUser *u = user_find(o, j->dest_id, j->user_id);
     if (u == NULL && has_rows) {
         park(o, j); /* behind rows that only rt_retries holds */
         return;
     }
-    if (u == NULL)
+    if (u == NULL) {
         u = user_add(o, j->dest, j->user_id);
-    else if (user_has_rows(u)) {
-        park(o, j);
+    } else if (u->head && is_waiting(u->head, now)) {
+        park(o, j); /* behind a failed head: it leaves memory */
         u->more = true;
         return;
     }
+    /* Otherwise the job waits in memory behind the user's rows, loaded or
+     * not: a user that is catching up gets back to memory-only as soon as
+     * its rows are delivered, and its new jobs are never written. */
     win_append(u, j);
-    if (j->dest->held > o->lim.max_held_per_dest)
-        spill_user(o, u, now); /* the destination holds too much: its rows wait in rt_retries */
+    if (over_budget(o, j->dest, now)) {
+        spill_user(o, u, now);
+        o->stats.spilled_budget++;
+    }
     settle(o, u, now);
 }
 
 bool order_push_due(Order *o, OrderJob *j, int64_t now)
 {
     OrderDest *d = dest_get(o, j->dest_id);
+    d->seen_ms = now;
     if (user_find(o, j->dest_id, j->user_id) != NULL || dest_full(o, d)) {
         order_job_free(j);
         return false;
@@ -553,7 +608,9 @@ int order_take_loads(Order *o, OrderUser **users, int64_t *after, int max, int p
     for (OrderUser *u = o->loads_head, *next; u && n < max; u = next) {
         next = u->next_load;
         OrderDest *d = u->dest;
-        if (d->held + d->loads_sent * page >= o->lim.max_held_per_dest) {
+        /* within the budget; but one load at a time always, as the jobs
+         * held may all be waiting for rows to be loaded before them */
+        if (d->loads_sent > 0 && d->held + d->loads_sent * page >= o->lim.max_held_per_dest) {
             prev = u;
             continue;
         }
@@ -590,28 +647,45 @@ const char *order_user_id(const OrderUser *u)
 
 void order_push_loaded(Order *o, OrderUser *u, OrderJob **jobs, int n, bool full, int64_t now)
 {
-    ASSERT(u->load == LOAD_SENT && u->head == NULL);
+    ASSERT(u->load == LOAD_SENT && (u->head == NULL || !u->head->row));
     OrderDest *d = u->dest;
     u->load = LOAD_NONE;
     d->loading--;
     d->loads_sent--;
+    d->seen_ms = now;
+    /* the rows go before the memory-only jobs of the window (all later) */
+    OrderJob *rest = u->head, *first = NULL, *last = NULL;
+    int64_t limit = rest ? rest->job_id : INT64_MAX;
     for (int i = 0; i < n; i++) {
         OrderJob *j = jobs[i];
-        if (j->job_id <= u->load_after || strcmp(j->dest_id, d->id) != 0) {
-            order_job_free(j); /* not after what memory had: cannot happen, never reorder */
+        if (j->job_id <= u->load_after || j->job_id >= limit || strcmp(j->dest_id, d->id) != 0) {
+            order_job_free(j); /* out of order: cannot happen, and must never be delivered */
             continue;
         }
         j->dest = d;
         j->row = true;
         j->parked = true;
         j->durable = true;
+        j->user = u;
+        j->in_win = true;
         all_add(o, j);
-        win_append(u, j);
+        update_held(j);
+        if (last)
+            last->next_win = j;
+        else
+            first = j;
+        last = j;
         u->load_after = j->job_id;
     }
-    u->more = full;
-    if (u->head)
-        u->head->parked = false; /* promoted when its predecessor was deleted */
+    if (first) {
+        last->next_win = rest;
+        u->head = first;
+        if (rest == NULL)
+            u->tail = last;
+        first->parked = false; /* promoted when its predecessor was deleted */
+    }
+    u->more = full || u->parked_in_load;
+    u->parked_in_load = false;
     settle(o, u, now);
 }
 
@@ -634,11 +708,11 @@ OrderJob *order_take_ready(Order *o, int64_t now)
                 free(u);
                 continue;
             }
-            OrderJob *j = u->head;
-            if (j == NULL || j->inflight || is_waiting(j, now)) {
+            if (!head_ready(u, now)) {
                 settle(o, u, now);
                 continue;
             }
+            OrderJob *j = u->head;
             j->inflight = true;
             d->inflight++;
             o->inflight++;
@@ -662,11 +736,8 @@ static void head_finished(Order *o, OrderJob *j, int64_t now)
 {
     OrderUser *u = j->user;
     win_unlink_head(u);
-    if (u->head) {
+    if (u->head && u->head->row)
         u->head->parked = false;
-    } else if (user_has_rows(u)) {
-        u->load_after = j->job_id > u->load_after ? j->job_id : u->load_after;
-    }
     settle(o, u, now);
     maybe_free(o, j);
 }
@@ -725,22 +796,22 @@ void order_retry(Order *o, OrderJob *j, int status, const char *error, int64_t n
     OrderJob *f = j->next_win;
     j->next_win = NULL;
     u->tail = j;
-    if (f != NULL) {
-        u->more = true;
+    if (f != NULL)
         u->load_after = j->job_id;
-    }
-    while (f != NULL) {
+    while (f != NULL && f->row) {
         OrderJob *n = f->next_win;
         f->next_win = NULL;
         f->in_win = false;
         f->user = NULL;
-        if (!f->row || f->dirty)
+        u->more = true;
+        if (f->dirty)
             park(o, f);
         else
             update_held(f);
         maybe_free(o, f);
         f = n;
     }
+    park_chain(o, u, f); /* the memory-only jobs behind it */
     settle(o, u, now);
 }
 
@@ -752,9 +823,9 @@ void order_lost(Order *o, OrderJob *j, int64_t now)
 
 /* ---- cursors ---- */
 
-int order_spill_blockers(Order *o, int64_t now, int64_t threshold_ms)
+int order_spill_blockers(Order *o, int64_t now)
 {
-    int64_t th = o->lim.spill_after_ms < threshold_ms ? o->lim.spill_after_ms : threshold_ms;
+    int64_t th = o->lim.spill_after_ms;
     int n = 0;
     for (int p = 0; p < o->nparts; p++) {
         for (OrderJob *j = o->parts[p].head; j; j = j->next_part) {
@@ -762,9 +833,10 @@ int order_spill_blockers(Order *o, int64_t now, int64_t threshold_ms)
                 continue; /* the cursor may pass it, or will after this flush */
             if (now - j->claimed_ms < th)
                 break; /* later jobs were claimed later */
-            if (j->in_win && !j->row) {
+            if (j->in_win) {
                 OrderUser *u = j->user;
                 spill_user(o, u, now);
+                o->stats.spilled_cursor++;
                 n++;
                 settle(o, u, now);
             }
@@ -871,6 +943,11 @@ void order_read_cursors(const Order *o, int64_t *cursors)
 {
     for (int p = 0; p < o->nparts; p++)
         cursors[p] = o->parts[p].read_cursor;
+}
+
+const OrderStats *order_stats(const Order *o)
+{
+    return &o->stats;
 }
 
 int order_jobs(const Order *o)

@@ -49,6 +49,7 @@ typedef struct OrderJob {
 } OrderJob;
 
 typedef struct OrderLimits {
+    int max_jobs;              /* jobs in memory before the engine stops claiming */
     int max_inflight_per_dest; /* deliveries in flight per destination */
     int max_held_per_dest;     /* undelivered jobs in memory per destination */
     int64_t spill_after_ms;    /* a job blocking its partition's cursor this long is parked */
@@ -89,12 +90,12 @@ void order_push_claimed(Order *o, OrderJob *j, bool has_rows, int64_t now_ms);
  * user is already in memory (memory knows better). */
 bool order_push_due(Order *o, OrderJob *j, int64_t now_ms);
 
-/* Users whose window ran empty while rt_retries holds more of their rows:
- * moves up to max of them into users[] and marks them loading, skipping
- * destinations whose jobs in memory and pages already asked for (page rows
- * each) reach max_held_per_dest. after[i]: load rows with job_id >
- * after[i]. The engine must load them with nothing left to flush, so that
- * the rows it reads are complete. */
+/* Users with no rows left in memory while rt_retries holds more of them:
+ * moves up to max of them into users[] and marks them loading; beyond the
+ * first of a destination, only while its jobs in memory and the pages
+ * already asked for (page rows each) stay under max_held_per_dest.
+ * after[i]: load rows with job_id > after[i]. The engine must load them
+ * with nothing left to flush, so that the rows it reads are complete. */
 int order_take_loads(Order *o, OrderUser **users, int64_t *after, int max, int page);
 /* True when some user waits for its next rows to be loaded. */
 bool order_loads_wanted(const Order *o);
@@ -124,9 +125,9 @@ void order_lost(Order *o, OrderJob *j, int64_t now_ms);
 void order_note_failure(OrderJob *j, int64_t now_ms);
 
 /* Parks the users of jobs that kept a partition's cursor waiting for longer
- * than spill_after_ms (or threshold_ms when that is smaller), so that cursor
- * can pass them; returns the number of users parked. */
-int order_spill_blockers(Order *o, int64_t now_ms, int64_t threshold_ms);
+ * than spill_after_ms (a destination that does not answer, or one far
+ * behind), so that cursor can pass them; returns the number of users. */
+int order_spill_blockers(Order *o, int64_t now_ms);
 
 /* True when a flush would write something or move a cursor. */
 bool order_flush_needed(const Order *o);
@@ -146,6 +147,13 @@ int order_full_dests(const Order *o, const char **ids, int max);
 /* The last job id claimed per partition (nparts values): the next claim
  * reads beyond them. */
 void order_read_cursors(const Order *o, int64_t *cursors);
+/* Counters since order_create. */
+typedef struct OrderStats {
+    unsigned long long parked;         /* jobs written behind an earlier row of their user */
+    unsigned long long spilled_budget; /* users moved to rt_retries: destination over budget */
+    unsigned long long spilled_cursor; /* users moved to rt_retries: a cursor waited too long */
+} OrderStats;
+const OrderStats *order_stats(const Order *o);
 int order_jobs(const Order *o);     /* jobs in memory */
 int order_inflight(const Order *o); /* deliveries in flight */
 int order_users(const Order *o);    /* users in memory */

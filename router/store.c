@@ -50,7 +50,7 @@ OrderJob *store_claimed_job(const PGresult *res, int i, bool *has_rows)
 }
 
 #define RETRY_COLS(p)                                                                              \
-    p "job_id, " p "partition, " p "workspace_id, " p "source_id, " p "destination_id, " p       \
+    p "job_id, " p "partition, " p "workspace_id, " p "source_id, " p "destination_id, " p         \
       "user_id, " p "payload, " p "attempts,"                                                      \
       " coalesce((extract(epoch FROM " p "first_failed_at) * 1000)::bigint, 0),"                   \
       " coalesce((extract(epoch FROM " p "next_retry_at) * 1000)::bigint, 0),"                     \
@@ -58,24 +58,24 @@ OrderJob *store_claimed_job(const PGresult *res, int i, bool *has_rows)
 
 const char STORE_SQL_DUE[] =
     "SELECT " RETRY_COLS("") ", next_retry_at::text FROM rt_retries"
-    " WHERE NOT parked AND next_retry_at <= now()"
-    " AND (next_retry_at, job_id) > ($1::timestamptz, $2::bigint)"
-    " AND destination_id <> ALL ($3::text[])"
-    " ORDER BY next_retry_at, job_id LIMIT $4";
+                             " WHERE NOT parked AND next_retry_at <= now()"
+                             " AND (next_retry_at, job_id) > ($1::timestamptz, $2::bigint)"
+                             " AND destination_id <> ALL ($3::text[])"
+                             " ORDER BY next_retry_at, job_id LIMIT $4";
 
-const char STORE_SQL_LOAD[] =
-    "SELECT " RETRY_COLS("r.") ", k.i"
-    " FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS k(d, u, after, i)"
-    " CROSS JOIN LATERAL (SELECT * FROM rt_retries x WHERE x.destination_id = k.d"
-    " AND x.user_id = k.u AND x.job_id > k.after ORDER BY x.job_id LIMIT $4) r"
-    " ORDER BY k.i, r.job_id";
+const char STORE_SQL_LOAD[] = "SELECT " RETRY_COLS(
+    "r.") ", k.i"
+          " FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS k(d, u, after, i)"
+          " CROSS JOIN LATERAL (SELECT * FROM rt_retries x WHERE x.destination_id = k.d"
+          " AND x.user_id = k.u AND x.job_id > k.after ORDER BY x.job_id LIMIT $4) r"
+          " ORDER BY k.i, r.job_id";
 
 OrderJob *store_retry_job(const PGresult *res, int i)
 {
     OrderJob *j = order_job_create(
-        strtoll(PQgetvalue(res, i, 0), NULL, 10), atoi(PQgetvalue(res, i, 1)), PQgetvalue(res, i, 2),
-        PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
-        (size_t)PQgetlength(res, i, 6));
+        strtoll(PQgetvalue(res, i, 0), NULL, 10), atoi(PQgetvalue(res, i, 1)),
+        PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), PQgetvalue(res, i, 5),
+        PQgetvalue(res, i, 6), (size_t)PQgetlength(res, i, 6));
     j->attempts = atoi(PQgetvalue(res, i, 7));
     j->first_failed_ms = strtoll(PQgetvalue(res, i, 8), NULL, 10);
     j->next_retry_ms = strtoll(PQgetvalue(res, i, 9), NULL, 10);
@@ -183,10 +183,9 @@ void store_format_flush(StoreFlush *s, const OrderFlush *f)
         if (j->row)
             buf_printf(&s->done_ids, ndone++ ? ",%" PRId64 : "%" PRId64, j->job_id);
         if (j->fate == ORDER_DEAD) {
-            DeadLetter dl = {"rt",          j->job_id,     "router",        j->partition,
-                             j->workspace_id, j->source_id, j->dest_id,     j->user_id,
-                             j->last_status, j->last_error, j->response,    j->payload,
-                             j->attempts};
+            DeadLetter dl = {"rt",         j->job_id,  "router",   j->partition,   j->workspace_id,
+                             j->source_id, j->dest_id, j->user_id, j->last_status, j->last_error,
+                             j->response,  j->payload, j->attempts};
             jobq_copy_dead_letter(&s->dead_rows, &dl);
         }
     }
@@ -199,16 +198,17 @@ void store_format_flush(StoreFlush *s, const OrderFlush *f)
     buf_puts(q, "BEGIN; SET LOCAL synchronous_commit = off;");
     s->ncopies = 0;
     if (s->retry_rows.len > 0) {
-        buf_puts(q, "CREATE TEMP TABLE IF NOT EXISTS rt_retries_in (LIKE rt_retries)"
-                    " ON COMMIT DELETE ROWS;"
-                    "COPY rt_retries_in (job_id, partition, workspace_id, source_id, destination_id,"
-                    " user_id, payload, parked, attempts, first_failed_at, next_retry_at,"
-                    " last_status, last_error) FROM STDIN;"
-                    "INSERT INTO rt_retries SELECT * FROM rt_retries_in ON CONFLICT (job_id)"
-                    " DO UPDATE SET parked = EXCLUDED.parked, attempts = EXCLUDED.attempts,"
-                    " first_failed_at = EXCLUDED.first_failed_at,"
-                    " next_retry_at = EXCLUDED.next_retry_at, last_status = EXCLUDED.last_status,"
-                    " last_error = EXCLUDED.last_error;");
+        buf_puts(q,
+                 "CREATE TEMP TABLE IF NOT EXISTS rt_retries_in (LIKE rt_retries)"
+                 " ON COMMIT DELETE ROWS;"
+                 "COPY rt_retries_in (job_id, partition, workspace_id, source_id, destination_id,"
+                 " user_id, payload, parked, attempts, first_failed_at, next_retry_at,"
+                 " last_status, last_error) FROM STDIN;"
+                 "INSERT INTO rt_retries SELECT * FROM rt_retries_in ON CONFLICT (job_id)"
+                 " DO UPDATE SET parked = EXCLUDED.parked, attempts = EXCLUDED.attempts,"
+                 " first_failed_at = EXCLUDED.first_failed_at,"
+                 " next_retry_at = EXCLUDED.next_retry_at, last_status = EXCLUDED.last_status,"
+                 " last_error = EXCLUDED.last_error;");
         s->copies[s->ncopies++] = (DbCopy){s->retry_rows.data, s->retry_rows.len};
     }
     if (ndone > 0) {

