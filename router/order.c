@@ -1,47 +1,48 @@
 /* Per-user ordering and parking (see order.h).
  *
  * Every (destination, user) with jobs in memory has a window: its jobs in
- * job order, of which only the head is ever delivered. A user is in one of
- * two modes:
+ * job order, of which only the head is ever delivered. A window holds rows
+ * first (jobs that have a row in rt_retries: loaded from it, or written to
+ * it), then memory-only jobs (claimed from rt_jobs, nowhere else: not
+ * durable, so their partition's cursor stops at the first of them). A
+ * delivered memory-only job is durable at once: successes leave no row.
+ * The one rule that keeps order across crashes: a row is never written for
+ * a job later than a memory-only job of the same user. So rt_retries holds
+ * a prefix of each user's pending jobs, and memory-only jobs, claimed again
+ * after a crash, land behind it.
  *
- *  - memory-only: no row of the user is in rt_retries. Its jobs live only
- *    here (and in rt_jobs, beyond the cursor): they are not durable, so a
- *    partition cursor stops at the first of them. A delivered job is
- *    durable at once (successes leave no row).
- *  - rows: the user has rows in rt_retries. Every later job of the user is
- *    parked: written there with parked = true and dropped from memory once
- *    written. Memory holds at most the head and a page of loaded rows.
- *
- * A memory-only user gets rows when its head fails (the head's row records
- * attempts and next retry time; the jobs behind it are parked), or when it
- * is spilled: its destination holds max_held_per_dest undelivered jobs, or
- * one of its jobs kept a partition cursor waiting for spill_after_ms (a
- * destination that never answers). Spilling writes the head as a row due at
- * once (it stays in memory and may still be in flight) and parks the rest.
- * Either way the partition cursors move on, and the memory a failing or
- * slow destination takes is bounded.
+ * Jobs go to rt_retries (and leave memory once written):
+ *  - when a head fails: its row records attempts and retry time; the
+ *    memory-only jobs behind it are parked (parked = true), loaded rows
+ *    behind it are dropped; later jobs of the user are parked while it
+ *    waits, and the user leaves memory once its rows are written;
+ *  - when a user is spilled: one of its jobs kept a partition cursor waiting
+ *    spill_after_ms (a destination that never answers, or is far behind),
+ *    or its destination holds more than max_held_per_dest undelivered jobs
+ *    while memory runs short and another destination is active. Its
+ *    memory-only jobs are written: the first as the head, due at once, when
+ *    no row precedes it (it stays in memory, maybe in flight), the others
+ *    parked.
+ * Jobs claimed while a user catches up on its rows are not written: they
+ * wait in memory behind the rows, and once those are delivered the user is
+ * memory-only again.
  *
  * In rt_retries, each user with rows has exactly one row with parked =
- * false: its smallest job id, the head, with the time it is due. The flush
- * keeps that true in every transaction: heads are written with parked =
- * false, later jobs with parked = true, and when heads are deleted (done or
- * dead) the user's smallest remaining row is promoted. So the table alone
- * says what to do after a crash or a fail-over, and:
- *  - a user whose head waits for its retry time is evicted from memory
- *    altogether once its rows are written; the engine finds due heads with
- *    a paged scan over (next_retry_at) WHERE NOT parked (order_push_due);
- *  - when a head in memory is done and the window is empty, the user's
- *    next rows are loaded a page at a time (order_take_loads,
- *    order_push_loaded), in job order, and delivered one after the other;
- *  - once the last row is gone the user is memory-only again.
+ * false: its smallest job id, the head, due at next_retry_at. Every flush
+ * keeps that true: heads are written unparked, later jobs parked, and when
+ * heads are deleted (done or dead) the user's smallest remaining row is
+ * promoted (store.c). So the table alone says what to do after a crash or a
+ * fail-over, and rows come back into memory two ways: due heads of users
+ * not in memory, from a paged scan by next_retry_at (order_push_due); and,
+ * when no row of a user is left in memory but rt_retries may hold more
+ * (before its memory-only jobs), its next page in job order
+ * (order_take_loads, order_push_loaded).
  *
  * Durability (DESIGN §3): a partition cursor passes a job only when its fate
- * is durable: delivered without a row, or its row (failed, spilled, parked)
- * or its dead letter committed, or written by the flush that moves the
- * cursor. Memory is authoritative for users it holds; for other users the
- * claim says whether rt_retries holds rows (has_rows). A user record stays
- * while it has a window or a load in progress, so a claim can never
- * deliver a job around a row it does not know. */
+ * is durable: delivered without a row, or its row or dead letter committed,
+ * or written by the flush that moves the cursor. Memory is authoritative for
+ * the users it holds; for others the claim says whether rt_retries holds
+ * rows of the user (has_rows), and then the job is parked behind them. */
 #include "router/order.h"
 
 #include <stdint.h>

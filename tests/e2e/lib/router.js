@@ -5,7 +5,7 @@
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const http = require('node:http');
-const { basicAuth, freePort, sleep } = require('./stack');
+const { Stack, basicAuth, freePort, sleep, waitFor } = require('./stack');
 
 const KEY = 'e2e-key';
 
@@ -145,4 +145,34 @@ function checkDelivered(name, sent, okRecords) {
   return repeats;
 }
 
-module.exports = { KEY, sendBatch, workspace, startHangingSink, rssBytes, percentile, paceEvents, checkDelivered };
+// A stack whose one source sends to the given sinks ({destination id:
+// sink}); st.sinks are closed by stopRouterStack. If it cannot be started,
+// whatever was started is stopped (sinks included) before the error goes up.
+async function routerStack(sinks, routerEnv = {}) {
+  const st = new Stack();
+  st.sinks = Object.values(sinks);
+  try {
+    await st.startPostgres();
+    st.writeWorkspace(workspace(Object.entries(sinks).map(([id, s]) => ({ id, url: s.url }))));
+    st.migrate();
+    await st.startTransformer();
+    await st.startProcessor();
+    st.router = await st.startRouter(routerEnv);
+    st.gw = await st.startGateway();
+    // the gateway may log ready before its first database connection exists
+    await waitFor(async () => (await fetch(`${st.gw.url}/health`)).status === 200, { what: 'gateway healthy' });
+  } catch (e) {
+    st.dumpLogs();
+    await stopRouterStack(st);
+    throw e;
+  }
+  return st;
+}
+
+async function stopRouterStack(st) {
+  if (!st) return;
+  await st.stopAll();
+  for (const s of st.sinks || []) await s.close();
+}
+
+module.exports = { KEY, sendBatch, workspace, routerStack, stopRouterStack, startHangingSink, rssBytes, percentile, paceEvents, checkDelivered };
