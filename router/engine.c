@@ -153,15 +153,15 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
     int64_t now = now_ms();
     bool full = false;
     for (int i = 0; i < n; i++) {
-        bool has_rows;
-        OrderJob *j = store_claimed_job(res, i, &has_rows);
+        OrderRows rows;
+        OrderJob *j = store_claimed_job(res, i, &rows);
         if (j->partition < 0 || j->partition >= e->nparts) {
             order_job_free(j);
             continue;
         }
         if (++got[j->partition] >= per)
             full = true;
-        order_push_claimed(e->order, j, has_rows, now);
+        order_push_claimed(e->order, j, rows, now);
     }
     free(got);
     e->want_claim = full;
@@ -195,6 +195,7 @@ static void on_due(void *arg, DbConn *c, PGresult *res, const Err *err)
     int64_t now = now_ms();
     for (int i = 0; i < n; i++)
         order_push_due(e->order, store_retry_job(res, i), now);
+    order_due_end(e->order, now);
     if (n == e->due_limit) {
         /* a full page: go on from its last row at once */
         snprintf(e->due_at_text, sizeof e->due_at_text, "%s",
@@ -224,6 +225,7 @@ static bool due_scan(Engine *e, DbConn *c)
     snprintf(lim, sizeof lim, "%d", e->due_limit);
     const char *params[4] = {e->due_at_text, id, e->params.data, lim};
     e->claim_turn = true;
+    order_due_begin(e->order);
     send_op(e, c, "due_scan", STORE_SQL_DUE, 4, params, NULL, 0, on_due);
     return true;
 }
@@ -258,8 +260,6 @@ static void on_loaded(void *arg, DbConn *c, PGresult *res, const Err *err)
 
 static bool load(Engine *e, DbConn *c)
 {
-    if (order_jobs(e->order) >= e->cfg->router.max_pending_jobs)
-        return false;
     e->nload = order_take_loads(e->order, e->load_users, e->load_after, LOAD_USERS, LOAD_PAGE);
     if (e->nload == 0)
         return false;
@@ -384,6 +384,8 @@ static void on_maintained(void *arg, DbConn *c, PGresult *res, const Err *err)
  * to do; either waits for pending writes to be flushed first. */
 static bool retries_step(Engine *e, DbConn *c, int64_t now)
 {
+    if (order_jobs(e->order) >= e->cfg->router.max_pending_jobs)
+        return false; /* memory is full: what is in it goes first */
     bool want_load = order_loads_wanted(e->order);
     bool want_due = now >= e->due_next_ms;
     if (!want_load && !want_due)

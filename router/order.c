@@ -42,7 +42,7 @@
  * is durable: delivered without a row, or its row or dead letter committed,
  * or written by the flush that moves the cursor. Memory is authoritative for
  * the users it holds; for others the claim says whether rt_retries holds
- * rows of the user (has_rows), and then the job is parked behind them. */
+ * rows of the user, and then the job is parked behind them. */
 #include "router/order.h"
 
 #include <stdint.h>
@@ -80,8 +80,10 @@ struct OrderUser {
     LoadState load;
     bool ready;    /* in the destination's ready list */
     bool detached; /* released while in the ready list: freed when popped */
+    bool deferred; /* released while a due scan was in flight: kept until it ends */
     OrderUser *next_ready;
     OrderUser *next_load;
+    OrderUser *next_deferred;
 };
 
 typedef struct OrderPart {
@@ -100,6 +102,8 @@ struct Order {
     HMap users;
     int nusers;
     OrderUser *loads_head, *loads_tail; /* LOAD_WANTED, in order */
+    bool due_open;                      /* a due scan is in flight */
+    OrderUser *deferred;                /* users released meanwhile */
     OrderJob *all;
     int njobs, inflight;
     OrderJob **dirty;
@@ -280,10 +284,21 @@ static OrderUser *user_add(Order *o, OrderDest *d, const char *user)
     return u;
 }
 
-/* The user leaves memory (its window is empty, no load is in progress). */
+/* The user leaves memory (its window is empty, no load is in progress).
+ * While a due scan is in flight the user stays known: the scan read the
+ * table before this user's last rows were delivered (their deletes are not
+ * written yet), and must not bring them back. */
 static void user_release(Order *o, OrderUser *u)
 {
     ASSERT(u->head == NULL && u->load == LOAD_NONE);
+    if (o->due_open) {
+        if (!u->deferred) {
+            u->deferred = true;
+            u->next_deferred = o->deferred;
+            o->deferred = u;
+        }
+        return;
+    }
     hmap_del(&o->users, u->key);
     o->nusers--;
     if (u->ready) {
@@ -493,6 +508,8 @@ void order_reset(Order *o)
     hmap_init(&o->users);
     o->nusers = 0;
     o->loads_head = o->loads_tail = NULL;
+    o->due_open = false;
+    o->deferred = NULL;
     o->ndirty = 0;
     for (int p = 0; p < o->nparts; p++) {
         o->parts[p].head = o->parts[p].tail = NULL;
@@ -540,7 +557,7 @@ void order_destroy(Order *o)
 
 /* ---- jobs coming in ---- */
 
-void order_push_claimed(Order *o, OrderJob *j, bool has_rows, int64_t now)
+void order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now)
 {
     ASSERT(j->partition >= 0 && j->partition < o->nparts);
     OrderPart *p = &o->parts[j->partition];
@@ -556,8 +573,12 @@ void order_push_claimed(Order *o, OrderJob *j, bool has_rows, int64_t now)
     j->dest = dest_get(o, j->dest_id);
     j->dest->seen_ms = now;
     all_add(o, j);
+    if (rows == ORDER_ROWS_OWN) {
+        j->durable = true; /* the cursor may pass it; the row is loaded like any other */
+        return;
+    }
     OrderUser *u = user_find(o, j->dest_id, j->user_id);
-    if (u == NULL && has_rows) {
+    if (u == NULL && rows == ORDER_ROWS_USER) {
         park(o, j); /* behind rows that only rt_retries holds */
         return;
     }
@@ -602,6 +623,23 @@ bool order_push_due(Order *o, OrderJob *j, int64_t now)
     return true;
 }
 
+void order_due_begin(Order *o)
+{
+    o->due_open = true;
+}
+
+void order_due_end(Order *o, int64_t now)
+{
+    o->due_open = false;
+    while (o->deferred) {
+        OrderUser *u = o->deferred;
+        o->deferred = u->next_deferred;
+        u->next_deferred = NULL;
+        u->deferred = false;
+        settle(o, u, now);
+    }
+}
+
 int order_take_loads(Order *o, OrderUser **users, int64_t *after, int max, int page)
 {
     int n = 0;
@@ -609,9 +647,11 @@ int order_take_loads(Order *o, OrderUser **users, int64_t *after, int max, int p
     for (OrderUser *u = o->loads_head, *next; u && n < max; u = next) {
         next = u->next_load;
         OrderDest *d = u->dest;
-        /* within the budget; but one load at a time always, as the jobs
-         * held may all be waiting for rows to be loaded before them */
-        if (d->loads_sent > 0 && d->held + d->loads_sent * page >= o->lim.max_held_per_dest) {
+        /* within the budget; beyond it too when the destination has
+         * nothing else to deliver (all it holds may be jobs waiting for
+         * rows to be loaded before them), one load at a time */
+        bool stuck = d->loads_sent == 0 && d->inflight == 0 && d->ready_head == NULL;
+        if (!stuck && d->held + d->loads_sent * page >= o->lim.max_held_per_dest) {
             prev = u;
             continue;
         }

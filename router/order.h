@@ -79,21 +79,35 @@ void order_start(Order *o, const int64_t *cursors, int nparts);
  * flight. */
 void order_reset(Order *o);
 
-/* A job claimed from rt_jobs, in job order within its partition. has_rows:
- * rt_retries held a row of the job's (destination, user) when it was
- * claimed (memory overrides it when it knows the user). Takes ownership of
- * j (from order_job_create). Parks the job when its user has rows, and
- * parks the user's memory-only jobs when the destination holds too many. */
-void order_push_claimed(Order *o, OrderJob *j, bool has_rows, int64_t now_ms);
-/* A head row due for retry, from rt_retries (row and parked unset, attempts
+/* What rt_retries held for a claimed job when it was claimed. */
+typedef enum OrderRows {
+    ORDER_ROWS_NONE, /* no row of its (destination, user) */
+    ORDER_ROWS_USER, /* rows of its user: it goes behind them */
+    ORDER_ROWS_OWN   /* its own row: an earlier term wrote it and its cursor did
+                      * not move past it before that term ended */
+} OrderRows;
+
+/* A job claimed from rt_jobs, in job order within its partition; rows as
+ * the claim saw them (memory overrides ORDER_ROWS_USER for users it holds).
+ * Takes ownership of j (from order_job_create). Parks the job when its user
+ * has rows, and spills its user when the destination holds too much. A job
+ * with its own row is only counted for the cursor: the row stands for it. */
+void order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now_ms);
+/* A due scan is sent / its rows were all pushed. Between the two, users
+ * whose last rows are delivered stay in memory, so that rows the scan read
+ * before their deletes were written are not delivered again. */
+void order_due_begin(Order *o);
+void order_due_end(Order *o, int64_t now_ms);
+/* A head row due for retry, from a due scan (row and parked unset, attempts
  * and times as stored). Takes ownership; returns false and frees j when the
- * user is already in memory (memory knows better). */
+ * user is in memory (memory knows better) or its destination is full. */
 bool order_push_due(Order *o, OrderJob *j, int64_t now_ms);
 
 /* Users with no rows left in memory while rt_retries holds more of them:
- * moves up to max of them into users[] and marks them loading; beyond the
- * first of a destination, only while its jobs in memory and the pages
- * already asked for (page rows each) stay under max_held_per_dest.
+ * moves up to max of them into users[] and marks them loading, while their
+ * destination's jobs in memory and the pages already asked for (page rows
+ * each) stay under max_held_per_dest, or the destination has nothing else
+ * to deliver (then one at a time).
  * after[i]: load rows with job_id > after[i]. The engine must load them
  * with nothing left to flush, so that the rows it reads are complete. */
 int order_take_loads(Order *o, OrderUser **users, int64_t *after, int max, int page);

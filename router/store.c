@@ -26,7 +26,8 @@ void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partiti
     buf_puts(sql, "SELECT j.job_id, j.partition, j.workspace_id, j.source_id, j.destination_id,"
                   " j.user_id, j.payload, CASE WHEN r.any THEN EXISTS (SELECT 1 FROM rt_retries x"
                   " WHERE x.destination_id = j.destination_id AND x.user_id = j.user_id)"
-                  " ELSE false END"
+                  " ELSE false END, CASE WHEN r.any THEN EXISTS (SELECT 1 FROM rt_retries y"
+                  " WHERE y.job_id = j.job_id) ELSE false END"
                   " FROM (SELECT EXISTS (SELECT 1 FROM rt_retries WHERE NOT parked) AS any) r,"
                   " unnest('{");
     for (int i = 0; i < n; i++)
@@ -40,9 +41,11 @@ void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partiti
                per_partition);
 }
 
-OrderJob *store_claimed_job(const PGresult *res, int i, bool *has_rows)
+OrderJob *store_claimed_job(const PGresult *res, int i, OrderRows *rows)
 {
-    *has_rows = strcmp(PQgetvalue(res, i, 7), "t") == 0;
+    *rows = strcmp(PQgetvalue(res, i, 8), "t") == 0   ? ORDER_ROWS_OWN
+            : strcmp(PQgetvalue(res, i, 7), "t") == 0 ? ORDER_ROWS_USER
+                                                      : ORDER_ROWS_NONE;
     return order_job_create(strtoll(PQgetvalue(res, i, 0), NULL, 10), atoi(PQgetvalue(res, i, 1)),
                             PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
                             PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),

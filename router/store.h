@@ -17,11 +17,11 @@
 
 /* Appends the claim: up to per_partition rt jobs beyond each cursor
  * (partitions 0..n-1), in job order, each with whether rt_retries holds a
- * row of its (destination, user). One index probe per job, and only while
- * rt_retries is not empty. */
+ * row of its (destination, user) or of the job itself. Two index probes
+ * per job, and only while rt_retries is not empty. */
 void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partition);
-/* Row i of a claim result as a job (caller owns it); *has_rows as claimed. */
-OrderJob *store_claimed_job(const PGresult *res, int i, bool *has_rows);
+/* Row i of a claim result as a job (caller owns it); *rows as claimed. */
+OrderJob *store_claimed_job(const PGresult *res, int i, OrderRows *rows);
 
 /* Due heads: parameterised statement with $1 (timestamptz text) and $2
  * (job id) the scan position (rows after it, '-infinity' and 0 at first),

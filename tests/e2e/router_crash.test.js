@@ -57,7 +57,7 @@ describe('router crashes', () => {
         throw new Error(`${e.message}: ${delivered()} delivered; rt_retries ${JSON.stringify(rows)}`);
       });
     phase = 'ok';
-    const repeats = checkDelivered('dst-hook', sent, sink.ok());
+    const { repeats } = checkDelivered('dst-hook', sent, sink.ok());
     console.log(`# ${sent.length} events, ${repeats} delivered again after kill -9 (at-least-once)`);
     await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_retries')).at(0).n === 0, { what: 'retry table empty' });
   }));

@@ -121,18 +121,20 @@ async function paceEvents(gwUrl, { users, seconds, perSecond, tickMs = 100, onTi
 
 // Asserts that every sent event reached the destination with a 2xx answer
 // and that, per user, first successful deliveries follow the send order.
-// Returns the number of repeated successful deliveries.
+// Returns the repeated successful deliveries: { repeats, examples }.
 function checkDelivered(name, sent, okRecords) {
   const firsts = new Map();
-  const seen = new Set();
+  const seen = new Map();
   let repeats = 0;
+  const examples = [];
   for (const r of okRecords) {
     const mid = r.body.messageId;
     if (seen.has(mid)) {
       repeats++;
+      if (examples.length < 5) examples.push({ messageId: mid, first: seen.get(mid), again: r.at });
       continue;
     }
-    seen.add(mid);
+    seen.set(mid, r.at);
     const u = r.body.userId;
     if (!firsts.has(u)) firsts.set(u, []);
     firsts.get(u).push(r.body.properties.seq);
@@ -142,7 +144,7 @@ function checkDelivered(name, sent, okRecords) {
   for (const [u, seqs] of firsts) {
     for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], `${name}: ${u} delivered seq ${seqs[i]} after ${seqs[i - 1]}`);
   }
-  return repeats;
+  return { repeats, examples };
 }
 
 // A stack whose one source sends to the given sinks ({destination id:

@@ -37,7 +37,7 @@ static OrderJob *job(int64_t id, int part, const char *dest, const char *user)
 static void claim(Order *o, int64_t id, int part, const char *dest, const char *user, bool rows,
                   int64_t now)
 {
-    order_push_claimed(o, job(id, part, dest, user), rows, now);
+    order_push_claimed(o, job(id, part, dest, user), rows ? ORDER_ROWS_USER : ORDER_ROWS_NONE, now);
 }
 
 /* A row as rt_retries returns it (due scan or page load). */
@@ -605,6 +605,51 @@ static void test_budget_alone_spills_nothing(void **state)
     order_destroy(o);
 }
 
+/* After a crash, a job can be claimed again although its row was written
+ * (its cursor had not passed it): the row stands for it, it is not queued
+ * or written a second time. */
+static void test_claimed_job_with_its_own_row(void **state)
+{
+    Order *o = new_order(NULL);
+    order_push_claimed(o, job(3, 1, "d", "a"), ORDER_ROWS_OWN, 0);
+    claim(o, 4, 1, "d", "a", true, 0);
+    assert_null(take(o, 0));
+    Written w = flush(o, 0);
+    assert_int_equal(written(&w, 3), 0);
+    assert_int_equal(written(&w, 4), 'P');
+    assert_int_equal(w.cursor[1], 4);
+    assert_int_equal(order_jobs(o), 0);
+    order_destroy(o);
+}
+
+/* A due scan reads the table while the last row of a user is delivered:
+ * that row (its delete not written yet) must not be delivered again. */
+static void test_due_scan_racing_the_last_row(void **state)
+{
+    Order *o = new_order(NULL);
+    assert_true(order_push_due(o, row(1, 0, "d", "a", 1), 0));
+    order_ok(o, take(o, 0), 0);
+    flush(o, 0);
+    OrderUser *users[1];
+    int64_t after[1];
+    assert_int_equal(order_take_loads(o, users, after, 1, 10), 1);
+    OrderJob *page[2] = {row(2, 0, "d", "a", 0), row(3, 0, "d", "a", 0)};
+    order_push_loaded(o, users[0], page, 2, false, 0);
+    order_ok(o, take(o, 0), 0);
+    flush(o, 0); /* 2 deleted, 3 promoted: a due head in the table */
+    order_due_begin(o);
+    OrderJob *j = take(o, 0);
+    assert_int_equal(j->job_id, 3);
+    order_ok(o, j, 0); /* the user's last row: delivered while the scan runs */
+    assert_false(order_push_due(o, row(3, 0, "d", "a", 0), 0));
+    order_due_end(o, 0);
+    assert_null(take(o, 0));
+    assert_int_equal(order_users(o), 0);
+    Written w = flush(o, 0);
+    assert_int_equal(written(&w, 3), 'D');
+    order_destroy(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -624,6 +669,8 @@ int main(void)
         cmocka_unit_test(test_caught_up_user_is_memory_only_again),
         cmocka_unit_test(test_budget_spills_memory_only_followers_of_rows),
         cmocka_unit_test(test_budget_alone_spills_nothing),
+        cmocka_unit_test(test_claimed_job_with_its_own_row),
+        cmocka_unit_test(test_due_scan_racing_the_last_row),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,6 +34,7 @@ static void test_claim_probes_rows_only_when_there_are_any(void **state)
     store_format_claim(&b, cur, 3, 40);
     assert_non_null(strstr(b.data, "unnest('{0,1,2}'::int[], '{5,0,7}'::bigint[])"));
     assert_non_null(strstr(b.data, "CASE WHEN r.any THEN EXISTS"));
+    assert_non_null(strstr(b.data, "y.job_id = j.job_id"));
     assert_non_null(strstr(b.data, "LIMIT 40"));
     buf_deinit(&b);
 }
