@@ -139,8 +139,15 @@ static const CfgKey keys[] = {
       "poll period when idle (hints wake it sooner)"),
     I("router", "max_pending_jobs", router.max_pending_jobs, "10000", 10, 10000000,
       "jobs held in memory awaiting delivery before claiming pauses"),
+    I("router", "max_pending_jobs_per_destination", router.max_pending_jobs_per_destination, "5000",
+      1, 10000000,
+      "undelivered jobs held in memory per destination; beyond it they wait in rt_retries"),
+    I("router", "spill_after_ms", router.spill_after_ms, "5000", 10, 3600000,
+      "a user whose undelivered job holds its partition's cursor this long waits in rt_retries"),
     I("router", "flush_interval_ms", router.flush_interval_ms, "100", 0, 60000,
       "least time between two status flushes (outcomes and cursors are batched)"),
+    I("router", "shutdown_timeout_ms", router.shutdown_timeout_ms, "10000", 100, 600000,
+      "on SIGTERM, deliveries still in flight shortly before this are cancelled; exit by then"),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

@@ -88,7 +88,10 @@ typedef struct RouterConfig {
     int max_retry_minutes;
     int poll_interval_ms;
     int max_pending_jobs;
+    int max_pending_jobs_per_destination;
+    int spill_after_ms;
     int flush_interval_ms;
+    int shutdown_timeout_ms;
 } RouterConfig;
 
 typedef struct Config {

@@ -1,8 +1,9 @@
 /* The router's delivery engine: claims rt jobs, delivers them in per-user
  * order per destination, records failures in rt_retries and aborts in
  * dead_letters, and advances the router's cursors.
- * Owns every job held in memory, the per-destination and per-user queues,
- * and the status flushes; uses the caller's db pool (one connection, which
+ * Owns the ordering state (order.c), the deliveries (sender.c) and the
+ * database steps: the term under the stage lock, claims, status flushes,
+ * loads from rt_retries. Uses the caller's db pool (one connection, which
  * holds the stage lock), HTTP client and metrics registry. */
 #ifndef ROUTER_ENGINE_H
 #define ROUTER_ENGINE_H
@@ -24,9 +25,11 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
 void engine_destroy(Engine *e);
 /* New rt jobs may be waiting (hint). */
 void engine_kick(Engine *e);
-/* Stops claiming and starting deliveries; waits for deliveries in flight and
- * flushes their outcomes; then done runs. */
-void engine_stop(Engine *e, void (*done)(void *arg), void *arg);
+/* Stops claiming and starting deliveries; waits for deliveries in flight
+ * and flushes their outcomes; then done runs (on the loop). Deliveries
+ * still in flight after cancel_after_ms are cancelled and recorded as not
+ * delivered (at least once: the next term delivers them again). */
+void engine_stop(Engine *e, int cancel_after_ms, void (*done)(void *arg), void *arg);
 bool engine_ready(const Engine *e, char *detail, size_t size);
 
 #endif

@@ -5,7 +5,8 @@
  * client (keep-alive connections, bounded per host), the rt hint
  * subscriber, /health and /metrics, and the engine. One libevent loop;
  * nothing blocks it. SIGTERM/SIGINT: stop starting deliveries, wait for the
- * ones in flight, flush their outcomes, exit 0. */
+ * ones in flight (cancelled shortly before router.shutdown_timeout_ms, not
+ * delivered as far as the database knows), flush their outcomes, exit 0. */
 #include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>
@@ -58,13 +59,16 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     app->stopping = true;
-    log_info("draining", "signal=%d", (int)sig);
-    /* deliveries in flight end within router.timeout_ms; then one flush */
-    int ms = app->cfg.router.timeout_ms + 5000;
+    int ms = app->cfg.router.shutdown_timeout_ms;
+    log_info("draining", "signal=%d shutdown_timeout_ms=%d", (int)sig, ms);
+    /* Deliveries in flight may finish until shortly before the deadline;
+     * then they are cancelled and what is durable is flushed, in the time
+     * left. The hard deadline covers a database that does not answer. */
+    int flush_ms = ms / 4 < 1000 ? ms / 4 : 1000;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     app->deadline = evtimer_new(app->base, on_deadline, app);
     evtimer_add(app->deadline, &tv);
-    engine_stop(app->engine, on_stopped, app);
+    engine_stop(app->engine, ms - flush_ms, on_stopped, app);
 }
 
 static void on_hint(void *arg, const char *topic)
@@ -112,8 +116,8 @@ static int run(App *app)
     app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
     event_add(app->sig_term, NULL);
     event_add(app->sig_int, NULL);
-    log_info("ready", "admin_port=%d max_concurrency_per_destination=%d", app->cfg.router.admin_port,
-             app->cfg.router.max_concurrency_per_destination);
+    log_info("ready", "admin_port=%d max_concurrency_per_destination=%d",
+             app->cfg.router.admin_port, app->cfg.router.max_concurrency_per_destination);
     event_base_dispatch(app->base);
     return app->fatal.code;
 }

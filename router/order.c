@@ -1,0 +1,1007 @@
+/* Per-user ordering and parking (see order.h).
+ *
+ * Every (destination, user) with jobs in memory has a window: its jobs in
+ * job order, of which only the head is ever delivered. A window holds rows
+ * first (jobs that have a row in rt_retries: loaded from it, or written to
+ * it), then memory-only jobs (claimed from rt_jobs, nowhere else: not
+ * durable, so their partition's cursor stops at the first of them). A
+ * delivered memory-only job is durable at once: successes leave no row.
+ * The one rule that keeps order across crashes: a row is never written for
+ * a job later than a memory-only job of the same user. So rt_retries holds
+ * a prefix of each user's pending jobs, and memory-only jobs, claimed again
+ * after a crash, land behind it.
+ *
+ * Jobs go to rt_retries (and leave memory once written):
+ *  - when a head fails: its row records attempts and retry time; the
+ *    memory-only jobs behind it are parked (parked = true), loaded rows
+ *    behind it are dropped; later jobs of the user are parked while it
+ *    waits, and the user leaves memory once its rows are written;
+ *  - when a user is spilled: one of its jobs kept a partition cursor waiting
+ *    spill_after_ms (a destination that never answers, or is far behind),
+ *    or its destination holds more than max_held_per_dest undelivered jobs
+ *    while memory runs short and another destination is active. Its
+ *    memory-only jobs are written: the first as the head, due at once, when
+ *    no row precedes it (it stays in memory, maybe in flight), the others
+ *    parked.
+ * Jobs claimed while a user catches up on its rows are not written: they
+ * wait in memory behind the rows, and once those are delivered the user is
+ * memory-only again.
+ *
+ * In rt_retries, each user with rows has exactly one row with parked =
+ * false: its smallest job id, the head, due at next_retry_at. Every flush
+ * keeps that true: heads are written unparked, later jobs parked, and when
+ * heads are deleted (done or dead) the user's smallest remaining row is
+ * promoted (store.c). So the table alone says what to do after a crash or a
+ * fail-over, and rows come back into memory two ways: due heads of users
+ * not in memory, from a paged scan by next_retry_at (order_push_due); and,
+ * when no row of a user is left in memory but rt_retries may hold more
+ * (before its memory-only jobs), its next page in job order
+ * (order_take_loads, order_push_loaded).
+ *
+ * Durability (DESIGN §3): a partition cursor passes a job only when its fate
+ * is durable: delivered without a row, or its row or dead letter committed,
+ * or written by the flush that moves the cursor. Memory is authoritative for
+ * the users it holds; for others the claim says whether rt_retries holds
+ * rows of the user, and then the job is parked behind them. */
+#include "router/order.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/buf.h"
+#include "common/hmap.h"
+#include "common/utf8.h"
+#include "common/xalloc.h"
+
+/* Stored error texts and responses are cut to this many bytes. */
+#define ORDER_TEXT_MAX 4096
+
+typedef enum LoadState { LOAD_NONE, LOAD_WANTED, LOAD_SENT } LoadState;
+
+typedef struct OrderDest {
+    char *id;
+    int inflight;
+    int held;        /* undelivered jobs in memory (windows and unwritten parks) */
+    int loading;     /* users waiting for their next rows to be loaded */
+    int loads_sent;  /* of those, loads sent */
+    int64_t seen_ms; /* a job of it last came into memory */
+    OrderUser *ready_head, *ready_tail;
+} OrderDest;
+
+struct OrderUser {
+    char *key; /* destination \x1f user */
+    const char *user_id;
+    OrderDest *dest;
+    OrderJob *head, *tail; /* the window: rows, then memory-only jobs */
+    int64_t load_after;    /* rows with job_id > load_after are not in memory */
+    bool more;             /* rt_retries may hold rows of the user not in the window */
+    bool parked_in_load;   /* jobs were parked while a load was in flight */
+    LoadState load;
+    bool ready;    /* in the destination's ready list */
+    bool detached; /* released while in the ready list: freed when popped */
+    bool deferred; /* released while a due scan was in flight: kept until it ends */
+    OrderUser *next_ready;
+    OrderUser *next_load;
+    OrderUser *next_deferred;
+};
+
+typedef struct OrderPart {
+    OrderJob *head, *tail; /* claimed jobs the cursor has not passed, in job order */
+    int64_t read_cursor;   /* last job id claimed */
+    int64_t durable_cursor;
+} OrderPart;
+
+struct Order {
+    OrderLimits lim;
+    int nparts;
+    OrderPart *parts;
+    HMap dests;
+    OrderDest **dest_list;
+    int ndests, capdests, rr;
+    HMap users;
+    int nusers;
+    OrderUser *loads_head, *loads_tail; /* LOAD_WANTED, in order */
+    bool due_open;                      /* a due scan is in flight */
+    OrderUser *deferred;                /* users released meanwhile */
+    OrderJob *all;
+    int njobs, inflight;
+    OrderJob **dirty;
+    int ndirty, capdirty;
+    int gen;
+    OrderJob **fl_jobs;
+    int capfl;
+    int *fl_parts;
+    int64_t *fl_old, *fl_new;
+    Buf key;
+    OrderStats stats;
+};
+
+static void settle(Order *o, OrderUser *u, int64_t now);
+
+/* ---- jobs ---- */
+
+OrderJob *order_job_create(int64_t job_id, int partition, const char *workspace_id,
+                           const char *source_id, const char *dest_id, const char *user_id,
+                           const char *payload, size_t payload_len)
+{
+    size_t lw = strlen(workspace_id) + 1, ls = strlen(source_id) + 1, ld = strlen(dest_id) + 1,
+           lu = strlen(user_id) + 1;
+    OrderJob *j = xmalloc(sizeof(*j) + lw + ls + ld + lu + payload_len + 1);
+    memset(j, 0, sizeof(*j));
+    char *p = (char *)(j + 1);
+    j->workspace_id = memcpy(p, workspace_id, lw);
+    j->source_id = memcpy(p += lw, source_id, ls);
+    j->dest_id = memcpy(p += ls, dest_id, ld);
+    j->user_id = memcpy(p += ld, user_id, lu);
+    p += lu;
+    memcpy(p, payload, payload_len);
+    p[payload_len] = '\0';
+    j->payload = p;
+    j->job_id = job_id;
+    j->partition = partition;
+    return j;
+}
+
+void order_job_free(OrderJob *j)
+{
+    if (j == NULL)
+        return;
+    free(j->last_error);
+    free(j->response);
+    free(j);
+}
+
+/* A job counts against its destination's budget while it waits to be
+ * delivered in a window, or to be written as a parked row. */
+static void update_held(OrderJob *j)
+{
+    bool h = j->in_win || (j->fate == ORDER_PENDING && (j->dirty || j->flush_gen != 0));
+    if (h != j->held) {
+        j->dest->held += h ? 1 : -1;
+        j->held = h;
+    }
+}
+
+static void all_add(Order *o, OrderJob *j)
+{
+    j->prev_all = NULL;
+    j->next_all = o->all;
+    if (o->all)
+        o->all->prev_all = j;
+    o->all = j;
+    o->njobs++;
+}
+
+/* A job leaves memory once nothing refers to it: no window, no partition
+ * list, no pending write, no flush in progress, no delivery in flight. */
+static void maybe_free(Order *o, OrderJob *j)
+{
+    if (j->in_win || j->in_part || j->dirty || j->flush_gen != 0 || j->inflight)
+        return;
+    update_held(j);
+    ASSERT(!j->held);
+    if (j->prev_all)
+        j->prev_all->next_all = j->next_all;
+    else
+        o->all = j->next_all;
+    if (j->next_all)
+        j->next_all->prev_all = j->prev_all;
+    o->njobs--;
+    order_job_free(j);
+}
+
+static void mark_dirty(Order *o, OrderJob *j)
+{
+    if (!j->dirty) {
+        if (o->ndirty == o->capdirty) {
+            o->capdirty = o->capdirty ? o->capdirty * 2 : 256;
+            o->dirty = xrealloc(o->dirty, sizeof(*o->dirty) * (size_t)o->capdirty);
+        }
+        o->dirty[o->ndirty++] = j;
+        j->dirty = true;
+    }
+    update_held(j);
+}
+
+/* j (not in a window) becomes a row written at the next flush. */
+static void park(Order *o, OrderJob *j)
+{
+    o->stats.parked++;
+    j->row = true;
+    j->parked = true;
+    mark_dirty(o, j);
+}
+
+/* A row with no failed attempt is due at once; a failed head waits for its
+ * retry time (compared with our clock only for rows we failed ourselves). */
+static bool is_waiting(const OrderJob *j, int64_t now)
+{
+    return j->row && j->attempts > 0 && j->next_retry_ms > now;
+}
+
+/* ---- destinations and users ---- */
+
+static OrderDest *dest_get(Order *o, const char *id)
+{
+    OrderDest *d = hmap_get(&o->dests, id);
+    if (d != NULL)
+        return d;
+    d = xcalloc(1, sizeof(*d));
+    d->id = xstrdup(id);
+    hmap_put(&o->dests, id, d);
+    if (o->ndests == o->capdests) {
+        o->capdests = o->capdests ? o->capdests * 2 : 8;
+        o->dest_list = xrealloc(o->dest_list, sizeof(*o->dest_list) * (size_t)o->capdests);
+    }
+    o->dest_list[o->ndests++] = d;
+    return d;
+}
+
+static bool dest_full(const Order *o, const OrderDest *d)
+{
+    return d->held + d->loading >= o->lim.max_held_per_dest;
+}
+
+/* A destination over its budget gives back what it holds beyond it when
+ * memory runs short and another destination is active, so the claim keeps
+ * flowing for that one. Alone, it keeps its jobs: spilling would only move
+ * its backlog from rt_jobs to rt_retries. */
+static bool over_budget(const Order *o, const OrderDest *d, int64_t now)
+{
+    if (d->held <= o->lim.max_held_per_dest || (int64_t)o->njobs * 4 < (int64_t)o->lim.max_jobs * 3)
+        return false;
+    for (int i = 0; i < o->ndests; i++) {
+        const OrderDest *x = o->dest_list[i];
+        if (x != d && (x->held > 0 || now - x->seen_ms < 1000))
+            return true;
+    }
+    return false;
+}
+
+static const char *user_key(Order *o, const char *dest, const char *user)
+{
+    buf_reset(&o->key);
+    buf_puts(&o->key, dest);
+    buf_putc(&o->key, '\x1f');
+    buf_puts(&o->key, user);
+    return o->key.data;
+}
+
+static OrderUser *user_find(Order *o, const char *dest, const char *user)
+{
+    return hmap_get(&o->users, user_key(o, dest, user));
+}
+
+static OrderUser *user_add(Order *o, OrderDest *d, const char *user)
+{
+    OrderUser *u = xcalloc(1, sizeof(*u));
+    u->key = xstrdup(user_key(o, d->id, user));
+    u->user_id = u->key + strlen(d->id) + 1;
+    u->dest = d;
+    hmap_put(&o->users, u->key, u);
+    o->nusers++;
+    return u;
+}
+
+/* The user leaves memory (its window is empty, no load is in progress).
+ * While a due scan is in flight the user stays known: the scan read the
+ * table before this user's last rows were delivered (their deletes are not
+ * written yet), and must not bring them back. */
+static void user_release(Order *o, OrderUser *u)
+{
+    ASSERT(u->head == NULL && u->load == LOAD_NONE);
+    if (o->due_open) {
+        if (!u->deferred) {
+            u->deferred = true;
+            u->next_deferred = o->deferred;
+            o->deferred = u;
+        }
+        return;
+    }
+    hmap_del(&o->users, u->key);
+    o->nusers--;
+    if (u->ready) {
+        u->detached = true; /* order_take_ready frees it */
+        return;
+    }
+    free(u->key);
+    free(u);
+}
+
+static void win_append(OrderUser *u, OrderJob *j)
+{
+    j->user = u;
+    j->in_win = true;
+    j->next_win = NULL;
+    if (u->tail)
+        u->tail->next_win = j;
+    else
+        u->head = j;
+    u->tail = j;
+    update_held(j);
+}
+
+static void win_unlink_head(OrderUser *u)
+{
+    OrderJob *j = u->head;
+    u->head = j->next_win;
+    if (u->head == NULL)
+        u->tail = NULL;
+    j->next_win = NULL;
+    j->in_win = false;
+    j->user = NULL;
+    update_held(j);
+}
+
+/* The head may be delivered: not in flight, not waiting for a retry time,
+ * and, when it is memory-only, no row of the user waits before it. */
+static bool head_ready(const OrderUser *u, int64_t now)
+{
+    const OrderJob *j = u->head;
+    return j != NULL && !j->inflight && !is_waiting(j, now) && (j->row || !u->more);
+}
+
+static void make_ready(OrderUser *u, int64_t now)
+{
+    if (u->ready || !head_ready(u, now))
+        return;
+    OrderDest *d = u->dest;
+    u->ready = true;
+    u->next_ready = NULL;
+    if (d->ready_tail)
+        d->ready_tail->next_ready = u;
+    else
+        d->ready_head = u;
+    d->ready_tail = u;
+}
+
+static void want_load(Order *o, OrderUser *u)
+{
+    u->load = LOAD_WANTED;
+    u->dest->loading++;
+    u->next_load = NULL;
+    if (o->loads_tail)
+        o->loads_tail->next_load = u;
+    else
+        o->loads_head = u;
+    o->loads_tail = u;
+}
+
+/* Removes the whole window; everything in it is in rt_retries. */
+static void evict(Order *o, OrderUser *u)
+{
+    while (u->head) {
+        OrderJob *j = u->head;
+        win_unlink_head(u);
+        if (!j->row || j->dirty)
+            park(o, j); /* a memory-only follower: written behind the rows */
+        maybe_free(o, j);
+    }
+    user_release(o, u);
+}
+
+/* Takes the user to its next state after any change: ready to deliver,
+ * waiting (evicted once written), loading its next rows, or gone. */
+static void settle(Order *o, OrderUser *u, int64_t now)
+{
+    OrderJob *h = u->head;
+    if (h == NULL || !h->row) {
+        if (u->more) {
+            if (u->load == LOAD_NONE)
+                want_load(o, u); /* its next rows come before anything in memory */
+            return;
+        }
+        if (h == NULL) {
+            if (u->load == LOAD_NONE)
+                user_release(o, u); /* no rows left: memory-only again */
+            return;
+        }
+        make_ready(u, now);
+        return;
+    }
+    /* A head row that waits for its retry time, or whose destination is
+     * over its budget, leaves memory once written: rt_retries has it all
+     * and the due scan brings it back. */
+    if (!h->inflight && (is_waiting(h, now) || over_budget(o, u->dest, now))) {
+        if (h->durable && !h->dirty && h->flush_gen == 0 && !u->ready)
+            evict(o, u);
+        return;
+    }
+    make_ready(u, now);
+}
+
+/* Parks every job of the chain f (memory-only jobs cut from a window). */
+static void park_chain(Order *o, OrderUser *u, OrderJob *f)
+{
+    if (f == NULL)
+        return;
+    u->more = true;
+    if (u->load == LOAD_SENT)
+        u->parked_in_load = true; /* the page in flight cannot contain them */
+    while (f != NULL) {
+        OrderJob *n = f->next_win;
+        f->next_win = NULL;
+        f->in_win = false;
+        f->user = NULL;
+        park(o, f);
+        f = n;
+    }
+}
+
+/* The user's memory-only jobs go to rt_retries, so its partitions' cursors
+ * can pass them. A window is rows, then memory-only jobs; with no row in
+ * memory or in rt_retries before it, the first memory-only job becomes the
+ * head row, due at once (it stays in memory, maybe in flight); the others
+ * are parked behind the rows and leave the window. */
+static void spill_user(Order *o, OrderUser *u, int64_t now)
+{
+    OrderJob *h = u->head;
+    if (h == NULL)
+        return;
+    if (!h->row && !u->more) {
+        h->row = true;
+        h->parked = false;
+        h->next_retry_ms = now;
+        mark_dirty(o, h);
+    }
+    OrderJob *last = NULL;
+    for (OrderJob *j = h; j && j->row; j = j->next_win)
+        last = j;
+    OrderJob *f = last ? last->next_win : h;
+    if (last) {
+        last->next_win = NULL;
+        u->tail = last;
+        u->load_after = last->job_id;
+    } else {
+        u->head = u->tail = NULL;
+    }
+    park_chain(o, u, f);
+}
+
+/* ---- lifecycle ---- */
+
+Order *order_create(const OrderLimits *lim)
+{
+    Order *o = xcalloc(1, sizeof(*o));
+    o->lim = *lim;
+    if (o->lim.max_inflight_per_dest < 1)
+        o->lim.max_inflight_per_dest = 1;
+    if (o->lim.max_held_per_dest < 1)
+        o->lim.max_held_per_dest = 1;
+    hmap_init(&o->dests);
+    hmap_init(&o->users);
+    buf_init(&o->key);
+    return o;
+}
+
+void order_reset(Order *o)
+{
+    ASSERT(o->inflight == 0);
+    while (o->all) {
+        OrderJob *j = o->all;
+        o->all = j->next_all;
+        order_job_free(j);
+    }
+    o->njobs = 0;
+    for (int i = 0; i < o->ndests; i++) {
+        OrderDest *d = o->dest_list[i];
+        /* users detached while ready are only in these lists */
+        for (OrderUser *u = d->ready_head, *n; u; u = n) {
+            n = u->next_ready;
+            if (u->detached) {
+                free(u->key);
+                free(u);
+            }
+        }
+        d->ready_head = d->ready_tail = NULL;
+        d->held = d->loading = d->loads_sent = d->inflight = 0;
+    }
+    size_t it = 0;
+    HMapEntry *e;
+    while (hmap_next(&o->users, &it, &e)) {
+        OrderUser *u = e->value;
+        free(u->key);
+        free(u);
+    }
+    hmap_deinit(&o->users);
+    hmap_init(&o->users);
+    o->nusers = 0;
+    o->loads_head = o->loads_tail = NULL;
+    o->due_open = false;
+    o->deferred = NULL;
+    o->ndirty = 0;
+    for (int p = 0; p < o->nparts; p++) {
+        o->parts[p].head = o->parts[p].tail = NULL;
+        o->parts[p].read_cursor = o->parts[p].durable_cursor;
+    }
+}
+
+void order_start(Order *o, const int64_t *cursors, int nparts)
+{
+    order_reset(o);
+    free(o->parts);
+    free(o->fl_parts);
+    free(o->fl_old);
+    free(o->fl_new);
+    o->nparts = nparts;
+    o->parts = xcalloc((size_t)nparts, sizeof(*o->parts));
+    o->fl_parts = xmalloc(sizeof(int) * (size_t)nparts);
+    o->fl_old = xmalloc(sizeof(int64_t) * (size_t)nparts);
+    o->fl_new = xmalloc(sizeof(int64_t) * (size_t)nparts);
+    for (int p = 0; p < nparts; p++)
+        o->parts[p].read_cursor = o->parts[p].durable_cursor = cursors[p];
+}
+
+void order_destroy(Order *o)
+{
+    if (o == NULL)
+        return;
+    order_reset(o);
+    for (int i = 0; i < o->ndests; i++) {
+        free(o->dest_list[i]->id);
+        free(o->dest_list[i]);
+    }
+    free(o->dest_list);
+    hmap_deinit(&o->dests);
+    hmap_deinit(&o->users);
+    free(o->parts);
+    free(o->dirty);
+    free(o->fl_jobs);
+    free(o->fl_parts);
+    free(o->fl_old);
+    free(o->fl_new);
+    buf_deinit(&o->key);
+    free(o);
+}
+
+/* ---- jobs coming in ---- */
+
+void order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now)
+{
+    ASSERT(j->partition >= 0 && j->partition < o->nparts);
+    OrderPart *p = &o->parts[j->partition];
+    p->read_cursor = j->job_id;
+    j->in_part = true;
+    j->next_part = NULL;
+    if (p->tail)
+        p->tail->next_part = j;
+    else
+        p->head = j;
+    p->tail = j;
+    j->claimed_ms = now;
+    j->dest = dest_get(o, j->dest_id);
+    j->dest->seen_ms = now;
+    all_add(o, j);
+    if (rows == ORDER_ROWS_OWN) {
+        j->durable = true; /* the cursor may pass it; the row is loaded like any other */
+        return;
+    }
+    OrderUser *u = user_find(o, j->dest_id, j->user_id);
+    if (u == NULL && rows == ORDER_ROWS_USER) {
+        park(o, j); /* behind rows that only rt_retries holds */
+        return;
+    }
+    if (u == NULL) {
+        u = user_add(o, j->dest, j->user_id);
+    } else if (u->head && is_waiting(u->head, now)) {
+        park(o, j); /* behind a failed head: it leaves memory */
+        u->more = true;
+        return;
+    }
+    /* Otherwise the job waits in memory behind the user's rows, loaded or
+     * not: a user that is catching up gets back to memory-only as soon as
+     * its rows are delivered, and its new jobs are never written. */
+    win_append(u, j);
+    if (over_budget(o, j->dest, now)) {
+        spill_user(o, u, now);
+        o->stats.spilled_budget++;
+    }
+    settle(o, u, now);
+}
+
+bool order_push_due(Order *o, OrderJob *j, int64_t now)
+{
+    OrderDest *d = dest_get(o, j->dest_id);
+    d->seen_ms = now;
+    if (user_find(o, j->dest_id, j->user_id) != NULL || dest_full(o, d)) {
+        order_job_free(j);
+        return false;
+    }
+    j->dest = d;
+    j->row = true;
+    j->parked = false;
+    j->durable = true;
+    if (j->next_retry_ms > now)
+        j->next_retry_ms = now; /* due by the database's clock */
+    all_add(o, j);
+    OrderUser *u = user_add(o, d, j->user_id);
+    win_append(u, j);
+    u->load_after = j->job_id;
+    u->more = true; /* its parked rows, if any, follow */
+    settle(o, u, now);
+    return true;
+}
+
+void order_due_begin(Order *o)
+{
+    o->due_open = true;
+}
+
+void order_due_end(Order *o, int64_t now)
+{
+    o->due_open = false;
+    while (o->deferred) {
+        OrderUser *u = o->deferred;
+        o->deferred = u->next_deferred;
+        u->next_deferred = NULL;
+        u->deferred = false;
+        settle(o, u, now);
+    }
+}
+
+int order_take_loads(Order *o, OrderUser **users, int64_t *after, int max, int page)
+{
+    int n = 0;
+    OrderUser *prev = NULL;
+    for (OrderUser *u = o->loads_head, *next; u && n < max; u = next) {
+        next = u->next_load;
+        OrderDest *d = u->dest;
+        /* within the budget; beyond it too when the destination has
+         * nothing else to deliver (all it holds may be jobs waiting for
+         * rows to be loaded before them), one load at a time */
+        bool stuck = d->loads_sent == 0 && d->inflight == 0 && d->ready_head == NULL;
+        if (!stuck && d->held + d->loads_sent * page >= o->lim.max_held_per_dest) {
+            prev = u;
+            continue;
+        }
+        if (prev)
+            prev->next_load = next;
+        else
+            o->loads_head = next;
+        if (o->loads_tail == u)
+            o->loads_tail = prev;
+        u->next_load = NULL;
+        u->load = LOAD_SENT;
+        d->loads_sent++;
+        users[n] = u;
+        after[n] = u->load_after;
+        n++;
+    }
+    return n;
+}
+
+bool order_loads_wanted(const Order *o)
+{
+    return o->loads_head != NULL;
+}
+
+const char *order_user_dest(const OrderUser *u)
+{
+    return u->dest->id;
+}
+
+const char *order_user_id(const OrderUser *u)
+{
+    return u->user_id;
+}
+
+void order_push_loaded(Order *o, OrderUser *u, OrderJob **jobs, int n, bool full, int64_t now)
+{
+    ASSERT(u->load == LOAD_SENT && (u->head == NULL || !u->head->row));
+    OrderDest *d = u->dest;
+    u->load = LOAD_NONE;
+    d->loading--;
+    d->loads_sent--;
+    d->seen_ms = now;
+    /* the rows go before the memory-only jobs of the window (all later) */
+    OrderJob *rest = u->head, *first = NULL, *last = NULL;
+    int64_t limit = rest ? rest->job_id : INT64_MAX;
+    for (int i = 0; i < n; i++) {
+        OrderJob *j = jobs[i];
+        if (j->job_id <= u->load_after || j->job_id >= limit || strcmp(j->dest_id, d->id) != 0) {
+            order_job_free(j); /* out of order: cannot happen, and must never be delivered */
+            continue;
+        }
+        j->dest = d;
+        j->row = true;
+        j->parked = true;
+        j->durable = true;
+        j->user = u;
+        j->in_win = true;
+        all_add(o, j);
+        update_held(j);
+        if (last)
+            last->next_win = j;
+        else
+            first = j;
+        last = j;
+        u->load_after = j->job_id;
+    }
+    if (first) {
+        last->next_win = rest;
+        u->head = first;
+        if (rest == NULL)
+            u->tail = last;
+        first->parked = false; /* promoted when its predecessor was deleted */
+    }
+    u->more = full || u->parked_in_load;
+    u->parked_in_load = false;
+    settle(o, u, now);
+}
+
+/* ---- deliveries ---- */
+
+OrderJob *order_take_ready(Order *o, int64_t now)
+{
+    for (int k = 0; k < o->ndests; k++) {
+        int i = (o->rr + k) % o->ndests;
+        OrderDest *d = o->dest_list[i];
+        while (d->inflight < o->lim.max_inflight_per_dest && d->ready_head) {
+            OrderUser *u = d->ready_head;
+            d->ready_head = u->next_ready;
+            if (d->ready_head == NULL)
+                d->ready_tail = NULL;
+            u->next_ready = NULL;
+            u->ready = false;
+            if (u->detached) {
+                free(u->key);
+                free(u);
+                continue;
+            }
+            if (!head_ready(u, now)) {
+                settle(o, u, now);
+                continue;
+            }
+            OrderJob *j = u->head;
+            j->inflight = true;
+            d->inflight++;
+            o->inflight++;
+            o->rr = (i + 1) % o->ndests;
+            return j;
+        }
+    }
+    return NULL;
+}
+
+static void end_inflight(Order *o, OrderJob *j)
+{
+    ASSERT(j->inflight && j->in_win && j->user->head == j);
+    j->inflight = false;
+    j->dest->inflight--;
+    o->inflight--;
+}
+
+/* The head is done or dead: the next job of the user (if any) is head. */
+static void head_finished(Order *o, OrderJob *j, int64_t now)
+{
+    OrderUser *u = j->user;
+    win_unlink_head(u);
+    if (u->head && u->head->row)
+        u->head->parked = false;
+    settle(o, u, now);
+    maybe_free(o, j);
+}
+
+void order_ok(Order *o, OrderJob *j, int64_t now)
+{
+    end_inflight(o, j);
+    j->fate = ORDER_DONE;
+    if (j->row)
+        mark_dirty(o, j); /* its row goes */
+    else
+        j->durable = true;
+    head_finished(o, j, now);
+}
+
+void order_note_failure(OrderJob *j, int64_t now)
+{
+    j->attempts++;
+    if (j->first_failed_ms == 0)
+        j->first_failed_ms = now;
+}
+
+static char *dup_text(const char *s, size_t n)
+{
+    return s ? utf8_dup_escaped(s, n, ORDER_TEXT_MAX) : NULL;
+}
+
+void order_abort(Order *o, OrderJob *j, int status, const char *reason, const char *response,
+                 size_t response_len, int64_t now)
+{
+    end_inflight(o, j);
+    j->fate = ORDER_DEAD;
+    j->last_status = status;
+    free(j->last_error);
+    j->last_error = dup_text(reason, reason ? strlen(reason) : 0);
+    free(j->response);
+    j->response = dup_text(response, response_len);
+    mark_dirty(o, j);
+    head_finished(o, j, now);
+}
+
+void order_retry(Order *o, OrderJob *j, int status, const char *error, int64_t next_retry_ms,
+                 int64_t now)
+{
+    end_inflight(o, j);
+    OrderUser *u = j->user;
+    j->row = true;
+    j->parked = false;
+    j->next_retry_ms = next_retry_ms;
+    j->last_status = status;
+    free(j->last_error);
+    j->last_error = dup_text(error, error ? strlen(error) : 0);
+    mark_dirty(o, j);
+    /* everything behind it waits in rt_retries: unwritten jobs are parked,
+     * loaded rows are dropped (they are there already) */
+    OrderJob *f = j->next_win;
+    j->next_win = NULL;
+    u->tail = j;
+    if (f != NULL)
+        u->load_after = j->job_id;
+    while (f != NULL && f->row) {
+        OrderJob *n = f->next_win;
+        f->next_win = NULL;
+        f->in_win = false;
+        f->user = NULL;
+        u->more = true;
+        if (f->dirty)
+            park(o, f);
+        else
+            update_held(f);
+        maybe_free(o, f);
+        f = n;
+    }
+    park_chain(o, u, f); /* the memory-only jobs behind it */
+    settle(o, u, now);
+}
+
+void order_lost(Order *o, OrderJob *j, int64_t now)
+{
+    end_inflight(o, j);
+    settle(o, j->user, now);
+}
+
+/* ---- cursors ---- */
+
+int order_spill_blockers(Order *o, int64_t now)
+{
+    int64_t th = o->lim.spill_after_ms;
+    int n = 0;
+    for (int p = 0; p < o->nparts; p++) {
+        for (OrderJob *j = o->parts[p].head; j; j = j->next_part) {
+            if (j->durable || j->dirty || j->flush_gen != 0)
+                continue; /* the cursor may pass it, or will after this flush */
+            if (now - j->claimed_ms < th)
+                break; /* later jobs were claimed later */
+            if (j->in_win) {
+                OrderUser *u = j->user;
+                spill_user(o, u, now);
+                o->stats.spilled_cursor++;
+                n++;
+                settle(o, u, now);
+            }
+        }
+    }
+    return n;
+}
+
+bool order_has_writes(const Order *o)
+{
+    return o->ndirty > 0;
+}
+
+bool order_flush_needed(const Order *o)
+{
+    if (o->ndirty > 0)
+        return true;
+    for (int p = 0; p < o->nparts; p++) {
+        const OrderPart *pt = &o->parts[p];
+        if (pt->head ? pt->head->durable : pt->read_cursor != pt->durable_cursor)
+            return true;
+    }
+    return false;
+}
+
+void order_flush_begin(Order *o, OrderFlush *f)
+{
+    if (++o->gen <= 0)
+        o->gen = 1;
+    if (o->capfl < o->ndirty) {
+        o->capfl = o->ndirty;
+        o->fl_jobs = xrealloc(o->fl_jobs, sizeof(*o->fl_jobs) * (size_t)o->capfl);
+    }
+    for (int i = 0; i < o->ndirty; i++) {
+        OrderJob *j = o->dirty[i];
+        j->dirty = false;
+        j->flush_gen = o->gen;
+        o->fl_jobs[i] = j;
+    }
+    f->jobs = o->fl_jobs;
+    f->njobs = o->ndirty;
+    o->ndirty = 0;
+    /* each cursor passes the jobs whose fate is durable or written now */
+    int n = 0;
+    for (int p = 0; p < o->nparts; p++) {
+        OrderPart *pt = &o->parts[p];
+        int64_t upto = pt->durable_cursor;
+        while (pt->head && (pt->head->durable || pt->head->flush_gen == o->gen)) {
+            OrderJob *j = pt->head;
+            upto = j->job_id;
+            pt->head = j->next_part;
+            if (pt->head == NULL)
+                pt->tail = NULL;
+            j->next_part = NULL;
+            j->in_part = false;
+            maybe_free(o, j);
+        }
+        if (pt->head == NULL && pt->read_cursor > upto)
+            upto = pt->read_cursor; /* every job read is resolved */
+        if (upto != pt->durable_cursor) {
+            o->fl_parts[n] = p;
+            o->fl_old[n] = pt->durable_cursor;
+            o->fl_new[n] = upto;
+            n++;
+        }
+    }
+    f->parts = o->fl_parts;
+    f->old_ids = o->fl_old;
+    f->new_ids = o->fl_new;
+    f->nparts = n;
+    f->gen = o->gen;
+}
+
+void order_flush_done(Order *o, OrderFlush *f, int64_t now)
+{
+    ASSERT(f->gen == o->gen);
+    for (int i = 0; i < f->nparts; i++)
+        o->parts[f->parts[i]].durable_cursor = f->new_ids[i];
+    for (int i = 0; i < f->njobs; i++) {
+        OrderJob *j = f->jobs[i];
+        j->flush_gen = 0;
+        j->durable = true;
+        update_held(j);
+        if (j->in_win)
+            settle(o, j->user, now); /* may evict the user, freeing j */
+        else
+            maybe_free(o, j);
+    }
+    f->njobs = 0;
+}
+
+/* ---- figures ---- */
+
+int order_full_dests(const Order *o, const char **ids, int max)
+{
+    int n = 0;
+    for (int i = 0; i < o->ndests && n < max; i++)
+        if (dest_full(o, o->dest_list[i]))
+            ids[n++] = o->dest_list[i]->id;
+    return n;
+}
+
+void order_read_cursors(const Order *o, int64_t *cursors)
+{
+    for (int p = 0; p < o->nparts; p++)
+        cursors[p] = o->parts[p].read_cursor;
+}
+
+const OrderStats *order_stats(const Order *o)
+{
+    return &o->stats;
+}
+
+int order_jobs(const Order *o)
+{
+    return o->njobs;
+}
+
+int order_inflight(const Order *o)
+{
+    return o->inflight;
+}
+
+int order_users(const Order *o)
+{
+    return o->nusers;
+}

@@ -1,0 +1,239 @@
+/* The router's SQL (see store.h).
+ *
+ * rt_retries holds, per (destination, user) with rows, the head (smallest
+ * job id, parked = false, next_retry_at set) and the jobs parked behind it
+ * (parked = true). Every flush keeps that shape: it upserts rows as the
+ * state machine describes them (order.c writes heads unparked and later
+ * jobs parked), then deletes the rows of finished jobs and, in the same
+ * statement, promotes each such user's smallest remaining row to head, due
+ * now. Index use (sql/002, sql/005): (destination_id, user_id, job_id) for
+ * the claim's probe, the promotion and the page loads; (next_retry_at,
+ * job_id) WHERE NOT parked for the due scan and the claim's emptiness test. */
+#include "router/store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/jobq.h"
+
+void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partition)
+{
+    /* The CASE skips the per-job probe while no user has rows at all, the
+     * usual case: the emptiness test is one probe of the due index. */
+    buf_puts(sql, "SELECT j.job_id, j.partition, j.workspace_id, j.source_id, j.destination_id,"
+                  " j.user_id, j.payload, CASE WHEN r.any THEN EXISTS (SELECT 1 FROM rt_retries x"
+                  " WHERE x.destination_id = j.destination_id AND x.user_id = j.user_id)"
+                  " ELSE false END, CASE WHEN r.any THEN EXISTS (SELECT 1 FROM rt_retries y"
+                  " WHERE y.job_id = j.job_id) ELSE false END"
+                  " FROM (SELECT EXISTS (SELECT 1 FROM rt_retries WHERE NOT parked) AS any) r,"
+                  " unnest('{");
+    for (int i = 0; i < n; i++)
+        buf_printf(sql, i ? ",%d" : "%d", i);
+    buf_puts(sql, "}'::int[], '");
+    store_put_int64_array(sql, cursors, n);
+    buf_printf(sql,
+               "'::bigint[]) AS c(p, last) CROSS JOIN LATERAL (SELECT * FROM rt_jobs j"
+               " WHERE j.partition = c.p AND j.job_id > c.last ORDER BY j.job_id LIMIT %d) j"
+               " ORDER BY j.job_id",
+               per_partition);
+}
+
+OrderJob *store_claimed_job(const PGresult *res, int i, OrderRows *rows)
+{
+    *rows = strcmp(PQgetvalue(res, i, 8), "t") == 0   ? ORDER_ROWS_OWN
+            : strcmp(PQgetvalue(res, i, 7), "t") == 0 ? ORDER_ROWS_USER
+                                                      : ORDER_ROWS_NONE;
+    return order_job_create(strtoll(PQgetvalue(res, i, 0), NULL, 10), atoi(PQgetvalue(res, i, 1)),
+                            PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+                            PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
+                            (size_t)PQgetlength(res, i, 6));
+}
+
+#define RETRY_COLS(p)                                                                              \
+    p "job_id, " p "partition, " p "workspace_id, " p "source_id, " p "destination_id, " p         \
+      "user_id, " p "payload, " p "attempts,"                                                      \
+      " coalesce((extract(epoch FROM " p "first_failed_at) * 1000)::bigint, 0),"                   \
+      " coalesce((extract(epoch FROM " p "next_retry_at) * 1000)::bigint, 0),"                     \
+      " coalesce(" p "last_status, 0)"
+
+const char STORE_SQL_DUE[] =
+    "SELECT " RETRY_COLS("") ", next_retry_at::text FROM rt_retries"
+                             " WHERE NOT parked AND next_retry_at <= now()"
+                             " AND (next_retry_at, job_id) > ($1::timestamptz, $2::bigint)"
+                             " AND destination_id <> ALL ($3::text[])"
+                             " ORDER BY next_retry_at, job_id LIMIT $4";
+
+const char STORE_SQL_LOAD[] = "SELECT " RETRY_COLS(
+    "r.") ", k.i"
+          " FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS k(d, u, after, i)"
+          " CROSS JOIN LATERAL (SELECT * FROM rt_retries x WHERE x.destination_id = k.d"
+          " AND x.user_id = k.u AND x.job_id > k.after ORDER BY x.job_id LIMIT $4) r"
+          " ORDER BY k.i, r.job_id";
+
+OrderJob *store_retry_job(const PGresult *res, int i)
+{
+    OrderJob *j = order_job_create(
+        strtoll(PQgetvalue(res, i, 0), NULL, 10), atoi(PQgetvalue(res, i, 1)),
+        PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), PQgetvalue(res, i, 5),
+        PQgetvalue(res, i, 6), (size_t)PQgetlength(res, i, 6));
+    j->attempts = atoi(PQgetvalue(res, i, 7));
+    j->first_failed_ms = strtoll(PQgetvalue(res, i, 8), NULL, 10);
+    j->next_retry_ms = strtoll(PQgetvalue(res, i, 9), NULL, 10);
+    j->last_status = atoi(PQgetvalue(res, i, 10));
+    return j;
+}
+
+void store_put_text_array(Buf *b, const char *const *v, int n)
+{
+    buf_putc(b, '{');
+    for (int i = 0; i < n; i++) {
+        if (i)
+            buf_putc(b, ',');
+        buf_putc(b, '"');
+        for (const char *p = v[i]; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                buf_putc(b, '\\');
+            buf_putc(b, *p);
+        }
+        buf_putc(b, '"');
+    }
+    buf_putc(b, '}');
+}
+
+void store_put_int64_array(Buf *b, const int64_t *v, int n)
+{
+    buf_putc(b, '{');
+    for (int i = 0; i < n; i++)
+        buf_printf(b, i ? ",%" PRId64 : "%" PRId64, v[i]);
+    buf_putc(b, '}');
+}
+
+void store_flush_init(StoreFlush *s)
+{
+    memset(s, 0, sizeof(*s));
+    buf_init(&s->sql);
+    buf_init(&s->retry_rows);
+    buf_init(&s->dead_rows);
+    buf_init(&s->done_ids);
+}
+
+void store_flush_deinit(StoreFlush *s)
+{
+    buf_deinit(&s->sql);
+    buf_deinit(&s->retry_rows);
+    buf_deinit(&s->dead_rows);
+    buf_deinit(&s->done_ids);
+}
+
+/* A timestamptz COPY field from epoch ms (0: NULL). */
+static void put_time(Buf *b, int64_t ms)
+{
+    if (ms == 0) {
+        buf_puts(b, "\\N");
+        return;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char s[64];
+    size_t n = strftime(s, sizeof s, "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf(s + n, sizeof s - n, ".%03d+00", (int)(ms % 1000));
+    buf_puts(b, s);
+}
+
+static void put_retry_row(Buf *b, const OrderJob *j)
+{
+    buf_printf(b, "%" PRId64 "\t%d\t", j->job_id, j->partition);
+    jobq_copy_text(b, j->workspace_id);
+    buf_putc(b, '\t');
+    jobq_copy_text(b, j->source_id);
+    buf_putc(b, '\t');
+    jobq_copy_text(b, j->dest_id);
+    buf_putc(b, '\t');
+    jobq_copy_text(b, j->user_id);
+    buf_putc(b, '\t');
+    jobq_copy_text(b, j->payload);
+    buf_printf(b, "\t%s\t%d\t", j->parked ? "t" : "f", j->attempts);
+    put_time(b, j->first_failed_ms);
+    buf_putc(b, '\t');
+    put_time(b, j->parked ? 0 : j->next_retry_ms);
+    buf_putc(b, '\t');
+    if (j->last_status || j->last_error)
+        buf_printf(b, "%d", j->last_status);
+    else
+        buf_puts(b, "\\N");
+    buf_putc(b, '\t');
+    jobq_copy_text(b, j->last_error);
+    buf_putc(b, '\n');
+}
+
+void store_format_flush(StoreFlush *s, const OrderFlush *f)
+{
+    buf_reset(&s->retry_rows);
+    buf_reset(&s->dead_rows);
+    buf_reset(&s->done_ids);
+    int ndone = 0;
+    for (int i = 0; i < f->njobs; i++) {
+        const OrderJob *j = f->jobs[i];
+        if (j->fate == ORDER_PENDING) {
+            if (j->row)
+                put_retry_row(&s->retry_rows, j);
+            continue;
+        }
+        if (j->row)
+            buf_printf(&s->done_ids, ndone++ ? ",%" PRId64 : "%" PRId64, j->job_id);
+        if (j->fate == ORDER_DEAD) {
+            DeadLetter dl = {"rt",         j->job_id,  "router",   j->partition,   j->workspace_id,
+                             j->source_id, j->dest_id, j->user_id, j->last_status, j->last_error,
+                             j->response,  j->payload, j->attempts};
+            jobq_copy_dead_letter(&s->dead_rows, &dl);
+        }
+    }
+    Buf *q = &s->sql;
+    buf_reset(q);
+    /* Asynchronous commit: if Postgres itself crashes, the last flushes may
+     * be lost as a whole (they are atomic), and those jobs are delivered
+     * again - the at-least-once delivery the router promises anyway. It
+     * saves a WAL flush per status batch. */
+    buf_puts(q, "BEGIN; SET LOCAL synchronous_commit = off;");
+    s->ncopies = 0;
+    if (s->retry_rows.len > 0) {
+        buf_puts(q,
+                 "CREATE TEMP TABLE IF NOT EXISTS rt_retries_in (LIKE rt_retries)"
+                 " ON COMMIT DELETE ROWS;"
+                 "COPY rt_retries_in (job_id, partition, workspace_id, source_id, destination_id,"
+                 " user_id, payload, parked, attempts, first_failed_at, next_retry_at,"
+                 " last_status, last_error) FROM STDIN;"
+                 "INSERT INTO rt_retries SELECT * FROM rt_retries_in ON CONFLICT (job_id)"
+                 " DO UPDATE SET parked = EXCLUDED.parked, attempts = EXCLUDED.attempts,"
+                 " first_failed_at = EXCLUDED.first_failed_at,"
+                 " next_retry_at = EXCLUDED.next_retry_at, last_status = EXCLUDED.last_status,"
+                 " last_error = EXCLUDED.last_error;");
+        s->copies[s->ncopies++] = (DbCopy){s->retry_rows.data, s->retry_rows.len};
+    }
+    if (ndone > 0) {
+        /* the statement's snapshot still sees the deleted rows: skip them */
+        buf_printf(q,
+                   "WITH del AS (DELETE FROM rt_retries WHERE job_id = ANY('{%s}'::bigint[])"
+                   " RETURNING destination_id, user_id)"
+                   " UPDATE rt_retries r SET parked = false, next_retry_at = now()"
+                   " FROM (SELECT DISTINCT destination_id, user_id FROM del) k"
+                   " CROSS JOIN LATERAL (SELECT x.job_id FROM rt_retries x"
+                   " WHERE x.destination_id = k.destination_id AND x.user_id = k.user_id"
+                   " AND x.job_id <> ALL('{%s}'::bigint[]) ORDER BY x.job_id LIMIT 1) m"
+                   " WHERE r.job_id = m.job_id AND r.parked;",
+                   s->done_ids.data, s->done_ids.data);
+    }
+    if (s->dead_rows.len > 0) {
+        buf_puts(q, JOBQ_SQL_COPY_DEAD_LETTERS);
+        s->copies[s->ncopies++] = (DbCopy){s->dead_rows.data, s->dead_rows.len};
+    }
+    if (f->nparts > 0) {
+        jobq_format_advance(q, "router", f->parts, f->old_ids, f->new_ids, f->nparts);
+        buf_putc(q, ';');
+    }
+    buf_puts(q, "COMMIT");
+}

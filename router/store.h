@@ -1,0 +1,67 @@
+/* The router's SQL: claims of rt jobs, the status flush (rt_retries rows,
+ * dead letters, cursors), and the two ways rows come back from rt_retries
+ * (due heads, pages of a user's parked rows). Formats statements and COPY
+ * data, and turns result rows into jobs; owns only its buffers, never a
+ * connection. The engine sends what it formats on its one connection. */
+#ifndef ROUTER_STORE_H
+#define ROUTER_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#include "common/buf.h"
+#include "common/db.h"
+#include "router/order.h"
+
+/* Appends the claim: up to per_partition rt jobs beyond each cursor
+ * (partitions 0..n-1), in job order, each with whether rt_retries holds a
+ * row of its (destination, user) or of the job itself. Two index probes
+ * per job, and only while rt_retries is not empty. */
+void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partition);
+/* Row i of a claim result as a job (caller owns it); *rows as claimed. */
+OrderJob *store_claimed_job(const PGresult *res, int i, OrderRows *rows);
+
+/* Due heads: parameterised statement with $1 (timestamptz text) and $2
+ * (job id) the scan position (rows after it, '-infinity' and 0 at first),
+ * $3 destinations to leave out (text[]), $4 the page size. Ordered by
+ * (next_retry_at, job_id); column STORE_DUE_AT_COL is next_retry_at as text. */
+extern const char STORE_SQL_DUE[];
+#define STORE_DUE_AT_COL 11
+
+/* Pages of parked rows: $1 destinations (text[]), $2 users (text[]), $3 job
+ * ids (bigint[]): for each (destination, user, after) up to $4 rows with
+ * job_id > after, in job order; column STORE_LOAD_INDEX_COL is the 1-based
+ * index of the (destination, user) the row belongs to, rows grouped by it. */
+extern const char STORE_SQL_LOAD[];
+#define STORE_LOAD_INDEX_COL 11
+
+/* Row i of a due or load result as a job with its stored attempts and
+ * times (caller owns it). */
+OrderJob *store_retry_job(const PGresult *res, int i);
+
+/* Appends a Postgres array literal of the strings (for a text[] parameter). */
+void store_put_text_array(Buf *b, const char *const *v, int n);
+/* Appends a Postgres array literal of the numbers. */
+void store_put_int64_array(Buf *b, const int64_t *v, int n);
+
+/* The buffers of one flush transaction. */
+typedef struct StoreFlush {
+    Buf sql;
+    Buf retry_rows; /* COPY rows of rt_retries upserts */
+    Buf dead_rows;  /* COPY rows of dead_letters */
+    Buf done_ids;
+    DbCopy copies[2];
+    int ncopies;
+} StoreFlush;
+
+void store_flush_init(StoreFlush *s);
+void store_flush_deinit(StoreFlush *s);
+/* Formats f as one transaction (asynchronous commit): upsert the rows of
+ * jobs still pending, delete the rows of finished jobs and promote each
+ * such user's next row to head, insert dead letters, advance the cursors
+ * compare-and-set. s->sql and s->copies are what to send. */
+void store_format_flush(StoreFlush *s, const OrderFlush *f);
+
+#endif
