@@ -106,7 +106,7 @@ integration: all $(INTEG_BINS)
 	@tests/integration/run.sh $(INTEG_BINS)
 
 e2e: all
-	@cd tests/e2e && node --test --test-concurrency=1 --test-timeout=180000 *.test.js
+	@cd tests/e2e && node --test --test-concurrency=1 --test-timeout=420000 *.test.js
 
 transformer-test:
 	@cd transformer && node --test test/
@@ -130,7 +130,7 @@ test: deps
 # suite against the sanitized services (LeakSanitizer fails a leaking exit).
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=address,undefined all unit integration
-	@cd tests/e2e && PINTLE_BUILD=build-asan node --test --test-concurrency=1 --test-timeout=180000 *.test.js
+	@cd tests/e2e && PINTLE_BUILD=build-asan node --test --test-concurrency=1 --test-timeout=420000 *.test.js
 
 FUZZ_SECONDS ?= 60
 $(BUILD)-fuzz/fuzz_ingest: fuzz/fuzz_ingest.c gateway/ingest.c $(COMMON_SRC) $(GEN_SRC)
