@@ -3,8 +3,8 @@
  * the body. Checks the invariants the writer relies on: a 200 adds one
  * COPY row per event, a rejection adds nothing, and every row is one that
  * Postgres (a UTF8 database) and the consumers accept: valid UTF-8 without
- * NUL, six COPY text fields with only valid escapes, a payload that is
- * strict JSON carrying the enrichment. */
+ * NUL (nor \u0000 escapes), six COPY text fields with only valid escapes, a
+ * payload that is strict JSON carrying the enrichment. */
 #include <json-c/json.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -78,6 +78,12 @@ static void check_row(const char *line, const char *end, char *scratch)
     ASSERT(copy_field(f[5], end, scratch, &len));
     ASSERT(utf8_valid(scratch, len));
     ASSERT(memchr(scratch, '\0', len) == NULL);
+    /* no \u0000 escape either: Postgres's JSON functions refuse the document */
+    for (size_t i = 0; i < len; i++)
+        if (scratch[i] == '\\') {
+            ASSERT(len - i < 6 || memcmp(scratch + i, "\\u0000", 6) != 0);
+            i++;
+        }
     json_tokener *tok = json_tokener_new();
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
     json_object *j = json_tokener_parse_ex(tok, scratch, (int)len);

@@ -48,6 +48,7 @@ struct IngestScan {
     EventSpan *ev;
     int nev, capev;
     const char *sent_at, *sent_at_end; /* batch: the top-level sentAt value */
+    bool has_nul;                      /* some string holds a \u0000 escape */
     Buf key;                           /* scratch: ordering key and rudderId input */
     Buf uid, aid;
 };
@@ -149,9 +150,10 @@ static int u_escape(const char *p, const char *end)
 
 /* p at the opening quote. Returns one past the closing quote, or NULL if
  * the string has a raw control character, invalid UTF-8, a bad escape or a
- * surrogate escape that is not a high-low pair. */
-static const char *scan_string(const char *p, const char *end)
+ * surrogate escape that is not a high-low pair. Notes \u0000 escapes. */
+static const char *scan_string(IngestScan *s, const char *p)
 {
+    const char *end = s->end;
     for (p++; p < end;) {
         unsigned char c = (unsigned char)*p;
         if (c == '"')
@@ -172,6 +174,7 @@ static const char *scan_string(const char *p, const char *end)
                         return NULL;
                     p += 12;
                 } else {
+                    s->has_nul |= v == 0;
                     p += 6;
                 }
                 continue;
@@ -325,7 +328,7 @@ static const char *scan_object(IngestScan *s, const char *p, int depth, Role rol
         if (p >= s->end || *p != '"')
             return NULL;
         const char *kstart = p;
-        p = scan_string(p, s->end);
+        p = scan_string(s, p);
         if (p == NULL)
             return NULL;
         int key = key_id(kstart + 1, (size_t)(p - kstart - 2), role);
@@ -382,7 +385,7 @@ static const char *scan_value(IngestScan *s, const char *p, int depth, Role role
         return NULL;
     switch (*p) {
     case '"':
-        return scan_string(p, s->end);
+        return scan_string(s, p);
     case '{':
         return scan_object(s, p, depth, role);
     case '[':
@@ -405,6 +408,7 @@ static bool scan_body(IngestScan *s, const char *body, size_t len, bool batch)
     s->nm = 0;
     s->nev = 0;
     s->sent_at = s->sent_at_end = NULL;
+    s->has_nul = false;
     const char *p = skip_ws(body, s->end);
     if (p >= s->end || *p != '{')
         return false;
@@ -450,12 +454,40 @@ static void identity(json_object *ev, const char *key, const Member *raw, Buf *b
     buf_puts(b, jsonu_id_text(v));
 }
 
-static void put_member(Buf *rows, bool *first, const char *p, size_t n)
+/* Appends JSON text [p, p+n) for COPY. With strip_nul, \u0000 escapes are
+ * left out: Postgres cannot turn them into text, so its JSON functions
+ * fail on the whole document (RudderStack removes them before storing
+ * too). A backslash always pairs with the next character, so "\\u0000"
+ * (an escaped backslash, then text) is not one. */
+static void put_json(Buf *rows, const char *p, size_t n, bool strip_nul)
+{
+    if (!strip_nul) {
+        buf_put_copy_text(rows, p, n);
+        return;
+    }
+    const char *end = p + n, *run = p;
+    while (p < end) {
+        if (*p != '\\') {
+            p++;
+            continue;
+        }
+        if (end - p >= 6 && memcmp(p, "\\u0000", 6) == 0) {
+            buf_put_copy_text(rows, run, (size_t)(p - run));
+            p += 6;
+            run = p;
+            continue;
+        }
+        p += 2;
+    }
+    buf_put_copy_text(rows, run, (size_t)(end - run));
+}
+
+static void put_member(Buf *rows, bool *first, const char *p, size_t n, bool strip_nul)
 {
     if (!*first)
         buf_putc(rows, ',');
     *first = false;
-    buf_put_copy_text(rows, p, n);
+    put_json(rows, p, n, strip_nul);
 }
 
 /* A messageId that is missing, null or "" is replaced by a fresh one. */
@@ -525,24 +557,24 @@ static bool add_event(IngestScan *s, const EventSpan *es, json_object *ev, const
         default:
             break;
         }
-        put_member(rows, &first, m->start, (size_t)(m->end - m->start));
+        put_member(rows, &first, m->start, (size_t)(m->end - m->start), s->has_nul);
     }
     if (type != NULL) {
-        put_member(rows, &first, "\"type\":", 7);
+        put_member(rows, &first, "\"type\":", 7, false);
         jsonu_put_string(rows, type);
     }
     if (new_mid) {
         char id[UUID_STR_LEN];
         ids_uuid_v4(id);
-        put_member(rows, &first, "\"messageId\":\"", 13);
+        put_member(rows, &first, "\"messageId\":\"", 13, false);
         buf_append(rows, id, UUID_STR_LEN - 1);
         buf_putc(rows, '"');
     }
     if (add_sent_at && !has_sent_at && s->sent_at != NULL) {
-        put_member(rows, &first, "\"sentAt\":", 9);
-        buf_put_copy_text(rows, s->sent_at, (size_t)(s->sent_at_end - s->sent_at));
+        put_member(rows, &first, "\"sentAt\":", 9, false);
+        put_json(rows, s->sent_at, (size_t)(s->sent_at_end - s->sent_at), s->has_nul);
     }
-    put_member(rows, &first, "\"receivedAt\":", 13);
+    put_member(rows, &first, "\"receivedAt\":", 13, false);
     jsonu_put_string(rows, ctx->received_at);
     buf_puts(rows, ",\"request_ip\":");
     /* the request ip is validated by the HTTP layer; escaped anyway */

@@ -496,6 +496,11 @@ static void on_status(void *arg, DbConn *c, PGresult *res, const Err *err)
     } else if (elapsed_s(&b->verify_since) * 1000.0 >= w->cfg->gateway.commit_verify_ms) {
         verify_done(w, b, VERIFY_UNKNOWN);
     } else {
+        if (err != NULL) {
+            char q[1100];
+            log_debug("commit_check_failed", "xid=%s error=%s", b->xid,
+                      log_quote(q, sizeof q, err->msg));
+        }
         /* in progress (its backend was just told to terminate), or no
          * answer: ask again shortly */
         arm(b, st != NULL ? 20 : 100);
@@ -520,8 +525,8 @@ static void verify_step(Writer *w, Batch *b)
     static const char sql[] =
         "SELECT s, CASE WHEN s = 'in progress' THEN (SELECT pg_terminate_backend(a.pid)"
         " FROM pg_stat_activity a WHERE a.pid = $2::int"
-        " AND a.backend_xid::text = ($1::numeric % 4294967296)::text) END"
-        " FROM pg_xact_status($1::xid8) AS s";
+        " AND a.backend_xid::text = ($1::text::numeric % 4294967296)::text) END"
+        " FROM pg_xact_status($1::text::xid8) AS s";
     const char *params[2] = {b->xid, b->backend_pid};
     b->busy = true;
     if (db_exec(c, sql, 2, params, NULL, 0, on_status, b) < 0) {

@@ -395,16 +395,28 @@ static void test_enrichment_replaces_client_fields(void **state)
 
 static void test_user_keys(void **state)
 {
-    /* NUL inside an id: the ordering key and rudderId drop it, the payload keeps it */
+    /* NUL inside an id: the ordering key, rudderId and payload drop it
+     * (Postgres cannot hold it; its JSON functions fail on \u0000) */
     char key[1024];
     json_object *j = NULL;
     const char *body = "{\"userId\":\"a\\u0000b\",\"event\":\"x\"}";
     char *raw = accept_one(INGEST_TRACK, body, strlen(body), key, &j);
     assert_string_equal(key, "ab");
-    assert_non_null(strstr(raw, "\"a\\u0000b\""));
+    assert_non_null(strstr(raw, "\"userId\":\"ab\""));
+    assert_string_equal(str(j, "userId"), "ab");
     char rid[UUID_STR_LEN];
     ids_rudder_id("ab", "", rid);
     assert_string_equal(str(j, "rudderId"), rid);
+    json_object_put(j);
+    free(raw);
+    /* \u0000 escapes go everywhere; an escaped backslash before "u0000" stays */
+    body = "{\"userId\":\"u\",\"p\":{\"\\u0000k\\u0000\":[\"\\u0000\",\"\\\\u0000\"]}}";
+    raw = accept_one(INGEST_TRACK, body, strlen(body), key, NULL);
+    assert_non_null(strstr(raw, "\"p\":{\"k\":[\"\",\"\\\\u0000\"]}"));
+    free(raw);
+    body = "{\"batch\":[{\"userId\":\"u\"}],\"sentAt\":\"t\\u0000\"}";
+    raw = accept_one(INGEST_BATCH, body, strlen(body), key, &j);
+    assert_string_equal(str(j, "sentAt"), "t");
     json_object_put(j);
     free(raw);
     /* a long id is cut on a character boundary; rudderId uses all of it */
