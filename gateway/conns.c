@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/time.h>
 
 #include "common/log.h"
@@ -21,6 +20,9 @@
 #define ACCEPT_BACKOFF_MS  50 /* first pause after accept() fails */
 #define ACCEPT_BACKOFF_MAX 2000
 #define TRIM_BYTES         (4 << 20) /* give freed request memory back to the OS past this */
+/* A request smaller than this is never paused: the bound is meant for
+ * large unfinished bodies, and must not let them stall ordinary events. */
+#define SMALL_REQUEST_BYTES (64 << 10)
 
 typedef struct Conn {
     struct Conn *prev, *next;
@@ -49,6 +51,7 @@ struct Conns {
     int nfd;
     size_t partial_total;
     size_t freed_since_trim;
+    bool trim_due;
     int npaused;
     struct event *sweep;
     struct event *backoff;
@@ -56,6 +59,11 @@ struct Conns {
     struct timeval timeout_logged;
     MetricSeries *m_open, *m_timeouts, *m_accept_errors, *m_paused;
 };
+
+/* GLOBAL: libevent calls a listener's error callback with the listener's
+ * user data only, which evhttp owns (its struct evhttp), so the callback
+ * has no other way to the module's state. One HTTP server per process. */
+static Conns *g_accept_owner;
 
 static bool conn_dead(Conn *k)
 {
@@ -128,7 +136,8 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
     }
     k->partial += info->n_added;
     c->partial_total += info->n_added;
-    if (c->partial_total > (size_t)c->cfg->max_partial_request_bytes && !k->paused) {
+    if (c->partial_total > (size_t)c->cfg->max_partial_request_bytes && !k->paused &&
+        k->partial > SMALL_REQUEST_BYTES) {
         k->paused = true;
         c->npaused++;
         metrics_inc(c->m_paused, 1);
@@ -181,17 +190,19 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
                    (now.tv_sec - k->since.tv_sec) * 1000L +
                            (now.tv_usec - k->since.tv_usec) / 1000L >=
                        limit_ms) {
-            /* evhttp sees end of file and frees the connection */
+            /* Fail it the way its own read timeout would: evhttp frees
+             * the connection (and the request it was reading). */
             k->timed_out = true;
             metrics_inc(c->m_timeouts, 1);
             c->timeouts_unlogged++;
-            if (k->fd >= 0)
-                shutdown(k->fd, SHUT_RDWR);
-            if (k->paused) { /* it must read to see the end of file */
-                k->paused = false;
-                c->npaused--;
-                bufferevent_enable(k->bev, EV_READ);
-            }
+            bufferevent_data_cb r, w;
+            bufferevent_event_cb e;
+            void *cbarg;
+            bufferevent_getcb(k->bev, &r, &w, &e, &cbarg);
+            if (e != NULL)
+                e(k->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, cbarg);
+            if (conn_dead(k))
+                drop(c, k);
         }
         k = next;
     }
@@ -201,9 +212,15 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
         listener_update(c);
     }
     resume_paused(c);
-    if (c->freed_since_trim > TRIM_BYTES) {
-        /* large request buffers were freed: return the memory */
+    if (c->trim_due) {
+        /* Large request buffers were freed (libevent frees a closed
+         * connection's buffers after the sweep that dropped it): return the
+         * memory to the system. */
         malloc_trim(0);
+        c->trim_due = false;
+    }
+    if (c->freed_since_trim > TRIM_BYTES) {
+        c->trim_due = true;
         c->freed_since_trim = 0;
     }
     metrics_set(c->m_open, c->open);
@@ -251,8 +268,12 @@ static void on_backoff_over(evutil_socket_t fd, short what, void *arg)
  * connection stays in the kernel's queue, so retrying at once would spin. */
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
-    Conns *c = arg;
+    Conns *c = g_accept_owner;
     int e = EVUTIL_SOCKET_ERROR();
+    if (c == NULL || c->listener != l) {
+        evconnlistener_disable(l); /* not ours any more: stop the spin at least */
+        return;
+    }
     metrics_inc(c->m_accept_errors, 1);
     c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : ACCEPT_BACKOFF_MS;
     if (c->backoff_ms > ACCEPT_BACKOFF_MAX)
@@ -279,6 +300,7 @@ Conns *conns_create(struct event_base *base, struct evhttp *http, struct evconnl
     event_add(c->sweep, &every);
     c->backoff = evtimer_new(base, on_backoff_over, c);
     evhttp_set_bevcb(http, on_new_connection, c);
+    g_accept_owner = c;
     evconnlistener_set_error_cb(l, on_accept_error);
     c->m_open = metrics_series(m, "pintle_gateway_connections", "Open client connections",
                                METRIC_GAUGE, "");
@@ -304,6 +326,8 @@ void conns_destroy(Conns *c)
     log_timeouts(c, &now, true);
     while (c->head != NULL)
         drop(c, c->head);
+    if (g_accept_owner == c)
+        g_accept_owner = NULL;
     event_free(c->sweep);
     event_free(c->backoff);
     free(c->by_fd);

@@ -9,8 +9,10 @@
  *   byte (evhttp's own timeouts restart on every read, so a client sending a
  *   byte every few seconds would hold a connection forever).
  * - Bytes of requests still being received, all connections together, are
- *   bounded by max_partial_request_bytes: beyond it the connection that
- *   crossed the bound stops being read until requests complete.
+ *   bounded by max_partial_request_bytes: beyond it a connection whose
+ *   request has passed 64 KiB stops being read until requests complete
+ *   (smaller requests always proceed, so large slow bodies cannot stall
+ *   ordinary events).
  * - accept() failing for lack of descriptors (EMFILE) disables the listener
  *   for a growing delay (logged once per episode) instead of spinning.
  *
@@ -18,8 +20,8 @@
  * keep a reference to it and watch its input buffer (bytes read). evhttp
  * frees it when the connection closes, which the sweep notices (its
  * callbacks are cleared) before dropping our reference, which closes the
- * socket. A connection over its deadline is shut down; evhttp sees EOF and
- * frees it. */
+ * socket. A connection over its deadline gets the event evhttp's own read
+ * timeout would deliver, so evhttp frees it. */
 #ifndef GATEWAY_CONNS_H
 #define GATEWAY_CONNS_H
 

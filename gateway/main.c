@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -213,8 +214,14 @@ static int supervise(int workers)
                     next_restart = w->restart_at;
                 continue;
             }
+            pid_t parent = getpid();
             pid_t pid = fork();
             if (pid == 0) {
+                /* A worker whose supervisor is gone (even killed -9) drains
+                 * and exits instead of serving on unsupervised. */
+                prctl(PR_SET_PDEATHSIG, SIGTERM);
+                if (getppid() != parent)
+                    raise(SIGTERM);
                 sigprocmask(SIG_SETMASK, &old, NULL);
                 free(slots);
                 return -1; /* child: run the gateway */

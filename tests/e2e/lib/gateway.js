@@ -6,7 +6,7 @@ const net = require('node:net');
 const fs = require('node:fs');
 const path = require('node:path');
 const { execFile } = require('node:child_process');
-const { ROOT, BIN, Proc, freePort, sleep, basicAuth } = require('./stack');
+const { ROOT, BIN, Proc, freePort, sleep, waitFor, basicAuth } = require('./stack');
 
 const WRITE_KEY = 'sample-write-key';
 
@@ -202,7 +202,8 @@ async function pgProxy(targetPort, { delayMs = 0 } = {}) {
 
 // A gateway Proc (registered with stack so it is always stopped) started
 // with a custom command line, e.g. under `sh -c 'ulimit -n 64; exec ...'`.
-async function startGatewayWith(stack, extra = {}, { shell = null, readyRe = /event=ready/, timeoutMs = 20000 } = {}) {
+// Unless readyRe is given, also waits for /health to answer 200.
+async function startGatewayWith(stack, extra = {}, { shell = null, readyRe = null, timeoutMs = 20000 } = {}) {
   const port = await freePort();
   const env = stack.env({ PINTLE_GATEWAY_PORT: String(port), PINTLE_GATEWAY_LISTEN_ADDRESS: '127.0.0.1', ...extra });
   const bin = path.join(BIN, 'gateway');
@@ -211,7 +212,8 @@ async function startGatewayWith(stack, extra = {}, { shell = null, readyRe = /ev
   p.url = `http://127.0.0.1:${port}`;
   stack.procs.push(p);
   (stack.testProcs = stack.testProcs || []).push(p);
-  await p.start(readyRe, timeoutMs);
+  await p.start(readyRe || /event=ready/, timeoutMs);
+  if (!readyRe) await waitFor(async () => (await fetch(`${p.url}/health`)).status === 200, { what: 'gateway healthy' });
   return p;
 }
 
