@@ -136,7 +136,7 @@ FUZZ_SECONDS ?= 60
 $(BUILD)-fuzz/fuzz_ingest: fuzz/fuzz_ingest.c gateway/ingest.c $(COMMON_SRC) $(GEN_SRC)
 	@mkdir -p $(dir $@)
 	$(Q)clang -std=gnu11 -g -O1 -I. -I$(BUILD)/gen -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags $(PKGS)) \
-	    fuzz/fuzz_ingest.c gateway/ingest.c common/ids.c common/jobq.c common/jsonu.c common/buf.c common/xalloc.c \
+	    fuzz/fuzz_ingest.c gateway/ingest.c common/ids.c common/jobq.c common/jsonu.c common/buf.c common/utf8.c common/xalloc.c \
 	    $(LDLIBS) -o $@
 
 fuzz: $(BUILD)-fuzz/fuzz_ingest

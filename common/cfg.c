@@ -89,7 +89,28 @@ static const CfgKey keys[] = {
     I("gateway", "shutdown_timeout_ms", gateway.shutdown_timeout_ms, "15000", 100, 600000,
       "on SIGTERM, how long to keep flushing before giving up with 503s"),
     I("gateway", "db_retry_ms", gateway.db_retry_ms, "1000", 0, 600000,
-      "keep retrying a failed batch write this long before answering 503"),
+      "a request waits at most this long (from its arrival) for a successful write, also while"
+      " no database connection is up; then 503"),
+    I("gateway", "max_backlog_bytes", gateway.max_backlog_bytes, "67108864", 65536, 2147483647,
+      "bytes of rows buffered in memory waiting for a write; beyond it requests get 503, and a"
+      " request larger than this alone gets 413"),
+    I("gateway", "commit_verify_ms", gateway.commit_verify_ms, "10000", 100, 600000,
+      "when the connection is lost during a COMMIT, how long to try to learn whether it"
+      " committed (pg_xact_status) before answering 503"),
+    I("gateway", "max_header_bytes", gateway.max_header_bytes, "65536", 1024, 16777216,
+      "largest request line plus headers; larger requests are refused with 400"),
+    I("gateway", "max_connections", gateway.max_connections, "0", 0, 1000000,
+      "open client connections per worker; beyond it new ones wait in the listen queue;"
+      " 0: the file-descriptor limit minus a reserve"),
+    I("gateway", "request_timeout_ms", gateway.request_timeout_ms, "30000", 100, 3600000,
+      "a request (headers and body) must arrive within this time of its first byte, else the"
+      " connection is closed"),
+    I("gateway", "idle_timeout_ms", gateway.idle_timeout_ms, "60000", 100, 3600000,
+      "close a keep-alive connection that sends nothing for this long"),
+    I("gateway", "max_partial_request_bytes", gateway.max_partial_request_bytes, "67108864",
+      65536, 2147483647,
+      "bytes of requests still being received, all connections together; beyond it reading"
+      " pauses until requests complete"),
 
     S("processor", "listen_address", processor.listen_address, "127.0.0.1",
       "address of the processor's /health and /metrics"),

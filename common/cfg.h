@@ -59,6 +59,13 @@ typedef struct GatewayConfig {
     int rate_limit_burst;
     int shutdown_timeout_ms;
     int db_retry_ms;
+    int max_backlog_bytes;
+    int commit_verify_ms;
+    int max_header_bytes;
+    int max_connections;
+    int request_timeout_ms;
+    int idle_timeout_ms;
+    int max_partial_request_bytes;
 } GatewayConfig;
 
 typedef struct ProcessorConfig {

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/cfg.h"
@@ -83,6 +84,14 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     server_drain(app->server, on_server_drained, app);
 }
 
+static void on_ready(void *arg)
+{
+    App *app = arg;
+    const Workspace *ws = ws_watcher_get(app->ws);
+    log_info("ready", "port=%d sources=%d partitions=%d", server_port(app->server), ws->nsources,
+             app->cfg.queue.partitions);
+}
+
 static void collect(void *arg, Metrics *m)
 {
     App *app = arg;
@@ -122,8 +131,7 @@ static int run(App *app)
     app->fatal.base = app->base;
     db_pool_expect_partitions(app->pool, app->cfg.queue.partitions, svc_on_db_fatal, &app->fatal);
     app->writer = writer_create(app->base, &app->cfg, app->pool, app->hints, app->metrics);
-    app->server =
-        server_create(app->base, &app->cfg, app->writer, app->ws, app->metrics, &err);
+    app->server = server_create(app->base, &app->cfg, app->writer, app->ws, app->metrics, &err);
     if (app->server == NULL) {
         char q[1100];
         log_error("startup_failed", "error=%s", log_quote(q, sizeof q, err.msg));
@@ -133,9 +141,9 @@ static int run(App *app)
     app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
     event_add(app->sig_term, NULL);
     event_add(app->sig_int, NULL);
-    const Workspace *ws = ws_watcher_get(app->ws);
-    log_info("ready", "port=%d sources=%d partitions=%d", server_port(app->server), ws->nsources,
-             app->cfg.queue.partitions);
+    /* Ready (and /health 200) only once the database is usable; requests
+     * arriving before that wait in the pending batch (db_retry_ms). */
+    writer_on_ready(app->writer, on_ready, app);
     event_base_dispatch(app->base);
     return app->fatal.code;
 }
@@ -158,11 +166,33 @@ static void teardown(App *app)
         event_base_free(app->base);
 }
 
+/* Restart delays of a crashing worker: doubling from the first, capped;
+ * a worker that stayed up WORKER_STABLE_MS starts over from the first. */
+#define WORKER_RESTART_FIRST_MS 100
+#define WORKER_RESTART_MAX_MS   10000
+#define WORKER_STABLE_MS        30000
+
+typedef struct WorkerSlot {
+    pid_t pid;         /* 0: not running */
+    int crashes;       /* consecutive short-lived runs */
+    long long started; /* ms, monotonic */
+    long long restart_at;
+} WorkerSlot;
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* Supervises gateway.workers children: forwards SIGTERM/SIGINT, restarts a
- * child that dies on its own, exits once all have exited after a signal. */
+ * child that dies on its own (with a growing delay while it keeps dying,
+ * so a worker crashing at start cannot make the supervisor spin), exits
+ * once all have exited after a signal. */
 static int supervise(int workers)
 {
-    pid_t *pids = xcalloc((size_t)workers, sizeof(pid_t));
+    WorkerSlot *slots = xcalloc((size_t)workers, sizeof(WorkerSlot));
     sigset_t set, old;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -174,65 +204,99 @@ static int supervise(int workers)
     bool config_error = false;
     int alive = 0;
     for (;;) {
+        long long now = mono_ms();
+        long long next_restart = -1;
         for (int i = 0; i < workers && !stopping; i++) {
-            if (pids[i] != 0)
+            WorkerSlot *w = &slots[i];
+            if (w->pid != 0)
                 continue;
-            pid_t supervisor = getpid();
+            if (w->restart_at > now) {
+                if (next_restart < 0 || w->restart_at < next_restart)
+                    next_restart = w->restart_at;
+                continue;
+            }
+            pid_t parent = getpid();
             pid_t pid = fork();
             if (pid == 0) {
-                /* a worker never outlives its supervisor (even a kill -9 of
-                 * it): it gets SIGTERM and drains */
+                /* A worker whose supervisor is gone (even killed -9) drains
+                 * and exits instead of serving on unsupervised. */
                 prctl(PR_SET_PDEATHSIG, SIGTERM);
-                if (getppid() != supervisor)
-                    _exit(0); /* the supervisor died before prctl */
+                if (getppid() != parent)
+                    raise(SIGTERM);
                 sigprocmask(SIG_SETMASK, &old, NULL);
-                free(pids);
+                free(slots);
                 return -1; /* child: run the gateway */
             }
             if (pid < 0) {
                 log_error("worker_fork_failed", "error=\"%s\"", strerror(errno));
+                w->restart_at = now + WORKER_RESTART_MAX_MS;
                 continue;
             }
-            pids[i] = pid;
+            w->pid = pid;
+            w->started = now;
             alive++;
             log_info("worker_started", "worker=%d child_pid=%d", i, (int)pid);
         }
         if (stopping && alive == 0)
             break;
         int sig = 0;
-        sigwait(&set, &sig);
+        if (next_restart >= 0) {
+            long long wait = next_restart - now;
+            struct timespec ts = {(time_t)(wait / 1000), (long)(wait % 1000) * 1000000};
+            sig = sigtimedwait(&set, NULL, &ts);
+            if (sig < 0)
+                continue; /* a restart is due (or EINTR) */
+        } else {
+            sigwait(&set, &sig);
+        }
         if (sig == SIGTERM || sig == SIGINT) {
             stopping = true;
             for (int i = 0; i < workers; i++)
-                if (pids[i] > 0)
-                    kill(pids[i], SIGTERM);
+                if (slots[i].pid > 0)
+                    kill(slots[i].pid, SIGTERM);
         }
         int status;
         pid_t pid;
+        now = mono_ms();
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-            for (int i = 0; i < workers; i++)
-                if (pids[i] == pid) {
-                    pids[i] = 0;
-                    alive--;
-                    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-                    if (code != 0)
-                        rc = code;
-                    if (!stopping)
-                        log_warn("worker_died", "worker=%d child_pid=%d code=%d", i, (int)pid,
-                                 code);
-                    if (code == SVC_EXIT_CONFIG && !stopping) {
-                        /* a configuration error: restarting cannot help, and
-                         * it is the exit code, whatever the others exit with */
-                        config_error = true;
-                        stopping = true;
-                        for (int k = 0; k < workers; k++)
-                            if (pids[k] > 0)
-                                kill(pids[k], SIGTERM);
-                    }
+            for (int i = 0; i < workers; i++) {
+                WorkerSlot *w = &slots[i];
+                if (w->pid != pid)
+                    continue;
+                w->pid = 0;
+                alive--;
+                int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+                if (code != 0)
+                    rc = code;
+                if (code == SVC_EXIT_CONFIG && !stopping) {
+                    log_warn("worker_died", "worker=%d child_pid=%d code=%d", i, (int)pid, code);
+                    /* a configuration error: restarting cannot help, and it
+                     * is the exit code, whatever the others exit with */
+                    config_error = true;
+                    stopping = true;
+                    for (int k = 0; k < workers; k++)
+                        if (slots[k].pid > 0)
+                            kill(slots[k].pid, SIGTERM);
+                    continue;
                 }
+                if (stopping)
+                    continue;
+                if (now - w->started >= WORKER_STABLE_MS)
+                    w->crashes = 0;
+                int delay = WORKER_RESTART_FIRST_MS;
+                for (int k = 0; k < w->crashes && delay < WORKER_RESTART_MAX_MS; k++)
+                    delay *= 2;
+                if (delay > WORKER_RESTART_MAX_MS)
+                    delay = WORKER_RESTART_MAX_MS;
+                w->crashes++;
+                w->restart_at = now + delay;
+                log_warn("worker_died",
+                         "worker=%d child_pid=%d code=%d uptime_ms=%lld restart_in_ms=%d", i,
+                         (int)pid, code, now - w->started, delay);
+            }
         }
     }
-    free(pids);
+    free(slots);
     return config_error ? SVC_EXIT_CONFIG : rc;
 }
 

@@ -17,6 +17,7 @@
 
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "gateway/conns.h"
 #include "gateway/ingest.h"
 
 #define PINTLE_VERSION "0.1.0"
@@ -35,6 +36,7 @@ struct Server {
     struct evhttp *http;
     struct evconnlistener *listener;
     struct evhttp_bound_socket *bound;
+    Conns *conns;
     int port;
     bool draining;
     int open_requests; /* accepted for storage and not yet answered */
@@ -54,24 +56,34 @@ typedef struct Pending {
     struct timeval start;
 } Pending;
 
-static const unsigned char gif_1x1[] = {0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00,
-                                        0x80, 0x00, 0x00, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x21,
-                                        0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
-                                        0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44,
-                                        0x01, 0x00, 0x3b};
+static const unsigned char gif_1x1[] = {
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0xff, 0xff,
+    0xff, 0x00, 0x00, 0x00, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
+    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b};
 
 static const char *reason(int code)
 {
     switch (code) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Payload Too Large";
-    case 429: return "Too Many Requests";
-    case 503: return "Service Unavailable";
-    default: return "Error";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Error";
     }
 }
 
@@ -82,9 +94,9 @@ static void count_code(Server *s, int code)
     if (s->m_code[code] == NULL) {
         char labels[32];
         snprintf(labels, sizeof labels, "code=\"%d\"", code);
-        s->m_code[code] = metrics_series(s->metrics, "pintle_gateway_requests_total",
-                                         "HTTP requests answered, by status code", METRIC_COUNTER,
-                                         labels);
+        s->m_code[code] =
+            metrics_series(s->metrics, "pintle_gateway_requests_total",
+                           "HTTP requests answered, by status code", METRIC_COUNTER, labels);
     }
     metrics_inc(s->m_code[code], 1);
 }
@@ -224,7 +236,8 @@ static bool rate_limited(Server *s, const char *workspace_id, int nevents)
         b->last = now;
         hmap_put(&s->buckets, workspace_id, b);
     }
-    double dt = (double)(now.tv_sec - b->last.tv_sec) + (double)(now.tv_usec - b->last.tv_usec) / 1e6;
+    double dt =
+        (double)(now.tv_sec - b->last.tv_sec) + (double)(now.tv_usec - b->last.tv_usec) / 1e6;
     b->last = now;
     b->tokens += dt * rate;
     if (b->tokens > burst)
@@ -235,19 +248,44 @@ static bool rate_limited(Server *s, const char *workspace_id, int nevents)
     return false;
 }
 
+/* The client's address for request_ip: the first X-Forwarded-For element
+ * when it is an IP address (optionally with a port, "[v6]:port" or
+ * "v4:port"), in canonical form; else the peer's address. The header is
+ * client-controlled, so nothing else of it is ever stored. */
 static void client_ip(struct evhttp_request *req, char *out, size_t outsz)
 {
     const char *xff = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Forwarded-For");
-    if (xff != NULL && xff[0] != '\0') {
-        while (*xff == ' ')
+    if (xff != NULL) {
+        while (*xff == ' ' || *xff == '\t')
             xff++;
-        size_t n = strcspn(xff, ", ");
-        if (n >= outsz)
-            n = outsz - 1;
-        memcpy(out, xff, n);
-        out[n] = '\0';
-        if (n > 0)
-            return;
+        size_t n = strcspn(xff, ",");
+        while (n > 0 && (xff[n - 1] == ' ' || xff[n - 1] == '\t'))
+            n--;
+        char tmp[INET6_ADDRSTRLEN + 8];
+        if (n > 0 && n < sizeof tmp) {
+            memcpy(tmp, xff, n);
+            tmp[n] = '\0';
+            char *host = tmp;
+            if (host[0] == '[') {
+                char *close = strchr(host, ']');
+                if (close != NULL && (close[1] == '\0' || close[1] == ':')) {
+                    *close = '\0';
+                    host++;
+                }
+            } else {
+                char *colon = strchr(host, ':');
+                if (colon != NULL && strchr(colon + 1, ':') == NULL)
+                    *colon = '\0'; /* v4:port */
+            }
+            unsigned char addr[sizeof(struct in6_addr)];
+            if (inet_pton(AF_INET, host, addr) == 1 &&
+                inet_ntop(AF_INET, addr, out, (socklen_t)outsz) != NULL)
+                return;
+            if (inet_pton(AF_INET6, host, addr) == 1 &&
+                inet_ntop(AF_INET6, addr, out, (socklen_t)outsz) != NULL)
+                return;
+        }
+        log_debug("forwarded_for_ignored", "reason=\"not an IP address\"");
     }
     char *addr = NULL;
     ev_uint16_t port = 0;
@@ -264,10 +302,14 @@ typedef struct Route {
 } Route;
 
 static const Route routes[] = {
-    {"/v1/batch", INGEST_BATCH, ROUTE_POST},       {"/v1/track", INGEST_TRACK, ROUTE_POST},
-    {"/v1/identify", INGEST_IDENTIFY, ROUTE_POST}, {"/v1/page", INGEST_PAGE, ROUTE_POST},
-    {"/v1/screen", INGEST_SCREEN, ROUTE_POST},     {"/v1/group", INGEST_GROUP, ROUTE_POST},
-    {"/v1/alias", INGEST_ALIAS, ROUTE_POST},       {"/v1/import", INGEST_IMPORT, ROUTE_POST},
+    {"/v1/batch", INGEST_BATCH, ROUTE_POST},
+    {"/v1/track", INGEST_TRACK, ROUTE_POST},
+    {"/v1/identify", INGEST_IDENTIFY, ROUTE_POST},
+    {"/v1/page", INGEST_PAGE, ROUTE_POST},
+    {"/v1/screen", INGEST_SCREEN, ROUTE_POST},
+    {"/v1/group", INGEST_GROUP, ROUTE_POST},
+    {"/v1/alias", INGEST_ALIAS, ROUTE_POST},
+    {"/v1/import", INGEST_IMPORT, ROUTE_POST},
     {"/beacon/v1/batch", INGEST_BATCH, ROUTE_BEACON},
     {"/pixel/v1/track", INGEST_TRACK, ROUTE_PIXEL},
     {"/pixel/v1/page", INGEST_PAGE, ROUTE_PIXEL},
@@ -355,7 +397,7 @@ static void handle_ingest(Server *s, struct evhttp_request *req, const Route *r,
 
     char received_at[32];
     ingest_format_now(received_at);
-    char ip[64];
+    char ip[INET6_ADDRSTRLEN];
     client_ip(req, ip, sizeof ip);
     IngestCtx ctx = {
         .workspace_id = src->workspace_id,
@@ -382,9 +424,10 @@ static void handle_ingest(Server *s, struct evhttp_request *req, const Route *r,
     p->pixel = r->how == ROUTE_PIXEL;
     gettimeofday(&p->start, NULL);
     const char *why = NULL;
-    if (writer_submit(s->writer, &s->scratch, on_stored, p, &why) < 0) {
+    int refused = writer_submit(s->writer, &s->scratch, on_stored, p, &why);
+    if (refused != 0) {
         free(p);
-        reply_text(s, req, 503, why);
+        reply_text(s, req, refused, why);
         return;
     }
     s->open_requests++;
@@ -405,6 +448,7 @@ static void handle_health(Server *s, struct evhttp_request *req)
 static void handle(struct evhttp_request *req, void *arg)
 {
     Server *s = arg;
+    conns_request_read(s->conns, req);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
@@ -433,8 +477,7 @@ static void handle(struct evhttp_request *req, void *arg)
             Buf out;
             buf_init(&out);
             metrics_render(s->metrics, &out);
-            reply_body(s, req, 200, "text/plain; version=0.0.4", out.data ? out.data : "",
-                       out.len);
+            reply_body(s, req, 200, "text/plain; version=0.0.4", out.data ? out.data : "", out.len);
             buf_deinit(&out);
         }
         return;
@@ -485,12 +528,27 @@ Server *server_create(struct event_base *base, const Config *cfg, Writer *writer
      * own text; beyond that evhttp refuses them itself (413, its HTML body)
      * without buffering them, which keeps memory bounded. */
     evhttp_set_max_body_size(s->http, (ev_ssize_t)cfg->gateway.max_body_bytes * 2);
-    evhttp_set_timeout(s->http, 60);
+    /* Larger request lines or headers are refused by evhttp (400) while
+     * they arrive, without buffering them. */
+    evhttp_set_max_headers_size(s->http, cfg->gateway.max_header_bytes);
+    int idle = cfg->gateway.idle_timeout_ms;
+    struct timeval idle_tv = {idle / 1000, (idle % 1000) * 1000};
+    evhttp_set_timeout_tv(s->http, &idle_tv);
     evhttp_set_gencb(s->http, handle, s);
     s->bound = evhttp_bind_listener(s->http, l);
-    s->m_latency = metrics_series(metrics, "pintle_gateway_request_duration_seconds",
-                                  "Time from parsing an ingestion request to its reply",
-                                  METRIC_HISTOGRAM, "");
+    int fd_limit = 0;
+    int auto_max = conns_default_limit(cfg->db.pool_size, &fd_limit);
+    int max_conns = cfg->gateway.max_connections > 0 ? cfg->gateway.max_connections : auto_max;
+    if (cfg->gateway.max_connections > auto_max)
+        log_warn("connection_limit_high",
+                 "max_connections=%d fd_limit=%d reason=\"above the descriptor limit minus a"
+                 " reserve: accept() may run out of descriptors\"",
+                 max_conns, fd_limit);
+    log_info("connection_limit", "max_connections=%d fd_limit=%d", max_conns, fd_limit);
+    s->conns = conns_create(base, s->http, l, &cfg->gateway, max_conns, metrics);
+    s->m_latency =
+        metrics_series(metrics, "pintle_gateway_request_duration_seconds",
+                       "Time from parsing an ingestion request to its reply", METRIC_HISTOGRAM, "");
     return s;
 }
 
@@ -499,6 +557,7 @@ void server_destroy(Server *s)
     if (s == NULL)
         return;
     evhttp_free(s->http);
+    conns_destroy(s->conns); /* after evhttp has freed the connections */
     ingest_out_deinit(&s->scratch);
     buf_deinit(&s->body);
     size_t i = 0;
@@ -513,6 +572,7 @@ void server_drain(Server *s, void (*done)(void *), void *arg)
 {
     s->draining = true;
     if (s->bound != NULL) {
+        conns_forget_listener(s->conns);
         evhttp_del_accept_socket(s->http, s->bound);
         s->bound = NULL;
     }

@@ -16,8 +16,8 @@ struct event_base;
 typedef struct Server Server;
 
 /* Binds cfg->gateway.listen_address:port (SO_REUSEPORT) and starts serving. */
-Server *server_create(struct event_base *base, const Config *cfg, Writer *writer,
-                      WsWatcher *ws, Metrics *metrics, Err *err);
+Server *server_create(struct event_base *base, const Config *cfg, Writer *writer, WsWatcher *ws,
+                      Metrics *metrics, Err *err);
 void server_destroy(Server *s);
 /* Stops accepting connections; ingestion requests still arriving on open
  * connections get 503 "shutting down". done runs once every accepted request
