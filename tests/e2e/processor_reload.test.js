@@ -26,10 +26,13 @@ describe('processor and workspace reloads', () => {
         await sleep(200);
       }
     })();
-    const N = 600;
+    // events flow for as long as the transformer rounds last (at least 600)
+    let N = 0;
+    let flowing = true;
     const sending = (async () => {
-      for (let i = 0; i < N; i += 20) {
-        await sendBatch(st.gw.url, Array.from({ length: 20 }, (_, k) => track(`W${(i + k) % 12}`, i + k)));
+      while (flowing || N < 600) {
+        await sendBatch(st.gw.url, Array.from({ length: 20 }, (_, k) => track(`W${(N + k) % 12}`, N + k)));
+        N += 20;
         await sleep(100);
       }
     })();
@@ -44,9 +47,11 @@ describe('processor and workspace reloads', () => {
         await sleep(900);
         await tf.start();
       }
+      flowing = false;
       await sending;
       await waitFor(() => st.sink.ok().length >= N, { timeoutMs: 30000, what: `${N} deliveries` });
     } finally {
+      flowing = false;
       reloading = false;
       await reloads;
       await sending.catch(() => {});
