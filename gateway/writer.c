@@ -189,12 +189,12 @@ static void drop_prefix(Batch *b, int k)
 }
 
 /* Answers 503 to the requests of b that have waited db_retry_ms (all of
- * them when draining): nothing was written for them. Returns how many. */
-static int expire(Writer *w, Batch *b, const struct timeval *now)
+ * them with all): nothing was written for them. Returns how many. */
+static int expire(Writer *w, Batch *b, const struct timeval *now, bool all)
 {
     int k = 0;
     while (k < b->nwaiters &&
-           (w->draining || elapsed_ms(&b->waiters[k].arrived, now) >= w->cfg->gateway.db_retry_ms))
+           (all || elapsed_ms(&b->waiters[k].arrived, now) >= w->cfg->gateway.db_retry_ms))
         k++;
     for (int i = 0; i < k; i++)
         answer(w, b, i, 503, "database unavailable");
@@ -262,7 +262,8 @@ static void retry_later(Writer *w, Batch *b, const char *why)
 {
     struct timeval now;
     gettimeofday(&now, NULL);
-    int expired = expire(w, b, &now);
+    /* while draining there is no time left to retry */
+    int expired = expire(w, b, &now, w->draining);
     char q[1100];
     if (b->nwaiters == 0) {
         log_warn("batch_failed", "requests=%d error=%s", expired, log_quote(q, sizeof q, why));
@@ -647,13 +648,13 @@ static void on_stall_check(evutil_socket_t fd, short what, void *arg)
         return;
     struct timeval now;
     gettimeofday(&now, NULL);
-    int n = expire(w, &w->pending, &now);
+    int n = expire(w, &w->pending, &now, false);
     if (n > 0)
         log_warn("pending_expired", "requests=%d connected=%d", n, db_pool_connected(w->pool));
     for (Batch *b = w->batches; b != NULL;) {
         Batch *next = b->next;
-        if ((b->state == BATCH_QUEUED || b->state == BATCH_BACKOFF) && expire(w, b, &now) > 0 &&
-            b->nwaiters == 0)
+        if ((b->state == BATCH_QUEUED || b->state == BATCH_BACKOFF) &&
+            expire(w, b, &now, false) > 0 && b->nwaiters == 0)
             release_batch(w, b);
         b = next;
     }

@@ -190,6 +190,32 @@ describe('gateway and its database', () => {
     }
   }));
 
+  it('bounds the backlog in bytes: beyond gateway.max_backlog_bytes requests get 503 at once, the rest wait', withAllLogs(S, async () => {
+    const gw = await startGatewayWith(stack, { PINTLE_GATEWAY_MAX_BACKLOG_BYTES: '65536', PINTLE_GATEWAY_DB_RETRY_MS: '20000', PINTLE_DB_RECONNECT_MAX_MS: '200' });
+    try {
+      await stopPostgres(stack.pg);
+      const pad = 'p'.repeat(10000);
+      const waiting = [];
+      for (let i = 0; i < 6; i++) {
+        waiting.push(post(gw.url, '/v1/track', JSON.stringify({ userId: 'bytes', messageId: `bytes-${i}`, pad })));
+        await waitFor(async () => {
+          const m = (await (await fetch(`${gw.url}/health`)).text()).match(/"backlog":(\d+)/);
+          return m && Number(m[1]) === i + 1;
+        }, { what: `request ${i} in the backlog` });
+      }
+      const start = Date.now();
+      const over = await post(gw.url, '/v1/track', JSON.stringify({ userId: 'bytes', messageId: 'bytes-over', pad }));
+      assert.equal(over.status, 503);
+      assert.equal(over.text, 'server busy');
+      assert.ok(Date.now() - start < 1000, 'refused at once');
+      await startPostgres(stack.pg);
+      assert.deepEqual((await Promise.all(waiting)).map((r) => r.status), Array(6).fill(200));
+      await assertStoredOnce(stack.pg, waiting.map((_, i) => `bytes-${i}`), 'bytes-');
+    } finally {
+      await stack.stopProcs();
+    }
+  }));
+
   it('a request whose rows the database refuses gets 400; the requests batched with it are stored', withAllLogs(S, async () => {
     // A trigger on the dataset raises a data exception (22021, as an invalid
     // byte would) for marked events: a real COPY failure for one request's

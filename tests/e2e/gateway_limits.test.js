@@ -49,6 +49,8 @@ function requestOn(s, port, body) {
   });
 }
 
+const SANITIZED = /asan/.test(process.env.PINTLE_BUILD || '');
+
 const event = (id) => JSON.stringify({ userId: 'lim', event: 'e', messageId: id });
 
 describe('gateway connection limits', () => {
@@ -193,7 +195,8 @@ describe('gateway connection limits', () => {
       // the unfinished requests run out of time and their memory is returned
       await Promise.all(socks.map((s) => new Promise((r) => (s.destroyed ? r() : s.once('close', r)))));
       await Promise.all(writers);
-      await waitFor(() => procStats(gw.child.pid).rssMb - rss0 < 16, { timeoutMs: 5000, what: `RSS back near ${rss0.toFixed(1)} MB (now ${procStats(gw.child.pid).rssMb.toFixed(1)})` });
+      // (AddressSanitizer's allocator keeps freed memory in quarantine)
+      if (!SANITIZED) await waitFor(() => procStats(gw.child.pid).rssMb - rss0 < 16, { timeoutMs: 5000, what: `RSS back near ${rss0.toFixed(1)} MB (now ${procStats(gw.child.pid).rssMb.toFixed(1)})` });
       const metrics = await (await fetch(`${gw.url}/metrics`)).text();
       assert.match(metrics, /pintle_gateway_reads_paused_total [1-9]/);
     } finally {
@@ -246,7 +249,7 @@ describe('gateway connection limits', () => {
         // the other worker serves meanwhile
         assert.equal((await post(gw.url, '/v1/track', event(`crash-${i}`))).status, 200);
       }
-      const delays = [...gw.log.matchAll(/event=worker_died worker=0 child_pid=\d+ code=139 uptime_ms=\d+ restart_in_ms=(\d+)/g)].map((m) => Number(m[1]));
+      const delays = [...gw.log.matchAll(/event=worker_died worker=0 child_pid=\d+ code=\d+ uptime_ms=\d+ restart_in_ms=(\d+)/g)].map((m) => Number(m[1]));
       assert.deepEqual(delays, [100, 200, 400, 800]);
       // the restarts really waited: between a death and the next start
       const lines = gw.log.split('\n');

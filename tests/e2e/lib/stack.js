@@ -18,11 +18,22 @@ const ROOT = path.resolve(__dirname, '../../..');
 // kills what is left, and so does process exit (a child holding our pipes
 // open would otherwise keep the test runner waiting for its timeout).
 const live = new Set();
-process.on('exit', () => {
+const livePg = new Set(); // private clusters (daemons, not our children)
+function killAll() {
   for (const p of live) {
     try { p.child.kill('SIGKILL'); } catch (e) { /* gone */ }
   }
-});
+  for (const pg of livePg) {
+    try { execFileSync(path.join(ROOT, 'deploy/pg.sh'), ['stop', pg.data], { stdio: 'ignore' }); } catch (e) { /* gone */ }
+    try { fs.rmSync(pg.dir, { recursive: true, force: true }); } catch (e) { /* gone */ }
+  }
+}
+process.on('exit', killAll);
+// the test runner ends a file that overran its timeout with a signal: the
+// after() hooks do not run then, so clean up here too
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
+  process.on(sig, () => { killAll(); process.exit(1); });
+}
 require('node:test').after(async () => {
   for (const p of [...live]) await p.stop('SIGKILL', 5000);
 });
@@ -122,6 +133,7 @@ class Postgres {
 
   async start() {
     if (!this.port) this.port = await freePort();
+    livePg.add(this);
     execFileSync(path.join(ROOT, 'deploy/pg.sh'), ['start', this.data, String(this.port), 'on'], { stdio: 'inherit' });
     this.dsn = `host=127.0.0.1 port=${this.port} dbname=pintle user=postgres`;
     return this;
@@ -132,6 +144,7 @@ class Postgres {
   }
 
   destroy() {
+    livePg.delete(this);
     try { this.stop(); } catch (e) { /* already stopped */ }
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
