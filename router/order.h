@@ -82,8 +82,9 @@ void order_reset(Order *o);
 /* What rt_retries held for a claimed job when it was claimed. */
 typedef enum OrderRows {
     ORDER_ROWS_NONE, /* no row of its (destination, user) */
-    ORDER_ROWS_USER, /* rows of its user: it goes behind them */
-    ORDER_ROWS_OWN   /* its own row: an earlier term wrote it and its cursor did
+    ORDER_ROWS_USER, /* rows of its user before it: it goes behind them */
+    ORDER_ROWS_OWN   /* its own row, or only later rows of its user: an earlier
+                      * term wrote its row, or resolved it, and its cursor did
                       * not move past it before that term ended */
 } OrderRows;
 
