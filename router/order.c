@@ -873,9 +873,8 @@ void order_lost(Order *o, OrderJob *j, int64_t now)
 
 /* ---- cursors ---- */
 
-int order_spill_blockers(Order *o, int64_t now)
+static int spill_claimed_before(Order *o, int64_t th, int64_t now)
 {
-    int64_t th = o->lim.spill_after_ms;
     int n = 0;
     for (int p = 0; p < o->nparts; p++) {
         for (OrderJob *j = o->parts[p].head; j; j = j->next_part) {
@@ -893,6 +892,17 @@ int order_spill_blockers(Order *o, int64_t now)
         }
     }
     return n;
+}
+
+int order_spill_blockers(Order *o, int64_t now)
+{
+    return spill_claimed_before(o, o->lim.spill_after_ms, now);
+}
+
+int order_spill_all(Order *o, int64_t now)
+{
+    ASSERT(o->inflight == 0);
+    return spill_claimed_before(o, INT64_MIN / 2, now);
 }
 
 bool order_has_writes(const Order *o)

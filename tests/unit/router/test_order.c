@@ -699,6 +699,31 @@ static void test_user_evicted_during_due_scan_leaves(void **state)
     order_destroy(o);
 }
 
+/* Shutdown: with deliveries ended, every claimed job the cursor cannot pass
+ * gets a row, so the last flush moves the cursor past what was delivered
+ * behind it (not delivered again after a restart). */
+static void test_spill_all_at_stop_moves_cursors_past_everything(void **state)
+{
+    Order *o = new_order(NULL);
+    claim(o, 1, 0, "d", "a", false, 0);
+    claim(o, 2, 0, "d", "b", false, 0);
+    claim(o, 3, 0, "d", "b", false, 0);
+    OrderJob *x = take(o, 0), *y = take(o, 0);
+    assert_int_equal(x->job_id, 1);
+    assert_int_equal(y->job_id, 2);
+    order_lost(o, x, 0); /* cancelled at shutdown */
+    order_ok(o, y, 0);
+    Written w = flush(o, 0);
+    assert_int_equal(w.nmoved, 0); /* job 1 holds the cursor */
+    assert_int_equal(order_spill_all(o, 0), 2);
+    w = flush(o, 0);
+    assert_int_equal(written(&w, 1), 'H');
+    assert_int_equal(written(&w, 3), 'H');
+    assert_int_equal(w.cursor[0], 3);
+    assert_false(order_flush_needed(o));
+    order_destroy(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -721,6 +746,7 @@ int main(void)
         cmocka_unit_test(test_claimed_job_with_its_own_row),
         cmocka_unit_test(test_due_scan_racing_the_last_row),
         cmocka_unit_test(test_user_evicted_during_due_scan_leaves),
+        cmocka_unit_test(test_spill_all_at_stop_moves_cursors_past_everything),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
