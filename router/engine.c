@@ -57,6 +57,7 @@ struct Engine {
     unsigned long lock_gen;
     bool db_busy; /* an operation is running on the connection */
     bool stopping;
+    bool spilled_at_stop; /* order_spill_all ran once deliveries ended */
     void (*stopped)(void *);
     void *stopped_arg;
     struct event *tick, *kick_ev, *cancel_ev;
@@ -435,6 +436,15 @@ static void db_step(Engine *e)
     if (e->state != ST_UP) {
         db_conn_release(c);
         return;
+    }
+    if (e->stopping && !e->spilled_at_stop && sender_inflight(e->sender) == 0) {
+        /* deliveries have ended: every claimed job without a row gets one,
+         * so the final flush moves the cursors past all that was claimed
+         * (what was delivered behind an undelivered job is not redone) */
+        e->spilled_at_stop = true;
+        int n = order_spill_all(e->order, now_ms());
+        if (n > 0)
+            log_info("users_spilled_at_stop", "count=%d", n);
     }
     if (order_flush_needed(e->order) &&
         (e->stopping || since_ms(&e->flushed_at) >= e->cfg->router.flush_interval_ms)) {

@@ -371,6 +371,7 @@ static void want_load(Order *o, OrderUser *u)
 /* Removes the whole window; everything in it is in rt_retries. */
 static void evict(Order *o, OrderUser *u)
 {
+    u->more = true; /* while it stays known (user_release), its rows are there */
     while (u->head) {
         OrderJob *j = u->head;
         win_unlink_head(u);
@@ -386,6 +387,8 @@ static void evict(Order *o, OrderUser *u)
 static void settle(Order *o, OrderUser *u, int64_t now)
 {
     OrderJob *h = u->head;
+    if (u->deferred && h == NULL && u->load == LOAD_NONE)
+        return; /* released: known only until the due scan ends */
     if (h == NULL || !h->row) {
         if (u->more) {
             if (u->load == LOAD_NONE)
@@ -578,8 +581,9 @@ void order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now)
         return;
     }
     OrderUser *u = user_find(o, j->dest_id, j->user_id);
-    if (u == NULL && rows == ORDER_ROWS_USER) {
-        park(o, j); /* behind rows that only rt_retries holds */
+    if ((u == NULL && rows == ORDER_ROWS_USER) ||
+        (u != NULL && u->deferred && u->head == NULL && u->load == LOAD_NONE && u->more)) {
+        park(o, j); /* behind rows that only rt_retries holds (the user was evicted) */
         return;
     }
     if (u == NULL) {
@@ -630,13 +634,19 @@ void order_due_begin(Order *o)
 
 void order_due_end(Order *o, int64_t now)
 {
+    (void)now;
     o->due_open = false;
     while (o->deferred) {
         OrderUser *u = o->deferred;
         o->deferred = u->next_deferred;
         u->next_deferred = NULL;
         u->deferred = false;
-        settle(o, u, now);
+        /* Released users leave now. One that took new jobs meanwhile (a
+         * memory-only user again) is live and was settled then; one that
+         * was evicted never is: its head waits in rt_retries, and a load
+         * from load_after would pass it. */
+        if (u->head == NULL && u->load == LOAD_NONE)
+            user_release(o, u);
     }
 }
 
@@ -699,10 +709,9 @@ void order_push_loaded(Order *o, OrderUser *u, OrderJob **jobs, int n, bool full
     int64_t limit = rest ? rest->job_id : INT64_MAX;
     for (int i = 0; i < n; i++) {
         OrderJob *j = jobs[i];
-        if (j->job_id <= u->load_after || j->job_id >= limit || strcmp(j->dest_id, d->id) != 0) {
-            order_job_free(j); /* out of order: cannot happen, and must never be delivered */
-            continue;
-        }
+        /* rt_retries holds a prefix of the user's pending jobs: its rows
+         * come before every memory-only job (store.c's claim) */
+        ASSERT(j->job_id > u->load_after && j->job_id < limit && strcmp(j->dest_id, d->id) == 0);
         j->dest = d;
         j->row = true;
         j->parked = true;
@@ -864,9 +873,8 @@ void order_lost(Order *o, OrderJob *j, int64_t now)
 
 /* ---- cursors ---- */
 
-int order_spill_blockers(Order *o, int64_t now)
+static int spill_claimed_before(Order *o, int64_t th, int64_t now)
 {
-    int64_t th = o->lim.spill_after_ms;
     int n = 0;
     for (int p = 0; p < o->nparts; p++) {
         for (OrderJob *j = o->parts[p].head; j; j = j->next_part) {
@@ -884,6 +892,17 @@ int order_spill_blockers(Order *o, int64_t now)
         }
     }
     return n;
+}
+
+int order_spill_blockers(Order *o, int64_t now)
+{
+    return spill_claimed_before(o, o->lim.spill_after_ms, now);
+}
+
+int order_spill_all(Order *o, int64_t now)
+{
+    ASSERT(o->inflight == 0);
+    return spill_claimed_before(o, INT64_MIN / 2, now);
 }
 
 bool order_has_writes(const Order *o)

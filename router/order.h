@@ -82,8 +82,9 @@ void order_reset(Order *o);
 /* What rt_retries held for a claimed job when it was claimed. */
 typedef enum OrderRows {
     ORDER_ROWS_NONE, /* no row of its (destination, user) */
-    ORDER_ROWS_USER, /* rows of its user: it goes behind them */
-    ORDER_ROWS_OWN   /* its own row: an earlier term wrote it and its cursor did
+    ORDER_ROWS_USER, /* rows of its user before it: it goes behind them */
+    ORDER_ROWS_OWN   /* its own row, or only later rows of its user: an earlier
+                      * term wrote its row, or resolved it, and its cursor did
                       * not move past it before that term ended */
 } OrderRows;
 
@@ -142,6 +143,11 @@ void order_note_failure(OrderJob *j, int64_t now_ms);
  * than spill_after_ms (a destination that does not answer, or one far
  * behind), so that cursor can pass them; returns the number of users. */
 int order_spill_blockers(Order *o, int64_t now_ms);
+/* At shutdown, with no delivery in flight: parks the users of every claimed
+ * job the cursors cannot pass yet, so the final flush moves each cursor past
+ * everything claimed and no job already delivered is delivered again after
+ * a restart. Returns the number of users. */
+int order_spill_all(Order *o, int64_t now_ms);
 
 /* True when a flush would write something or move a cursor. */
 bool order_flush_needed(const Order *o);

@@ -4,9 +4,9 @@
  * job id, parked = false, next_retry_at set) and the jobs parked behind it
  * (parked = true). Every flush keeps that shape: it upserts rows as the
  * state machine describes them (order.c writes heads unparked and later
- * jobs parked), then deletes the rows of finished jobs and, in the same
- * statement, promotes each such user's smallest remaining row to head, due
- * now. Index use (sql/002, sql/005): (destination_id, user_id, job_id) for
+ * jobs parked), deletes the rows of finished jobs, then, for every user
+ * that got a parked row or lost a row, makes its smallest remaining row the
+ * head (unparked, due now unless it has a retry time). Index use (sql/002, sql/005): (destination_id, user_id, job_id) for
  * the claim's probe, the promotion and the page loads; (next_retry_at,
  * job_id) WHERE NOT parked for the due scan and the claim's emptiness test. */
 #include "router/store.h"
@@ -21,13 +21,20 @@
 
 void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partition)
 {
-    /* The CASE skips the per-job probe while no user has rows at all, the
-     * usual case: the emptiness test is one probe of the due index. */
+    /* The CASE skips the per-job probes while no user has rows at all, the
+     * usual case: the emptiness test is one probe of the due index. Rows of
+     * the user before the job: it goes behind them. Its own row, or only
+     * later rows: rt_retries holds a prefix of each user's pending jobs, so
+     * a job without a row before a row of its user was resolved in an
+     * earlier term (delivered before its cursor moved) - only the cursor
+     * needs it. Both are one probe of rt_retries_user. */
     buf_puts(sql, "SELECT j.job_id, j.partition, j.workspace_id, j.source_id, j.destination_id,"
                   " j.user_id, j.payload, CASE WHEN r.any THEN EXISTS (SELECT 1 FROM rt_retries x"
-                  " WHERE x.destination_id = j.destination_id AND x.user_id = j.user_id)"
-                  " ELSE false END, CASE WHEN r.any THEN EXISTS (SELECT 1 FROM rt_retries y"
-                  " WHERE y.job_id = j.job_id) ELSE false END"
+                  " WHERE x.destination_id = j.destination_id AND x.user_id = j.user_id"
+                  " AND x.job_id < j.job_id) ELSE false END,"
+                  " CASE WHEN r.any THEN EXISTS (SELECT 1 FROM rt_retries y"
+                  " WHERE y.destination_id = j.destination_id AND y.user_id = j.user_id"
+                  " AND y.job_id >= j.job_id) ELSE false END"
                   " FROM (SELECT EXISTS (SELECT 1 FROM rt_retries WHERE NOT parked) AS any) r,"
                   " unnest('{");
     for (int i = 0; i < n; i++)
@@ -200,6 +207,9 @@ void store_format_flush(StoreFlush *s, const OrderFlush *f)
      * saves a WAL flush per status batch. */
     buf_puts(q, "BEGIN; SET LOCAL synchronous_commit = off;");
     s->ncopies = 0;
+    if (s->retry_rows.len > 0 || ndone > 0)
+        buf_puts(q, "CREATE TEMP TABLE IF NOT EXISTS rt_retries_touched (destination_id text,"
+                    " user_id text) ON COMMIT DELETE ROWS;");
     if (s->retry_rows.len > 0) {
         buf_puts(q,
                  "CREATE TEMP TABLE IF NOT EXISTS rt_retries_in (LIKE rt_retries)"
@@ -211,22 +221,30 @@ void store_format_flush(StoreFlush *s, const OrderFlush *f)
                  " DO UPDATE SET parked = EXCLUDED.parked, attempts = EXCLUDED.attempts,"
                  " first_failed_at = EXCLUDED.first_failed_at,"
                  " next_retry_at = EXCLUDED.next_retry_at, last_status = EXCLUDED.last_status,"
-                 " last_error = EXCLUDED.last_error;");
+                 " last_error = EXCLUDED.last_error;"
+                 "INSERT INTO rt_retries_touched SELECT destination_id, user_id FROM rt_retries_in"
+                 " WHERE parked;");
         s->copies[s->ncopies++] = (DbCopy){s->retry_rows.data, s->retry_rows.len};
     }
-    if (ndone > 0) {
-        /* the statement's snapshot still sees the deleted rows: skip them */
+    if (ndone > 0)
         buf_printf(q,
                    "WITH del AS (DELETE FROM rt_retries WHERE job_id = ANY('{%s}'::bigint[])"
                    " RETURNING destination_id, user_id)"
-                   " UPDATE rt_retries r SET parked = false, next_retry_at = now()"
-                   " FROM (SELECT DISTINCT destination_id, user_id FROM del) k"
-                   " CROSS JOIN LATERAL (SELECT x.job_id FROM rt_retries x"
-                   " WHERE x.destination_id = k.destination_id AND x.user_id = k.user_id"
-                   " AND x.job_id <> ALL('{%s}'::bigint[]) ORDER BY x.job_id LIMIT 1) m"
-                   " WHERE r.job_id = m.job_id AND r.parked;",
-                   s->done_ids.data, s->done_ids.data);
-    }
+                   " INSERT INTO rt_retries_touched SELECT * FROM del;",
+                   s->done_ids.data);
+    if (s->retry_rows.len > 0 || ndone > 0)
+        /* Each user whose rows changed gets its smallest row as head, due
+         * now unless it has a retry time: the state machine may park a job
+         * while rt_retries holds no row before it (it only knows the table
+         * MAY hold some), and deletes leave the next row first. One index
+         * probe per user. */
+        buf_puts(q, "UPDATE rt_retries r SET parked = false,"
+                    " next_retry_at = coalesce(r.next_retry_at, now())"
+                    " FROM (SELECT DISTINCT destination_id, user_id FROM rt_retries_touched) k"
+                    " CROSS JOIN LATERAL (SELECT x.job_id FROM rt_retries x"
+                    " WHERE x.destination_id = k.destination_id AND x.user_id = k.user_id"
+                    " ORDER BY x.job_id LIMIT 1) m"
+                    " WHERE r.job_id = m.job_id AND r.parked;");
     if (s->dead_rows.len > 0) {
         buf_puts(q, JOBQ_SQL_COPY_DEAD_LETTERS);
         s->copies[s->ncopies++] = (DbCopy){s->dead_rows.data, s->dead_rows.len};

@@ -516,8 +516,8 @@ static void test_caught_up_user_is_memory_only_again(void **state)
     int64_t after[1];
     assert_int_equal(order_take_loads(o, users, after, 1, 10), 1);
     assert_int_equal(after[0], 1);
-    OrderJob *page[2] = {row(3, 0, "d", "a", 0), row(5, 0, "d", "a", 0)};
-    order_push_loaded(o, users[0], page, 2, false, 0); /* the last rows (5 is no row: dropped) */
+    OrderJob *page[1] = {row(3, 0, "d", "a", 0)};
+    order_push_loaded(o, users[0], page, 1, false, 0); /* the last rows */
     claim(o, 6, 0, "d", "a", true, 0);
     claim(o, 7, 0, "d", "a", false, 0);
     for (int64_t id = 3; id <= 7; id++) {
@@ -650,6 +650,80 @@ static void test_due_scan_racing_the_last_row(void **state)
     order_destroy(o);
 }
 
+/* A user evicted while a due scan runs (its head row waits in rt_retries,
+ * over budget) stays known until the scan ends, then leaves: it must not
+ * ask to load the rows after a head that was never delivered, and a job
+ * claimed meanwhile is parked behind its rows. */
+static void test_user_evicted_during_due_scan_leaves(void **state)
+{
+    OrderLimits lim = {.max_jobs = 8, .max_inflight_per_dest = 4, .max_held_per_dest = 2,
+                       .spill_after_ms = 100000};
+    Order *o = new_order(&lim);
+    assert_true(order_push_due(o, row(10, 0, "d", "u", 1), 0));
+    order_ok(o, take(o, 0), 0);
+    flush(o, 0);
+    OrderUser *users[4];
+    int64_t after[4];
+    assert_int_equal(order_take_loads(o, users, after, 4, 100), 1);
+    assert_int_equal(after[0], 10);
+    OrderJob *page[5];
+    for (int i = 0; i < 5; i++)
+        page[i] = row(11 + i, 0, "d", "u", 0);
+    order_push_loaded(o, users[0], page, 5, true, 0);
+    OrderJob *r = take(o, 0);
+    assert_int_equal(r->job_id, 11);
+    for (int i = 0; i < 4; i++) {
+        char u[8];
+        snprintf(u, sizeof u, "e%d", i);
+        claim(o, 100 + i, 1, "e", u, false, 0);
+    }
+    order_due_begin(o);
+    order_ok(o, r, 0); /* head 12 is next; over budget, the user is evicted */
+    claim(o, 200, 0, "d", "u", false, 0); /* the claim saw no rows: stale */
+    order_due_end(o, 0);
+    assert_false(order_loads_wanted(o));
+    assert_int_equal(order_users(o), 4);
+    for (OrderJob *x; (x = take(o, 0)) != NULL;) {
+        assert_string_equal(x->dest_id, "e");
+        order_ok(o, x, 0);
+    }
+    Written w = flush(o, 0);
+    assert_int_equal(written(&w, 11), 'D');
+    assert_int_equal(written(&w, 200), 'P');
+    assert_false(order_loads_wanted(o));
+    /* the user is gone: the next due scan brings back its real head */
+    assert_true(order_push_due(o, row(12, 0, "d", "u", 0), 0));
+    OrderJob *h = take(o, 0);
+    assert_int_equal(h->job_id, 12);
+    order_ok(o, h, 0);
+    order_destroy(o);
+}
+
+/* Shutdown: with deliveries ended, every claimed job the cursor cannot pass
+ * gets a row, so the last flush moves the cursor past what was delivered
+ * behind it (not delivered again after a restart). */
+static void test_spill_all_at_stop_moves_cursors_past_everything(void **state)
+{
+    Order *o = new_order(NULL);
+    claim(o, 1, 0, "d", "a", false, 0);
+    claim(o, 2, 0, "d", "b", false, 0);
+    claim(o, 3, 0, "d", "b", false, 0);
+    OrderJob *x = take(o, 0), *y = take(o, 0);
+    assert_int_equal(x->job_id, 1);
+    assert_int_equal(y->job_id, 2);
+    order_lost(o, x, 0); /* cancelled at shutdown */
+    order_ok(o, y, 0);
+    Written w = flush(o, 0);
+    assert_int_equal(w.nmoved, 0); /* job 1 holds the cursor */
+    assert_int_equal(order_spill_all(o, 0), 2);
+    w = flush(o, 0);
+    assert_int_equal(written(&w, 1), 'H');
+    assert_int_equal(written(&w, 3), 'H');
+    assert_int_equal(w.cursor[0], 3);
+    assert_false(order_flush_needed(o));
+    order_destroy(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -671,6 +745,8 @@ int main(void)
         cmocka_unit_test(test_budget_alone_spills_nothing),
         cmocka_unit_test(test_claimed_job_with_its_own_row),
         cmocka_unit_test(test_due_scan_racing_the_last_row),
+        cmocka_unit_test(test_user_evicted_during_due_scan_leaves),
+        cmocka_unit_test(test_spill_all_at_stop_moves_cursors_past_everything),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
