@@ -130,7 +130,8 @@ void order_ok(Order *o, OrderJob *j, int64_t now_ms);
 void order_retry(Order *o, OrderJob *j, int status, const char *error, int64_t next_retry_ms,
                  int64_t now_ms);
 /* Given up: a dead letter with the reason and the answer (copied, cut and
- * escaped into valid UTF-8, at most 4,096 bytes each). */
+ * escaped into valid UTF-8, at most 4,096 input bytes each, so
+ * at most 16 KiB stored once invalid bytes are written as \\xHH). */
 void order_abort(Order *o, OrderJob *j, int status, const char *reason, const char *response,
                  size_t response_len, int64_t now_ms);
 /* The attempt ended without an outcome (cancelled at shutdown, or state is
