@@ -131,7 +131,7 @@ void order_retry(Order *o, OrderJob *j, int status, const char *error, int64_t n
                  int64_t now_ms);
 /* Given up: a dead letter with the reason and the answer (copied, cut and
  * escaped into valid UTF-8, at most 4,096 input bytes each, so
- * at most 16 KiB stored once invalid bytes are written as \\xHH). */
+ * at most 16 KiB stored once invalid bytes are written as \xHH). */
 void order_abort(Order *o, OrderJob *j, int status, const char *reason, const char *response,
                  size_t response_len, int64_t now_ms);
 /* The attempt ended without an outcome (cancelled at shutdown, or state is
