@@ -7,7 +7,7 @@ const { describe, it, after } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
 const { freePort, withLogs, sleep, waitFor, startSink } = require('./lib/stack');
-const { sendBatch, startHangingSink, routerStack, stopRouterStack } = require('./lib/router');
+const { sendBatch, startHangingSink, checkDelivered, routerStack, stopRouterStack } = require('./lib/router');
 
 const track = (user, seq, extra = {}) => ({ type: 'track', userId: user, event: 'E', messageId: `${user}-${seq}`, properties: { seq }, ...extra });
 
@@ -71,6 +71,28 @@ describe('router failures', () => {
     hang.heal();
     await st.router.start();
     await waitFor(() => hang.ok().some((r) => r.body.messageId === 'hang-0'), { what: 'delivered after restart' });
+  }));
+
+  it('many users recovering at once: every event once, in per-user order', withLogs(S, async () => {
+    await stopRouterStack(st);
+    let failing = true;
+    const sink = await startSink(() => (failing ? 500 : 200));
+    st = await routerStack({ 'dst-hook': sink });
+    // short users: their rows come back as a due head and one partial page,
+    // while due scans run back to back over hundreds of heads
+    const sent = [];
+    for (let b = 0; b < 6; b++) {
+      const batch = [];
+      for (let u = b * 100; u < (b + 1) * 100; u++) for (let k = 0; k < 3; k++) batch.push(track(`m${u}`, k));
+      await sendBatch(st.gw.url, batch);
+      sent.push(...batch);
+    }
+    await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_retries')).at(0).n === sent.length, { timeoutMs: 30000, what: 'every event in rt_retries' });
+    failing = false;
+    await waitFor(() => new Set(sink.ok().map((r) => r.body.messageId)).size >= sent.length, { timeoutMs: 60000, what: 'every event delivered' });
+    await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_retries')).at(0).n === 0, { what: 'retry table empty' });
+    const { repeats, examples } = checkDelivered('dst-hook', sent, sink.ok());
+    assert.equal(repeats, 0, `no event delivered twice (${JSON.stringify(examples)})`);
   }));
 
   it('a status flush that fails drops the jobs it held without leaking them', withLogs(S, async () => {
