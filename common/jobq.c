@@ -113,12 +113,13 @@ static void format_i64_array(Buf *sql, const int64_t *v, int n)
 }
 
 void jobq_format_write(Buf *sql, JobQueueId q, const char *table, const int *parts, int nparts,
-                       bool begin)
+                       bool begin, bool report_xact)
 {
     if (begin)
         buf_puts(sql, "BEGIN;");
     /* unnest() returns the array in order, so locks are taken ascending. */
-    buf_printf(sql, "SELECT count(pg_advisory_xact_lock(%d, p)) FROM unnest(", (int)q);
+    buf_printf(sql, "SELECT count(pg_advisory_xact_lock(%d, p))%s FROM unnest(", (int)q,
+               report_xact ? ", pg_current_xact_id()::text, pg_backend_pid()" : "");
     jobq_format_int_array(sql, parts, nparts);
     buf_puts(sql, "::int[]) AS p;");
     buf_printf(sql,

@@ -62,9 +62,12 @@ void jobq_copy_dead_letter(Buf *copy, const DeadLetter *d);
 int jobq_sort_partitions(int *parts, int n);
 
 /* Appends to sql the statements that lock the (sorted, unique) partitions of
- * queue q and start COPY into table. Preceded by BEGIN when begin is true. */
+ * queue q and start COPY into table. Preceded by BEGIN when begin is true.
+ * With report_xact the lock statement also returns the transaction id and
+ * backend pid (columns 2 and 3), so a writer that loses its connection
+ * during COMMIT can ask another connection what became of it. */
 void jobq_format_write(Buf *sql, JobQueueId q, const char *table, const int *parts, int nparts,
-                       bool begin);
+                       bool begin, bool report_xact);
 
 /* SQL returning the newest dataset table of queue $1. */
 extern const char JOBQ_SQL_NEWEST_DATASET[];

@@ -393,34 +393,16 @@ static void on_table(void *arg, DbConn *c, PGresult *res, const Err *err)
     start_write(w, b, c);
 }
 
-static int cmp_int(const void *a, const void *b)
-{
-    int x = *(const int *)a, y = *(const int *)b;
-    return (x > y) - (x < y);
-}
-
 /* BEGIN; lock the partitions (ascending, so writers cannot deadlock) and
- * take the transaction id and backend pid; COPY; COMMIT. The columns are
- * those jobq_copy_row encodes (see jobq_format_write). */
+ * take the transaction id and backend pid; COPY; COMMIT. */
 static void format_write(Batch *b, const char *table)
 {
     b->locks = xrealloc(b->locks, sizeof(int) * (size_t)(b->nparts ? b->nparts : 1));
     memcpy(b->locks, b->parts, sizeof(int) * (size_t)b->nparts);
-    qsort(b->locks, (size_t)b->nparts, sizeof(int), cmp_int);
-    int n = b->nparts ? 1 : 0;
-    for (int i = 1; i < b->nparts; i++)
-        if (b->locks[i] != b->locks[n - 1])
-            b->locks[n++] = b->locks[i];
+    int n = jobq_sort_partitions(b->locks, b->nparts);
     buf_reset(&b->sql);
-    buf_printf(&b->sql,
-               "BEGIN;SELECT count(pg_advisory_xact_lock(%d, p)), pg_current_xact_id()::text,"
-               " pg_backend_pid() FROM unnest(",
-               (int)JOBQ_GW);
-    jobq_format_int_array(&b->sql, b->locks, n);
-    buf_printf(&b->sql,
-               "::int[]) AS p;COPY \"%s\" (partition, workspace_id, source_id, destination_id,"
-               " user_id, payload) FROM STDIN;COMMIT",
-               table);
+    jobq_format_write(&b->sql, JOBQ_GW, table, b->locks, n, true, true);
+    buf_puts(&b->sql, "COMMIT");
 }
 
 static void start_write(Writer *w, Batch *b, DbConn *c)

@@ -310,11 +310,11 @@ static void commit(Pipeline *p, DbConn *c)
     buf_puts(&p->sql, "BEGIN;");
     int nc = 0;
     if (nrt > 0) {
-        jobq_format_write(&p->sql, JOBQ_RT, p->rt_table, rt_parts, nrt, false);
+        jobq_format_write(&p->sql, JOBQ_RT, p->rt_table, rt_parts, nrt, false, false);
         p->copies[nc++] = (DbCopy){p->rt_rows.data, p->rt_rows.len};
     }
     if (nbrt > 0) {
-        jobq_format_write(&p->sql, JOBQ_BATCH_RT, p->brt_table, brt_parts, nbrt, false);
+        jobq_format_write(&p->sql, JOBQ_BATCH_RT, p->brt_table, brt_parts, nbrt, false, false);
         p->copies[nc++] = (DbCopy){p->brt_rows.data, p->brt_rows.len};
     }
     if (p->dead_rows.len > 0) {

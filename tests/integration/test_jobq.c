@@ -95,7 +95,7 @@ static void write_send(PGconn *pg, int partition)
     char *table = newest(pg);
     Buf sql;
     buf_init(&sql);
-    jobq_format_write(&sql, JOBQ_GW, table, &partition, 1, true);
+    jobq_format_write(&sql, JOBQ_GW, table, &partition, 1, true, false);
     assert_int_equal(PQsendQuery(pg, sql.data), 1);
     buf_deinit(&sql);
     free(table);
@@ -319,7 +319,7 @@ static void start_txn(Load *l, DbConn *c)
     t->l = l;
     int parts[3] = {k % P, (k * 7 + 3) % P, (k * 5 + 1) % P};
     int n = jobq_sort_partitions(parts, 3);
-    jobq_format_write(&t->sql, JOBQ_GW, l->table, parts, n, true);
+    jobq_format_write(&t->sql, JOBQ_GW, l->table, parts, n, true, false);
     buf_puts(&t->sql, "COMMIT");
     for (int i = 0; i < ROWS; i++) {
         char payload[64];

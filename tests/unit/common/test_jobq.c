@@ -64,7 +64,7 @@ static void test_write_sql(void **state)
     Buf b;
     buf_init(&b);
     int parts[] = {1, 4};
-    jobq_format_write(&b, JOBQ_GW, "gw_jobs_3", parts, 2, true);
+    jobq_format_write(&b, JOBQ_GW, "gw_jobs_3", parts, 2, true, false);
     assert_string_equal(b.data, "BEGIN;SELECT count(pg_advisory_xact_lock(1, p)) FROM "
                                 "unnest('{1,4}'::int[]) AS p;COPY \"gw_jobs_3\" (partition, "
                                 "workspace_id, source_id, destination_id, user_id, payload) FROM "
