@@ -59,6 +59,15 @@ static const CfgKey keys[] = {
     S("hints", "batch_rt", hints.batch_rt, "ipc:///tmp/pintle-batch-rt.ipc",
       "endpoint the batchrouter binds and processors connect to"),
 
+    I("lease", "ttl_ms", lease.ttl_ms, "10000", 1000, 600000,
+      "a partition lease not renewed for this long may be taken by another instance of the"
+      " stage; also the longest a killed instance's partitions wait"),
+    I("lease", "renew_interval_ms", lease.renew_interval_ms, "2000", 100, 300000,
+      "how often an instance heartbeats, renews its leases and rebalances (at most a third of"
+      " ttl_ms)"),
+    I("lease", "rebalance_max_moves", lease.rebalance_max_moves, "8", 1, 4096,
+      "partitions an instance takes or gives back per renewal when the spread is uneven"),
+
     S("workspace", "path", workspace.path, "workspaceConfig.json",
       "RudderStack workspace-config JSON export; polled and reloaded when it changes"),
     I("workspace", "poll_interval_ms", workspace.poll_interval_ms, "1000", 50, 3600000,
@@ -344,6 +353,11 @@ int cfg_load(Config *cfg, const char *path, Err *err)
             return err_set(err, ERR_INVALID,
                            "db.schema \"%s\" may only contain lower-case letters, digits and _",
                            cfg->db.schema);
+    if ((long)cfg->lease.renew_interval_ms * 3 > cfg->lease.ttl_ms)
+        return err_set(err, ERR_INVALID,
+                       "lease.renew_interval_ms (%d) must be at most a third of lease.ttl_ms (%d),"
+                       " so a lease survives a renewal that fails once",
+                       cfg->lease.renew_interval_ms, cfg->lease.ttl_ms);
     if (cfg->gateway.max_inflight_batches > cfg->db.pool_size)
         cfg->gateway.max_inflight_batches = cfg->db.pool_size;
     return 0;

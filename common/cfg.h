@@ -39,6 +39,12 @@ typedef struct HintsConfig {
     char *batch_rt;
 } HintsConfig;
 
+typedef struct LeaseConfig {
+    int ttl_ms;
+    int renew_interval_ms;
+    int rebalance_max_moves;
+} LeaseConfig;
+
 typedef struct WorkspaceConfigCfg {
     char *path;
     int poll_interval_ms;
@@ -106,6 +112,7 @@ typedef struct Config {
     DbConfig db;
     QueueConfig queue;
     HintsConfig hints;
+    LeaseConfig lease;
     WorkspaceConfigCfg workspace;
     GatewayConfig gateway;
     ProcessorConfig processor;
