@@ -2,4 +2,5 @@
 // Destination transforms by lower-case destination type (destinationDefinition.name).
 module.exports = {
   webhook: require('./webhook'),
+  am: require('./am'),
 };
