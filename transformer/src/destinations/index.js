@@ -3,4 +3,5 @@
 module.exports = {
   webhook: require('./webhook'),
   am: require('./am'),
+  mp: require('./mp'),
 };
