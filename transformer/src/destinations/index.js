@@ -4,4 +4,5 @@ module.exports = {
   webhook: require('./webhook'),
   am: require('./am'),
   mp: require('./mp'),
+  ga4: require('./ga4'),
 };
