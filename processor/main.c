@@ -34,6 +34,7 @@ typedef struct App {
     Httpc *http;
     HintPub *rt_hints, *batch_hints;
     HintSub *gw_hints;
+    DbPool *hint_pool; /* lookup of the routers' and batchrouters' endpoints */
     WsWatcher *ws;
     Metrics *metrics;
     Admin *admin;
@@ -89,10 +90,17 @@ static int run(App *app)
     if (app->ws == NULL)
         return fail("workspace", &err);
     if (app->cfg.hints.enabled) {
-        app->rt_hints = hint_pub_open(app->cfg.hints.rt, &err);
+        /* The stage's own connection is not shared (the pipeline treats it
+         * as its own), so the lookup of the consumers' endpoints gets one. */
+        const HintsConfig *h = &app->cfg.hints;
+        if (h->discovery_interval_ms > 0)
+            app->hint_pool = db_pool_create(app->base, &app->cfg.db, "pintle-processor-hints", 1);
+        app->rt_hints = hint_pub_open(app->base, "router", h->router_endpoints, app->hint_pool,
+                                      h->discovery_interval_ms, &err);
         if (app->rt_hints == NULL)
             return fail("hints", &err);
-        app->batch_hints = hint_pub_open(app->cfg.hints.batch_rt, &err);
+        app->batch_hints = hint_pub_open(app->base, "batchrouter", h->batchrouter_endpoints,
+                                         app->hint_pool, h->discovery_interval_ms, &err);
         if (app->batch_hints == NULL)
             return fail("hints", &err);
     }
@@ -103,12 +111,14 @@ static int run(App *app)
     app->pipeline = pipeline_create(app->base, &app->cfg, app->pool, app->http, app->rt_hints,
                                     app->batch_hints, app->ws, app->metrics);
     if (app->cfg.hints.enabled) {
-        app->gw_hints = hint_sub_open(app->base, app->cfg.hints.gw, on_hint, app, &err);
+        /* hint_sub_endpoint(app->gw_hints) is this instance's
+         * LeaseInfo.hint_endpoint: producers find it in the instances table */
+        app->gw_hints = hint_sub_open(app->base, app->cfg.hints.bind, app->cfg.hints.advertise,
+                                      "processor", on_hint, app, &err);
         if (app->gw_hints == NULL) {
             char q[1100];
-            /* a second processor on the host cannot bind: it polls instead */
-            log_warn("hints_unavailable", "endpoint=%s error=%s", app->cfg.hints.gw,
-                     log_quote(q, sizeof q, err.msg));
+            /* the endpoint is taken (a fixed one shared by two instances): poll instead */
+            log_warn("hints_unavailable", "error=%s", log_quote(q, sizeof q, err.msg));
         }
     }
     app->admin = admin_open(app->base, app->cfg.processor.listen_address,
@@ -119,8 +129,9 @@ static int run(App *app)
     app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
     event_add(app->sig_term, NULL);
     event_add(app->sig_int, NULL);
-    log_info("ready", "transformer=%s admin_port=%d", app->cfg.processor.transformer_url,
-             app->cfg.processor.admin_port);
+    log_info("ready", "transformer=%s admin_port=%d hint_endpoint=%s",
+             app->cfg.processor.transformer_url, app->cfg.processor.admin_port,
+             hint_sub_endpoint(app->gw_hints));
     event_base_dispatch(app->base);
     return app->fatal.code;
 }
@@ -134,6 +145,7 @@ static void teardown(App *app)
     db_pool_destroy(app->pool);
     hint_pub_close(app->rt_hints);
     hint_pub_close(app->batch_hints);
+    db_pool_destroy(app->hint_pool);
     ws_watcher_destroy(app->ws);
     metrics_destroy(app->metrics);
     if (app->sig_term)

@@ -101,11 +101,14 @@ static int run(App *app)
     app->http = httpc_create(app->base, app->cfg.router.max_concurrency_per_destination);
     app->engine = engine_create(app->base, &app->cfg, app->pool, app->http, app->metrics);
     if (app->cfg.hints.enabled) {
-        app->rt_hints = hint_sub_open(app->base, app->cfg.hints.rt, on_hint, app, &err);
+        /* hint_sub_endpoint(app->rt_hints) is this instance's
+         * LeaseInfo.hint_endpoint: producers find it in the instances table */
+        app->rt_hints = hint_sub_open(app->base, app->cfg.hints.bind, app->cfg.hints.advertise,
+                                      "router", on_hint, app, &err);
         if (app->rt_hints == NULL) {
             char q[1100];
-            log_warn("hints_unavailable", "endpoint=%s error=%s", app->cfg.hints.rt,
-                     log_quote(q, sizeof q, err.msg));
+            /* the endpoint is taken (a fixed one shared by two instances): poll instead */
+            log_warn("hints_unavailable", "error=%s", log_quote(q, sizeof q, err.msg));
         }
     }
     app->admin = admin_open(app->base, app->cfg.router.listen_address, app->cfg.router.admin_port,
@@ -116,8 +119,9 @@ static int run(App *app)
     app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
     event_add(app->sig_term, NULL);
     event_add(app->sig_int, NULL);
-    log_info("ready", "admin_port=%d max_concurrency_per_destination=%d",
-             app->cfg.router.admin_port, app->cfg.router.max_concurrency_per_destination);
+    log_info("ready", "admin_port=%d max_concurrency_per_destination=%d hint_endpoint=%s",
+             app->cfg.router.admin_port, app->cfg.router.max_concurrency_per_destination,
+             hint_sub_endpoint(app->rt_hints));
     event_base_dispatch(app->base);
     return app->fatal.code;
 }
