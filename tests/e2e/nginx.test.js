@@ -156,4 +156,42 @@ describe('nginx in front of two gateways', { skip: !fs.existsSync(NGINX) && `no 
     assert.equal(stored.size, sent.length);
     for (const id of sent) assert.equal(stored.get(id).n, 1, id);
   }));
+
+  it('moves a draining gateway\'s share to the other without a 503: idle keep-alive connections are closed', withLogs(S, async () => {
+    // a third gateway C next to A, behind a second nginx
+    const gwC = await st.startGateway();
+    const nginx2 = await startNginx([gwA.port, gwC.port], { maxBodyBytes: MAX_BODY });
+    try {
+      const statuses = {};
+      const acked = [];
+      let stop = false;
+      let seq = 0;
+      const loop = async () => {
+        while (!stop) {
+          const id = `drain-${seq++}`;
+          const r = await send(nginx2.url, id);
+          statuses[r.status] = (statuses[r.status] || 0) + 1;
+          if (r.status === 200) acked.push(id);
+        }
+      };
+      const loops = Array.from({ length: 8 }, loop);
+      const c0 = await ingested(gwC);
+      await waitFor(async () => (await ingested(gwC)) - c0 > 100, { what: 'load through both gateways' });
+      // C holds idle keep-alive connections from nginx; without closing
+      // them, requests sent on them while it drains get 503 "shutting down"
+      const exit = await gwC.stop('SIGTERM');
+      const after = acked.length;
+      await waitFor(() => acked.length > after + 200, { what: 'load continuing on A' });
+      stop = true;
+      await Promise.all(loops);
+      assert.deepEqual(Object.keys(statuses), ['200'], JSON.stringify(statuses));
+      assert.equal(exit.code, 0, gwC.log);
+      assert.match(gwC.log, /event=idle_connections_closed count=[1-9]/);
+      const stored = await storedCounts(st.pg, 'drain-');
+      assert.equal(stored.size, acked.length);
+      for (const id of acked) assert.equal(stored.get(id).n, 1, id);
+    } finally {
+      await nginx2.stop();
+    }
+  }));
 });
