@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "common/db.h"
@@ -312,6 +314,23 @@ int hint_pub_peers(const HintPub *p)
 
 /* ---- subscriber ---- */
 
+/* Whether a live process listens on the unix socket at path. nanomsg asks
+ * the same before it binds, but leaks its endpoint when the answer is yes
+ * (1.1.5), so the subscriber asks first. */
+static bool ipc_in_use(const char *path)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof a.sun_path)
+        return false; /* nanomsg refuses it with its own error */
+    memcpy(a.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    bool live = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return live;
+}
+
 struct HintSub {
     int sock;
     struct event *ev;
@@ -351,6 +370,12 @@ HintSub *hint_sub_open(struct event_base *base, const char *bind_tmpl, const cha
     (void)nn_setsockopt(sock, NN_SUB, NN_SUB_SUBSCRIBE, "", 0);
     /* nanomsg replaces a stale ipc socket file left by a crashed process, but
      * refuses one a live process is listening on. */
+    if (strncmp(bound, "ipc://", 6) == 0 && ipc_in_use(bound + 6)) {
+        err_set(err, ERR_IO, "could not bind hint endpoint \"%s\": %s", bound,
+                nn_strerror(EADDRINUSE));
+        nn_close(sock);
+        return NULL;
+    }
     if (nn_bind(sock, bound) < 0) {
         err_set(err, ERR_IO, "could not bind hint endpoint \"%s\": %s", bound,
                 nn_strerror(nn_errno()));

@@ -19,6 +19,7 @@
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include "common/cfg.h"
 #include "common/db.h"
@@ -266,6 +267,21 @@ static void test_endpoint_has_one_binder(void **state)
                         &err);
     assert_non_null(b.h);
     hint_sub_close(b.h);
+
+    /* a file left by a killed instance (nobody listens) is taken over */
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/pintle-it-hint-stale-%d.ipc", (int)getpid());
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    close(fd);
+    assert_int_equal(access(path, F_OK), 0);
+    a.h = hint_sub_open(base, "ipc:///tmp/pintle-it-hint-stale-%p.ipc", "", "router", on_hint, &a,
+                        &err);
+    assert_non_null(a.h);
+    hint_sub_close(a.h);
+    assert_int_not_equal(access(path, F_OK), 0);
     event_base_free(base);
 }
 
