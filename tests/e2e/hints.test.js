@@ -9,6 +9,7 @@
 // the active processor is killed, the other one is woken by the same hints.
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
 const path = require('node:path');
 const { Stack, withLogs, basicAuth, waitFor, startSink, webhookWorkspace } = require('./lib/stack');
 const { request } = require('./lib/nginx');
@@ -74,5 +75,18 @@ describe('hints reach every instance', () => {
     await active.kill9();
     await waitFor(() => /event=leader/.test(other.log), { what: 'the other processor active' });
     for (const [i, gw] of gws.entries()) await deliverVia(gw, `after-kill-${i}`);
+  }));
+
+  it('stops cleanly and removes its ipc files', withLogs(S, async () => {
+    for (const p of st.procs.filter((q) => q.running && q.name !== 'transformer')) {
+      const code = await p.stop('SIGTERM');
+      assert.equal(code.code, 0, `${p.name} exit`);
+      assert.deepEqual(p.errors(), [], `${p.name} logged errors`);
+    }
+    // only the processor killed with SIGKILL left its file (the next
+    // instance binding that name replaces it)
+    const killed = procs.find((p) => p.exit && p.exit.signal === 'SIGKILL');
+    const left = fs.readdirSync(st.tmp).filter((f) => f.endsWith('.ipc'));
+    assert.deepEqual(left, [path.basename(killed.env.PINTLE_HINTS_BIND)]);
   }));
 });
