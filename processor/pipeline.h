@@ -1,9 +1,10 @@
 /* The processor's work cycle: claim gw jobs -> destination transforms on the
  * transformer -> one transaction writing rt/batch_rt jobs, dead letters and
  * the advanced gw cursors (exactly-once hand-off).
- * Owns the claimed batch (with a reference to the workspace snapshot it was
- * routed with), its transformer requests (processor/transform.c) and the
- * in-memory cursors; uses the caller's db pool (one connection, which holds
+ * Owns the claimed batch (processor/route.c, with a reference to the
+ * workspace snapshot it was routed with), its transformer requests
+ * (processor/transform.c), the in-memory cursors (processor/claim.c) and
+ * the hand-off transaction's buffers (processor/commit.c); uses the caller's db pool (one connection, which holds
  * the stage's advisory lock), HTTP client (used by nothing else), hint
  * publishers and workspace watcher. */
 #ifndef PROCESSOR_PIPELINE_H
