@@ -9,7 +9,9 @@
  * ascending order, so two writers never deadlock), the same locks gateways
  * take for gw. The cursor advance is compare-and-set (check_cursors): a
  * processor whose view of a cursor is stale cannot commit a duplicate
- * hand-off. */
+ * hand-off. The lease fence comes first (DESIGN §4): only the instance that
+ * still holds every partition it advances, at the epoch it holds now, can
+ * commit. */
 #include "processor/commit.h"
 
 #include <stdbool.h>
@@ -41,8 +43,8 @@ void commit_deinit(Commit *c)
     memset(c, 0, sizeof *c);
 }
 
-void commit_format(Commit *c, Batch *b, const char *rt_table, const char *brt_table,
-                   const CommitMoves *moves)
+void commit_format(Commit *c, Batch *b, const Lease *lease, const char *rt_table,
+                   const char *brt_table, const CommitMoves *moves)
 {
     const int *order = outputs_order(&b->outs, b->njobs);
     buf_reset(&c->rt_rows);
@@ -87,6 +89,10 @@ void commit_format(Commit *c, Batch *b, const char *rt_table, const char *brt_ta
     nbrt = jobq_sort_partitions(c->brt_parts, nbrt);
     buf_reset(&c->sql);
     buf_puts(&c->sql, "BEGIN;");
+    /* first: a commit after a takeover fails before writing anything, and
+     * the lease rows stay locked until COMMIT, so no takeover can slip in */
+    if (lease != NULL)
+        lease_format_fence(lease, &c->sql, moves->parts, moves->n);
     int nc = 0;
     if (nrt > 0) {
         jobq_format_write(&c->sql, JOBQ_RT, rt_table, c->rt_parts, nrt, false, false);

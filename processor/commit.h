@@ -14,6 +14,7 @@
 #include "common/buf.h"
 #include "common/db.h"
 #include "common/hint.h"
+#include "common/lease.h"
 #include "processor/outputs.h"
 #include "processor/route.h"
 
@@ -36,12 +37,14 @@ void commit_init(Commit *c);
 void commit_deinit(Commit *c);
 
 /* Formats the transaction of batch b into c->sql and c->copies (valid until
- * the next commit_format): BEGIN; the rt jobs into rt_table, the batch_rt
- * jobs into brt_table, in outputs_order; the dead letters; the cursor
- * advance of moves (raises, rolling everything back, if another consumer
- * moved one first); COMMIT. */
-void commit_format(Commit *c, Batch *b, const char *rt_table, const char *brt_table,
-                   const CommitMoves *moves);
+ * the next commit_format): BEGIN; the lease fence of the partitions whose
+ * cursors moves advances (at the epochs lease holds now; no fence when
+ * lease is NULL); the rt jobs into rt_table, the batch_rt jobs into
+ * brt_table, in outputs_order; the dead letters; the cursor advance of
+ * moves (raises, rolling everything back, if another consumer moved one
+ * first); COMMIT. */
+void commit_format(Commit *c, Batch *b, const Lease *lease, const char *rt_table,
+                   const char *brt_table, const CommitMoves *moves);
 
 typedef struct CommitTally {
     int rt, batch_rt, dead, filtered;

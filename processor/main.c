@@ -1,14 +1,16 @@
 /* pintle processor: gw queue -> transformer -> rt / batch_rt queues.
  *
  * main() loads the config and wires: workspace watcher, one db connection
- * (it holds the stage lock, so all of the stage's SQL runs on it, in order),
- * the libcurl-multi client for the transformer, hint subscriber (gw) and
- * publishers (rt, batch_rt), /health and /metrics, and the pipeline.
- * Everything runs on one libevent loop; nothing blocks it. SIGTERM/SIGINT:
- * abandon a batch being transformed (its requests are cancelled; uncommitted
- * work is simply read again) or let a database step finish, never past
- * processor.shutdown_timeout_ms; release the lock by closing the session,
- * exit 0. A second signal exits at once. */
+ * (all of the pipeline's SQL runs on it, in order), partition leases (their
+ * own connection), the libcurl-multi client for the transformer, hint
+ * subscriber (gw) and publishers (rt, batch_rt), /health and /metrics, and
+ * the pipeline. Everything runs on one libevent loop; nothing blocks it.
+ * SIGTERM/SIGINT: abandon a batch being transformed (its requests are
+ * cancelled; uncommitted work is simply read again) or let a database step
+ * finish, never past processor.shutdown_timeout_ms; close the pipeline's
+ * connection (rolling back whatever was given up), release every lease at
+ * once (lease_leave: the other instances take the partitions at their next
+ * tick), exit 0. A second signal exits at once. */
 #include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +22,7 @@
 #include "common/db.h"
 #include "common/hint.h"
 #include "common/httpc.h"
+#include "common/lease.h"
 #include "common/log.h"
 #include "common/loop.h"
 #include "common/metrics.h"
@@ -31,6 +34,7 @@ typedef struct App {
     Config cfg;
     struct event_base *base;
     DbPool *pool;
+    Lease *lease;
     Httpc *http;
     HintPub *rt_hints, *batch_hints;
     HintSub *gw_hints;
@@ -43,10 +47,28 @@ typedef struct App {
     bool stopping;
 } App;
 
-static void on_stopped(void *arg)
+static void on_left(void *arg)
 {
     App *app = arg;
     event_base_loopexit(app->base, NULL);
+}
+
+static void on_stopped(void *arg)
+{
+    App *app = arg;
+    /* the pipeline is done with its connection: closing it rolls back a
+     * commit given up at the deadline at once, whose fence holds the lease
+     * rows the next owner's takeover must update */
+    db_pool_destroy(app->pool);
+    app->pool = NULL;
+    lease_leave(app->lease, on_left, app);
+}
+
+static void on_leases_changed(void *arg)
+{
+    App *app = arg;
+    if (app->pipeline)
+        pipeline_leases_changed(app->pipeline);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -99,9 +121,15 @@ static int run(App *app)
     app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-processor", 1);
     app->fatal.base = app->base;
     db_pool_expect_partitions(app->pool, app->cfg.queue.partitions, svc_on_db_fatal, &app->fatal);
+    char admin_address[300];
+    snprintf(admin_address, sizeof admin_address, "%s:%d", app->cfg.processor.listen_address,
+             app->cfg.processor.admin_port);
+    LeaseInfo info = {.admin_address = admin_address, .hint_endpoint = ""};
+    app->lease = lease_create(app->base, &app->cfg, "processor", &info, app->metrics,
+                              on_leases_changed, app);
     app->http = httpc_create(app->base, app->cfg.processor.max_inflight);
-    app->pipeline = pipeline_create(app->base, &app->cfg, app->pool, app->http, app->rt_hints,
-                                    app->batch_hints, app->ws, app->metrics);
+    app->pipeline = pipeline_create(app->base, &app->cfg, app->pool, app->lease, app->http,
+                                    app->rt_hints, app->batch_hints, app->ws, app->metrics);
     if (app->cfg.hints.enabled) {
         app->gw_hints = hint_sub_open(app->base, app->cfg.hints.gw, on_hint, app, &err);
         if (app->gw_hints == NULL) {
@@ -132,6 +160,7 @@ static void teardown(App *app)
     hint_sub_close(app->gw_hints);
     httpc_destroy(app->http);
     db_pool_destroy(app->pool);
+    lease_destroy(app->lease);
     hint_pub_close(app->rt_hints);
     hint_pub_close(app->batch_hints);
     ws_watcher_destroy(app->ws);

@@ -1,17 +1,36 @@
 /* Processor cycle (see pipeline.h).
  *
- * States: IDLE -> (LOCKING -> LOADING) -> (MAINTAIN) -> CLAIMING ->
- * TRANSFORMING -> (TABLES) -> COMMITTING -> IDLE. One batch at a time: its
- * jobs are routed in processor/route.c, its destination transforms run in
+ * States: IDLE -> (MAINTAIN) -> (LOADING) -> CLAIMING -> TRANSFORMING ->
+ * (TABLES) -> COMMITTING -> IDLE. One batch at a time: its jobs are routed
+ * in processor/route.c, its destination transforms run in
  * processor/transform.c, its outputs are collected in processor/outputs.c,
  * the partitions and cursors it reads are kept in processor/claim.c and its
  * hand-off transaction is formatted in processor/commit.c. This file only
  * sequences those steps on the one database connection.
  *
- * Mutual exclusion: the stage holds pg_try_advisory_lock('pintle.stage.
- * processor') on its only connection; other processors wait as standbys. The
- * cursor update is also compare-and-set (check_cursors), so even a processor
- * that lost its lock without noticing cannot commit a duplicate hand-off.
+ * Partitions: the processor reads only partitions it holds a usable lease
+ * on (common/lease.h). Right before each claim (no batch in flight then)
+ * the active set is recomputed from the lease: a partition that became
+ * usable, or was taken again at a new epoch, has its cursor read from the
+ * database first (LOADING), because another instance may have moved it
+ * meanwhile; one no longer usable leaves the set; one being given back is
+ * reported quiesced. A lease change during a batch quiesces at once the
+ * partitions being given back that the batch does not touch; the others
+ * wait for the batch to end (committed, fenced or failed).
+ *
+ * Fencing: every hand-off transaction begins with lease_fence for the
+ * partitions whose cursor it advances, at the epochs held now, and the
+ * cursor update stays compare-and-set (check_cursors). The database alone
+ * decides: a processor that was paused past its lease TTL and whose
+ * partitions were taken over sends its commit and is refused (lease_fenced,
+ * logged once per batch); the batch is dropped, nothing of it is written,
+ * every cursor is read again, and the new owner processes those jobs. A
+ * partition lost and taken again at a newer epoch passes the fence, and the
+ * compare-and-set then refuses the commit if the other owner moved the
+ * cursor in between.
+ *
+ * With no usable partition the processor idles (polling its lease) and
+ * stays ready: an extra instance is a valid standby.
  *
  * Shutdown: pipeline_stop abandons a batch that is being transformed (timers
  * cancelled, requests cancelled, nothing committed: the jobs are claimed
@@ -26,6 +45,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "common/jobq.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "processor/claim.h"
@@ -36,7 +56,6 @@
 
 typedef enum State {
     ST_IDLE,
-    ST_LOCKING,
     ST_LOADING,
     ST_CLAIMING,
     ST_TRANSFORMING,
@@ -45,13 +64,14 @@ typedef enum State {
     ST_MAINTAIN
 } State;
 
-static const char *const state_names[] = {"idle",         "locking", "loading",    "claiming",
-                                          "transforming", "tables",  "committing", "maintain"};
+static const char *const state_names[] = {"idle",   "loading",    "claiming", "transforming",
+                                          "tables", "committing", "maintain"};
 
 struct Pipeline {
     struct event_base *base;
     const Config *cfg;
-    DbPool *pool;
+    DbPool *pool; /* NULL once stopped: the caller may close it */
+    Lease *lease;
     Httpc *http;
     HintPub *rt_hints, *batch_hints;
     WsWatcher *ws;
@@ -60,11 +80,14 @@ struct Pipeline {
     void (*stopped)(void *);
     void *stopped_arg;
     struct event *deadline_ev;
-    bool leader;
-    unsigned long lock_gen;
     ClaimPlan plan;
-    int *move_parts; /* [P] scratch of the commit */
+    int *scratch;    /* [P] usable, then active partitions */
+    int *load_parts; /* [P] cursors being read (LOADING) */
+    int64_t *load_epochs;
+    int nload;
+    int *move_parts; /* [P] cursors the batch advances */
     int64_t *move_old, *move_new;
+    int nmoves;
     /* current batch */
     Batch batch;
     TfBatch *tf;
@@ -77,11 +100,11 @@ struct Pipeline {
     int backoff_ms;
     bool kicked;
     int64_t last_claim_rows;
-    MetricSeries *m_events, *m_outputs, *m_filtered, *m_batches, *m_leader;
+    MetricSeries *m_events, *m_outputs, *m_filtered, *m_batches, *m_fenced, *m_partitions;
     MetricSeries *m_dead[DEAD_NREASONS];
 };
 
-static void cycle(Pipeline *p);
+static void next_step(Pipeline *p, DbConn *c);
 
 static int64_t now_ms(void)
 {
@@ -103,6 +126,7 @@ static void reset_batch(Pipeline *p)
     tf_batch_destroy(p->tf);
     p->tf = NULL;
     route_batch_reset(&p->batch);
+    p->nmoves = 0;
 }
 
 static void go_idle(Pipeline *p, int delay_ms)
@@ -114,6 +138,7 @@ static void go_idle(Pipeline *p, int delay_ms)
             p->stopped = NULL;
             if (p->deadline_ev)
                 evtimer_del(p->deadline_ev);
+            p->pool = NULL; /* promised to the caller: no database step after done */
             cb(p->stopped_arg);
         }
         return;
@@ -127,7 +152,8 @@ static void go_idle(Pipeline *p, int delay_ms)
     evtimer_add(p->poll_ev, &tv);
 }
 
-/* A database failure: forget leadership (the session may be gone) and back off. */
+/* A database failure: the outcome of a step in flight is unknown, so every
+ * cursor is read again; back off. */
 static void db_failed(Pipeline *p, const char *what, const Err *err)
 {
     char q[1100];
@@ -135,8 +161,7 @@ static void db_failed(Pipeline *p, const char *what, const Err *err)
     if (err && strstr(err->msg, "moved by another consumer")) {
         log_warn("cursor_conflict", "action=reload");
     }
-    p->leader = false;
-    metrics_set(p->m_leader, 0);
+    claim_plan_forget(&p->plan);
     /* a cached dataset may have been dropped by maintenance: look them up again */
     free(p->rt_table);
     free(p->brt_table);
@@ -150,22 +175,85 @@ static void db_failed(Pipeline *p, const char *what, const Err *err)
 
 static DbConn *conn(Pipeline *p)
 {
-    DbConn *c = db_pool_acquire(p->pool);
-    if (c != NULL && p->leader && db_conn_generation(c) != p->lock_gen) {
-        log_warn("lock_lost", "reason=reconnected");
-        p->leader = false;
-        metrics_set(p->m_leader, 0);
+    return p->pool ? db_pool_acquire(p->pool) : NULL;
+}
+
+/* ---- partitions ---- */
+
+/* Whether the step in progress may still write partition part's cursor. */
+static bool in_flight(const Pipeline *p, int part)
+{
+    switch (p->state) {
+    case ST_CLAIMING:
+        return claim_plan_has(&p->plan, part);
+    case ST_TRANSFORMING:
+    case ST_TABLES:
+    case ST_COMMITTING:
+        return claim_plan_has(&p->plan, part) && p->plan.next[part] != p->plan.cursor[part];
+    default:
+        return false;
     }
-    return c;
+}
+
+/* Partitions being given back that nothing in progress touches are free to go. */
+static void quiesce(Pipeline *p)
+{
+    for (int part = 0; part < p->plan.nparts; part++)
+        if (lease_giving(p->lease, part) && !in_flight(p, part))
+            lease_quiesced(p->lease, part);
+}
+
+/* Between batches: the active set is what the lease makes usable and whose
+ * cursor was read under the epoch held now; the others are to be read. */
+static void refresh(Pipeline *p)
+{
+    int n = lease_usable_list(p->lease, p->scratch);
+    int nact = 0;
+    p->nload = 0;
+    for (int i = 0; i < n; i++) {
+        int part = p->scratch[i];
+        int64_t epoch = lease_epoch(p->lease, part);
+        if (claim_plan_is_loaded(&p->plan, part, epoch)) {
+            p->scratch[nact++] = part; /* nact <= i: in place */
+        } else {
+            p->load_parts[p->nload] = part;
+            p->load_epochs[p->nload] = epoch;
+            p->nload++;
+        }
+    }
+    if (nact != p->plan.nactive || memcmp(p->scratch, p->plan.active, sizeof(int) * (size_t)nact))
+        claim_plan_set_active(&p->plan, p->scratch, nact);
+    metrics_set(p->m_partitions, (double)nact);
+    quiesce(p);
 }
 
 /* ---- commit ---- */
+
+/* The fence refused the commit: another instance owns one of the batch's
+ * partitions now (this one was paused or cut off past its lease). */
+static void fenced(Pipeline *p, const Err *err)
+{
+    Buf parts;
+    buf_init(&parts);
+    for (int i = 0; i < p->nmoves; i++)
+        buf_printf(&parts, i ? ",%d" : "%d", p->move_parts[i]);
+    log_warn("lease_fenced", "partitions=%s jobs=%d action=dropped owner=%s",
+             parts.len ? parts.data : "", p->batch.njobs, lease_owner(p->lease));
+    buf_deinit(&parts);
+    metrics_inc(p->m_fenced, 1);
+    claim_plan_forget(&p->plan);
+    reset_batch(p);
+    go_idle(p, 0);
+}
 
 static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
 {
     Pipeline *p = arg;
     if (err != NULL) {
-        db_failed(p, "commit", err);
+        if (lease_is_fenced(err))
+            fenced(p, err);
+        else
+            db_failed(p, "commit", err);
         return;
     }
     CommitTally t;
@@ -193,9 +281,9 @@ static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
 static void commit(Pipeline *p, DbConn *c)
 {
     /* advance only the partitions this batch read */
-    CommitMoves moves = {p->move_parts, p->move_old, p->move_new, 0};
-    moves.n = claim_plan_moves(&p->plan, p->move_parts, p->move_old, p->move_new);
-    commit_format(&p->commit, &p->batch, p->rt_table, p->brt_table, &moves);
+    p->nmoves = claim_plan_moves(&p->plan, p->move_parts, p->move_old, p->move_new);
+    CommitMoves moves = {p->move_parts, p->move_old, p->move_new, p->nmoves};
+    commit_format(&p->commit, &p->batch, p->lease, p->rt_table, p->brt_table, &moves);
     p->state = ST_COMMITTING;
     if (db_exec(c, p->commit.sql.data, -1, NULL, p->commit.copies, p->commit.ncopies, on_committed,
                 p) < 0) {
@@ -231,9 +319,7 @@ static void all_transformed(Pipeline *p, DbConn *c)
 {
     if (c == NULL)
         c = conn(p);
-    if (c == NULL || !p->leader) {
-        if (c)
-            db_conn_release(c);
+    if (c == NULL) {
         Err e;
         err_set(&e, ERR_DB, "database connection lost before commit");
         db_failed(p, "commit", &e);
@@ -303,10 +389,9 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
 
 static void claim(Pipeline *p, DbConn *c)
 {
-    /* called from db callbacks (cycle() never runs while stopping): the
-     * connection goes back when the callback returns */
-    if (p->stopping) {
-        go_idle(p, 0);
+    if (p->plan.nactive == 0) {
+        /* no usable partition (yet): a standby; the lease says when that changes */
+        go_idle(p, p->cfg->processor.poll_interval_ms);
         return;
     }
     buf_reset(&p->sql);
@@ -326,47 +411,48 @@ static void on_cursors(void *arg, DbConn *c, PGresult *res, const Err *err)
         db_failed(p, "load_cursors", err);
         return;
     }
-    int n = PQntuples(res);
-    if (n == 0) {
+    int n = res ? PQntuples(res) : 0;
+    if (n != p->nload) {
         Err e;
-        err_set(&e, ERR_DB, "no cursors for stage processor (run `pintlectl migrate`)");
+        err_set(&e, ERR_DB,
+                "cursors of stage processor: %d of %d partitions found (run `pintlectl migrate`)",
+                n, p->nload);
         db_failed(p, "load_cursors", &e);
         return;
     }
-    claim_plan_forget(&p->plan);
-    int nact = 0;
+    /* rows in partition order, as load_parts */
     for (int i = 0; i < n; i++) {
         int part = atoi(PQgetvalue(res, i, 0));
-        if (part < 0 || part >= p->plan.nparts)
-            continue;
-        claim_plan_set_cursor(&p->plan, part, strtoll(PQgetvalue(res, i, 1), NULL, 10), 1);
-        p->move_parts[nact++] = part;
+        ASSERT(part == p->load_parts[i]);
+        claim_plan_set_cursor(&p->plan, part, strtoll(PQgetvalue(res, i, 1), NULL, 10),
+                              p->load_epochs[i]);
     }
-    claim_plan_set_active(&p->plan, p->move_parts, nact);
-    p->leader = true;
-    p->lock_gen = db_conn_generation(c);
-    metrics_set(p->m_leader, 1);
-    log_info("leader", "stage=processor partitions=%d", nact);
-    claim(p, c);
+    log_info("cursors_loaded", "stage=processor partitions=%d", n);
+    next_step(p, c);
 }
 
-static void on_locked(void *arg, DbConn *c, PGresult *res, const Err *err)
+/* From inside a db callback or cycle(), with the connection reserved:
+ * reads the cursors the active set lacks, then claims. */
+static void next_step(Pipeline *p, DbConn *c)
 {
-    Pipeline *p = arg;
-    if (err != NULL) {
-        db_failed(p, "lock", err);
+    /* called from db callbacks (cycle() never runs while stopping): the
+     * connection goes back when the callback returns */
+    if (p->stopping) {
+        go_idle(p, 0);
         return;
     }
-    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-        /* another processor is active: stand by */
-        go_idle(p, 1000);
+    refresh(p);
+    if (p->nload == 0) {
+        claim(p, c);
         return;
     }
+    buf_reset(&p->sql);
+    buf_puts(&p->sql, "SELECT partition, last_job_id FROM cursors WHERE stage = 'processor'"
+                      " AND partition = ANY (");
+    jobq_format_int_array(&p->sql, p->load_parts, p->nload);
+    buf_puts(&p->sql, "::int[]) ORDER BY partition");
     p->state = ST_LOADING;
-    if (db_exec(c,
-                "SELECT partition, last_job_id FROM cursors WHERE stage = 'processor'"
-                " ORDER BY partition",
-                -1, NULL, NULL, 0, on_cursors, p) < 0) {
+    if (db_exec(c, p->sql.data, -1, NULL, NULL, 0, on_cursors, p) < 0) {
         Err e;
         err_set(&e, ERR_DB, "could not send cursor load");
         db_failed(p, "load_cursors", &e);
@@ -384,7 +470,7 @@ static void on_maintained(void *arg, DbConn *c, PGresult *res, const Err *err)
         log_info("datasets_dropped", "queue=gw count=%s", PQgetvalue(res, 0, 0));
     }
     p->state = ST_IDLE;
-    claim(p, c);
+    next_step(p, c);
 }
 
 static void cycle(Pipeline *p)
@@ -396,16 +482,7 @@ static void cycle(Pipeline *p)
         go_idle(p, 200);
         return;
     }
-    if (!p->leader) {
-        p->state = ST_LOCKING;
-        if (db_exec(c, "SELECT pg_try_advisory_lock(hashtext('pintle.stage.processor'))", -1, NULL,
-                    NULL, 0, on_locked, p) < 0) {
-            Err e;
-            err_set(&e, ERR_DB, "could not send lock");
-            db_failed(p, "lock", &e);
-        }
-        return;
-    }
+    /* any instance may maintain: maintain_queue serialises itself (try-lock) */
     if (since(&p->maintained_at) * 1000 >= p->cfg->queue.maintenance_interval_ms) {
         char sql[160];
         snprintf(sql, sizeof sql, "SELECT maintain_queue('gw', %lld, %d)",
@@ -418,7 +495,7 @@ static void cycle(Pipeline *p)
         }
         return;
     }
-    claim(p, c);
+    next_step(p, c);
 }
 
 static void on_poll(evutil_socket_t fd, short what, void *arg)
@@ -426,13 +503,15 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
     cycle(arg);
 }
 
-Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *pool, Httpc *http,
-                          HintPub *rt_hints, HintPub *batch_hints, WsWatcher *ws, Metrics *m)
+Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *pool, Lease *lease,
+                          Httpc *http, HintPub *rt_hints, HintPub *batch_hints, WsWatcher *ws,
+                          Metrics *m)
 {
     Pipeline *p = xcalloc(1, sizeof(*p));
     p->base = base;
     p->cfg = cfg;
     p->pool = pool;
+    p->lease = lease;
     p->http = http;
     p->rt_hints = rt_hints;
     p->batch_hints = batch_hints;
@@ -440,8 +519,11 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
     buf_init(&p->sql);
     route_batch_init(&p->batch);
     commit_init(&p->commit);
-    int nparts = cfg->queue.partitions;
+    int nparts = lease_partitions(lease);
     claim_plan_init(&p->plan, nparts, cfg->processor.claim_batch);
+    p->scratch = xcalloc((size_t)nparts, sizeof(int));
+    p->load_parts = xcalloc((size_t)nparts, sizeof(int));
+    p->load_epochs = xcalloc((size_t)nparts, sizeof(int64_t));
     p->move_parts = xcalloc((size_t)nparts, sizeof(int));
     p->move_old = xcalloc((size_t)nparts, sizeof(int64_t));
     p->move_new = xcalloc((size_t)nparts, sizeof(int64_t));
@@ -470,8 +552,11 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
     p->tf_metrics.splits = metrics_series(
         m, "pintle_processor_transformer_splits_total",
         "Chunks split in halves because the answer was over the limit", METRIC_COUNTER, "");
-    p->m_leader = metrics_series(m, "pintle_processor_active",
-                                 "1 when this instance holds the processor lock", METRIC_GAUGE, "");
+    p->m_fenced = metrics_series(m, "pintle_processor_fenced_total",
+                                 "Batches dropped because their commit was fenced (lease lost)",
+                                 METRIC_COUNTER, "");
+    p->m_partitions = metrics_series(m, "pintle_processor_partitions",
+                                     "Partitions this instance claims from", METRIC_GAUGE, "");
     event_active(p->poll_ev, 0, 0);
     return p;
 }
@@ -488,6 +573,9 @@ void pipeline_destroy(Pipeline *p)
     if (p->deadline_ev)
         event_free(p->deadline_ev);
     claim_plan_deinit(&p->plan);
+    free(p->scratch);
+    free(p->load_parts);
+    free(p->load_epochs);
     free(p->move_parts);
     free(p->move_old);
     free(p->move_new);
@@ -515,10 +603,13 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     if (p->tf != NULL && p->state == ST_TRANSFORMING)
         tf_batch_abandon(p->tf);
     /* an uncommitted batch is simply claimed again; a COMMIT in flight
-     * either happened or did not, and the cursors say which */
+     * either happened or did not, and the cursors say which; the caller
+     * closes the connection, which rolls back a transaction still open
+     * (and so releases the lease rows its fence locked against takeover) */
     if (p->stopped) {
         void (*cb)(void *) = p->stopped;
         p->stopped = NULL;
+        p->pool = NULL;
         cb(p->stopped_arg);
     }
 }
@@ -543,10 +634,22 @@ void pipeline_stop(Pipeline *p, void (*done)(void *), void *arg)
         tf_batch_abandon(p->tf);
 }
 
+void pipeline_leases_changed(Pipeline *p)
+{
+    if (p->stopping)
+        return;
+    /* a batch in flight keeps what it touches until it ends; the rest of
+     * what is being given back goes now, and the next cycle sees the rest */
+    quiesce(p);
+    pipeline_kick(p);
+}
+
 bool pipeline_ready(const Pipeline *p, char *detail, size_t size)
 {
-    bool db = db_pool_connected(p->pool) > 0;
-    snprintf(detail, size, "{\"db\":\"%s\",\"active\":%s,\"state\":\"%s\"}", db ? "UP" : "DOWN",
-             p->leader ? "true" : "false", state_names[p->state]);
+    bool db = p->pool != NULL && db_pool_connected(p->pool) > 0;
+    /* ready with no partition too: an extra instance is a valid standby */
+    snprintf(detail, size, "{\"db\":\"%s\",\"partitions\":%d,\"state\":\"%s\"%s}",
+             db ? "UP" : "DOWN", p->plan.nactive, state_names[p->state],
+             p->stopping ? ",\"stopping\":true" : "");
     return db;
 }
