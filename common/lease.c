@@ -45,7 +45,8 @@ struct Lease {
     void *changed_arg;
     void (*leave_done)(void *);
     void *leave_arg;
-    int64_t sent_ms; /* monotonic time the tick in flight was sent */
+    int64_t sent_ms;        /* monotonic time the tick in flight was sent */
+    int64_t valid_until_ms; /* monotonic: nothing is usable from then on */
     bool failing;    /* the last tick failed (logged once per run of failures) */
     Buf params_release;
     char ttl_text[16], moves_text[16];
@@ -86,8 +87,10 @@ int lease_partitions(const Lease *l)
 
 bool lease_usable(const Lease *l, int p)
 {
+    /* the clock, not only the expiry timer: after a pause (SIGSTOP, swap)
+     * other events may run before the timer does */
     return p >= 0 && p < l->nparts && !l->expired && !l->leaving && l->parts[p].epoch > 0 &&
-           !l->parts[p].giving;
+           !l->parts[p].giving && mono_ms() < l->valid_until_ms;
 }
 
 int64_t lease_epoch(const Lease *l, int p)
@@ -103,8 +106,10 @@ bool lease_giving(const Lease *l, int p)
 int lease_usable_list(const Lease *l, int *parts)
 {
     int n = 0;
+    if (l->expired || l->leaving || mono_ms() >= l->valid_until_ms)
+        return 0;
     for (int p = 0; p < l->nparts; p++)
-        if (lease_usable(l, p))
+        if (l->parts[p].epoch > 0 && !l->parts[p].giving)
             parts[n++] = p;
     return n;
 }
@@ -240,6 +245,7 @@ static void on_ticked(void *arg, DbConn *c, PGresult *res, const Err *err)
         free(l->parts);
         l->parts = next;
         l->expired = false;
+        l->valid_until_ms = l->sent_ms + l->cfg->lease.ttl_ms;
         arm(l->expiry_ev, (int)(l->sent_ms + l->cfg->lease.ttl_ms - mono_ms()));
         count_held(l);
         metrics_inc(l->m_acquired, acquired);
