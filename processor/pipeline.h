@@ -47,10 +47,10 @@ void pipeline_leases_changed(Pipeline *p);
  * latest after processor.shutdown_timeout_ms (then a step still waiting on
  * the database is given up and the cursors say whether a COMMIT in flight
  * happened). Once done ran the pipeline never uses the pool again: the
- * caller should close it before lease_leave, so that a transaction given
- * up at the deadline is rolled back at once (the instance taking its
- * partitions over waits for the lease rows its fence holds). done may run before this returns when
- * the pipeline is idle. */
+ * caller may close it, which rolls back at once a transaction given up at
+ * the deadline (an instance taking its partitions over waits for the lease
+ * rows that transaction's fence holds). done may run before this returns
+ * when the pipeline is idle. */
 void pipeline_stop(Pipeline *p, void (*done)(void *arg), void *arg);
 /* Ready when the database is reachable, with or without partitions (an
  * extra instance is a valid standby); detail says how many it claims from. */
