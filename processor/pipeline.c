@@ -104,7 +104,7 @@ struct Pipeline {
     MetricSeries *m_dead[DEAD_NREASONS];
 };
 
-static void next_step(Pipeline *p, DbConn *c);
+static void next_step(Pipeline *p, DbConn *c, bool in_cb);
 
 static int64_t now_ms(void)
 {
@@ -387,10 +387,14 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
     tf_batch_start(p->tf, on_transformed, p);
 }
 
-static void claim(Pipeline *p, DbConn *c)
+static void claim(Pipeline *p, DbConn *c, bool in_cb)
 {
     if (p->plan.nactive == 0) {
-        /* no usable partition (yet): a standby; the lease says when that changes */
+        /* no usable partition (yet): a standby; the lease says when that
+         * changes. The connection goes back (inside a db callback: when it
+         * returns, so a transaction left open is still rolled back) */
+        if (!in_cb)
+            db_conn_release(c);
         go_idle(p, p->cfg->processor.poll_interval_ms);
         return;
     }
@@ -428,14 +432,14 @@ static void on_cursors(void *arg, DbConn *c, PGresult *res, const Err *err)
                               p->load_epochs[i]);
     }
     log_info("cursors_loaded", "stage=processor partitions=%d", n);
-    next_step(p, c);
+    next_step(p, c, true);
 }
 
-/* From inside a db callback or cycle(), with the connection reserved:
- * reads the cursors the active set lacks, then claims. */
-static void next_step(Pipeline *p, DbConn *c)
+/* With the connection c reserved, from cycle() or from inside a db
+ * callback (in_cb): reads the cursors the active set lacks, then claims. */
+static void next_step(Pipeline *p, DbConn *c, bool in_cb)
 {
-    /* called from db callbacks (cycle() never runs while stopping): the
+    /* only from db callbacks (cycle() never runs while stopping): the
      * connection goes back when the callback returns */
     if (p->stopping) {
         go_idle(p, 0);
@@ -443,7 +447,7 @@ static void next_step(Pipeline *p, DbConn *c)
     }
     refresh(p);
     if (p->nload == 0) {
-        claim(p, c);
+        claim(p, c, in_cb);
         return;
     }
     buf_reset(&p->sql);
@@ -470,7 +474,7 @@ static void on_maintained(void *arg, DbConn *c, PGresult *res, const Err *err)
         log_info("datasets_dropped", "queue=gw count=%s", PQgetvalue(res, 0, 0));
     }
     p->state = ST_IDLE;
-    next_step(p, c);
+    next_step(p, c, true);
 }
 
 static void cycle(Pipeline *p)
@@ -495,7 +499,7 @@ static void cycle(Pipeline *p)
         }
         return;
     }
-    next_step(p, c);
+    next_step(p, c, false);
 }
 
 static void on_poll(evutil_socket_t fd, short what, void *arg)
