@@ -651,9 +651,12 @@ void pipeline_leases_changed(Pipeline *p)
 bool pipeline_ready(const Pipeline *p, char *detail, size_t size)
 {
     bool db = p->pool != NULL && db_pool_connected(p->pool) > 0;
+    int usable = 0;
+    for (int part = 0; part < p->plan.nparts; part++)
+        usable += lease_usable(p->lease, part);
     /* ready with no partition too: an extra instance is a valid standby */
     snprintf(detail, size, "{\"db\":\"%s\",\"partitions\":%d,\"state\":\"%s\"%s}",
-             db ? "UP" : "DOWN", p->plan.nactive, state_names[p->state],
+             db ? "UP" : "DOWN", usable, state_names[p->state],
              p->stopping ? ",\"stopping\":true" : "");
     return db;
 }

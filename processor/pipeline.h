@@ -53,7 +53,8 @@ void pipeline_leases_changed(Pipeline *p);
  * when the pipeline is idle. */
 void pipeline_stop(Pipeline *p, void (*done)(void *arg), void *arg);
 /* Ready when the database is reachable, with or without partitions (an
- * extra instance is a valid standby); detail says how many it claims from. */
+ * extra instance is a valid standby); detail says how many partitions its
+ * lease makes usable now. */
 bool pipeline_ready(const Pipeline *p, char *detail, size_t size);
 
 #endif

@@ -8,7 +8,7 @@
 const { describe, it, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { withLogs, sleep, waitFor } = require('./lib/stack');
-const { sendBatch, metrics } = require('./lib/processor');
+const { sendBatch, metrics, insertGwJobs } = require('./lib/processor');
 const { PARTITIONS, TTL_MS, RENEW_MS, leaseStack, startProcessor, closeStack, held, health, waitHolding, rtCounts, assertHandedOffOnce, events, startHoldingProxy } = require('./lib/proc_leases');
 
 const HALF = PARTITIONS / 2;
@@ -120,6 +120,44 @@ describe('processor partition leases', () => {
     await send(st, more);
     await assertHandedOffOnce(st.pg, evs.length + more.length, 'after a rejoined');
     assert.ok(await eventsTotal(a) > 0, 'a hands off again');
+    assert.deepEqual(a.errors(), []);
+    assert.deepEqual(b.errors(), []);
+  }));
+
+  it('rebalance: partitions given back mid-batch are released only once that batch committed, the others at once', withLogs(S, async () => {
+    await closeStack(st);
+    if (proxy) await proxy.close();
+    st = await leaseStack();
+    proxy = await startHoldingProxy(`http://127.0.0.1:${st.transformerPort}`);
+    const a = await startProcessor(st, { PINTLE_PROCESSOR_TRANSFORMER_URL: proxy.url });
+    await waitHolding(st, [a], [PARTITIONS]);
+    // a batch of a's in partitions 6 and 7 only, held in the transformer
+    const top = [PARTITIONS - 2, PARTITIONS - 1];
+    const rows = [];
+    for (let i = 0; i < 20; i++) {
+      const user = `R${i}`;
+      rows.push({ partition: top[i % 2], source_id: 'src-e2e', user_id: user, payload: JSON.stringify({ type: 'track', userId: user, event: 'E', messageId: `${user}-0`, receivedAt: new Date().toISOString() }) });
+    }
+    await insertGwJobs(st.pg, rows);
+    await waitFor(() => proxy.held.length > 0, { what: 'a\'s batch held in the transformer' });
+    // b joins: a gives back the highest 4; those its batch does not touch go at once
+    const b = await startProcessor(st);
+    const owners = async () => new Map((await st.pg.query("SELECT partition, owner FROM pintle.leases WHERE stage = 'processor'")).map((r) => [r.partition, r.owner]));
+    await waitFor(async () => { const o = await owners(); return o.get(4) === b.owner && o.get(5) === b.owner; }, { timeoutMs: 5000, what: 'b taking partitions 4 and 5' });
+    await sleep(4 * RENEW_MS);
+    let o = await owners();
+    for (const p of top) assert.equal(o.get(p), a.owner, `partition ${p} stays a's while its batch is in flight`);
+    assert.equal((await health(a)).partitions, HALF, 'a claims only from what it keeps');
+    await proxy.release();
+    await waitHolding(st, [a, b], [HALF, HALF], { what: 'the rest handed over after the commit' });
+    o = await owners();
+    for (let p = HALF; p < PARTITIONS; p++) assert.equal(o.get(p), b.owner, `partition ${p} is b's`);
+    await assertHandedOffOnce(st.pg, rows.length, 'a\'s batch');
+    assert.doesNotMatch(a.log, /event=(lease_fenced|cursor_conflict)/);
+    const more = events('Q', 40, 3);
+    await send(st, more);
+    await assertHandedOffOnce(st.pg, rows.length + more.length, 'after the rebalance');
+    assert.ok(await eventsTotal(b) > 0, 'b hands off its share');
     assert.deepEqual(a.errors(), []);
     assert.deepEqual(b.errors(), []);
   }));
