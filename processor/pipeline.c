@@ -483,6 +483,7 @@ static void cycle(Pipeline *p)
         return;
     DbConn *c = conn(p);
     if (c == NULL) {
+        quiesce(p); /* nothing in flight: what is given back need not wait for the database */
         go_idle(p, 200);
         return;
     }
