@@ -223,7 +223,8 @@ static void on_ticked(void *arg, DbConn *c, PGresult *res, const Err *err)
                 next[p].quiesced = l->parts[p].quiesced;
             }
         }
-        bool changed = l->expired;
+        /* usable again after a lapse, also one the expiry timer has not seen yet */
+        bool changed = l->expired || mono_ms() >= l->valid_until_ms;
         int acquired = 0, released = 0, lost = 0;
         for (int p = 0; p < l->nparts; p++) {
             Part *o = &l->parts[p], *n = &next[p];
