@@ -2,9 +2,11 @@
  * order per destination, records failures in rt_retries and aborts in
  * dead_letters, and advances the router's cursors.
  * Owns the ordering state (order.c), the deliveries (sender.c) and the
- * database steps: the term under the stage lock, claims, status flushes,
- * loads from rt_retries. Uses the caller's db pool (one connection, which
- * holds the stage lock), HTTP client and metrics registry. */
+ * modules of the database steps: the term under the stage lock (term.c),
+ * claims (claim.c), loads from rt_retries (reload.c) and status flushes
+ * (flush.c); engine.c schedules them on the caller's db pool (one
+ * connection, which holds the stage lock). Borrows the HTTP client and
+ * metrics registry. */
 #ifndef ROUTER_ENGINE_H
 #define ROUTER_ENGINE_H
 

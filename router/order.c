@@ -1010,6 +1010,11 @@ const OrderStats *order_stats(const Order *o)
     return &o->stats;
 }
 
+int order_partitions(const Order *o)
+{
+    return o->nparts;
+}
+
 int order_jobs(const Order *o)
 {
     return o->njobs;

@@ -175,9 +175,10 @@ typedef struct OrderStats {
     unsigned long long spilled_cursor; /* users moved to rt_retries: a cursor waited too long */
 } OrderStats;
 const OrderStats *order_stats(const Order *o);
-int order_jobs(const Order *o);     /* jobs in memory */
-int order_inflight(const Order *o); /* deliveries in flight */
-int order_users(const Order *o);    /* users in memory */
+int order_partitions(const Order *o); /* partitions of the term (order_start) */
+int order_jobs(const Order *o);       /* jobs in memory */
+int order_inflight(const Order *o);   /* deliveries in flight */
+int order_users(const Order *o);      /* users in memory */
 
 /* A job in one allocation with copies of its strings; caller gives it to an
  * order_push_* function or frees it with order_job_free. */

@@ -6,9 +6,9 @@
  * state machine describes them (order.c writes heads unparked and later
  * jobs parked), deletes the rows of finished jobs, then, for every user
  * that got a parked row or lost a row, makes its smallest remaining row the
- * head (unparked, due now unless it has a retry time). Index use (sql/002, sql/005): (destination_id, user_id, job_id) for
- * the claim's probe, the promotion and the page loads; (next_retry_at,
- * job_id) WHERE NOT parked for the due scan and the claim's emptiness test. */
+ * head (unparked, due now unless it has a retry time). Index use (sql/002, sql/005):
+ * (destination_id, user_id, job_id) for the claim's probe, the promotion and the page loads;
+ * (next_retry_at, job_id) WHERE NOT parked for the due scan and the claim's emptiness test. */
 #include "router/store.h"
 
 #include <inttypes.h>

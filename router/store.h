@@ -15,6 +15,20 @@
 #include "common/db.h"
 #include "router/order.h"
 
+/* One statement for the engine's connection: its text, parameters (text
+ * format; nparams -1: a multi-statement text without parameters) and COPY
+ * data. Everything is borrowed from the module that formatted it and stays
+ * valid until that module has handled the result. */
+#define STORE_MAX_PARAMS 8
+typedef struct StoreStmt {
+    const char *step; /* what it is, for logs: "claim", "flush", ... */
+    const char *sql;
+    int nparams;
+    const char *params[STORE_MAX_PARAMS];
+    const DbCopy *copies;
+    int ncopies;
+} StoreStmt;
+
 /* Appends the claim: up to per_partition rt jobs beyond each cursor
  * (partitions 0..n-1), in job order, each with whether rt_retries holds a
  * row of its (destination, user) or of the job itself. Two index probes
