@@ -43,8 +43,7 @@ typedef struct LeaseInfo {
  * loop after a tick that changed the usable set (also when partitions
  * become unusable because renewals failed). The first tick runs at once. */
 Lease *lease_create(struct event_base *base, const Config *cfg, const char *stage,
-                    const LeaseInfo *info, Metrics *metrics, void (*changed)(void *arg),
-                    void *arg);
+                    const LeaseInfo *info, Metrics *metrics, void (*changed)(void *arg), void *arg);
 void lease_destroy(Lease *l);
 
 /* This instance's id (host:pid:random), the owner column of its leases. */

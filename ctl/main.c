@@ -1,6 +1,7 @@
 /* pintlectl: the operator command line.
  *   migrate          apply pending schema migrations (the explicit migrate step)
- *   status           queue depths per stage, datasets and dead letters
+ *   status           queues, instances and their leased partitions (lag per
+ *                    partition), unowned partitions, datasets, dead letters
  *   dead-letters     list dead-lettered jobs
  *   replay           re-queue dead letters: the router's as new rt jobs, the
  *                    processor's as gw jobs for their one destination
@@ -22,7 +23,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: pintlectl [-c pintle.conf] COMMAND\n"
                "commands:\n"
                "  migrate        apply pending schema migrations\n"
-               "  status         queue depths, datasets and dead letters\n"
+               "  status         queues (pending, lag), instances and the partitions they\n"
+               "                 lease, unowned partitions, datasets, dead letters\n"
                "  dead-letters   list dead-lettered jobs (newest 100)\n"
                "  replay [--destination ID] [--id N]\n"
                "                 re-queue dead letters (all, one destination's, or one): the\n"
@@ -51,6 +53,71 @@ static int print_query(PGconn *pg, const char *sql)
     }
     PQclear(r);
     return 0;
+}
+
+/* Pending jobs and the age of the oldest one beyond cursor c (one partition
+ * of one stage), by the queue the stage reads. */
+#define PENDING_OF(c)                                                                              \
+    "(SELECT count(*) AS pending, min(created_at) AS oldest FROM ("                                \
+    " SELECT created_at FROM gw_jobs j WHERE " c ".queue = 'gw' AND j.partition = " c              \
+    ".partition AND j.job_id > " c ".last_job_id"                                                  \
+    " UNION ALL SELECT created_at FROM rt_jobs j WHERE " c ".queue = 'rt' AND j.partition = " c    \
+    ".partition AND j.job_id > " c ".last_job_id"                                                  \
+    " UNION ALL SELECT created_at FROM batch_rt_jobs j WHERE " c ".queue = 'batch_rt'"             \
+    " AND j.partition = " c ".partition AND j.job_id > " c ".last_job_id) q)"
+
+/* Stages and queues, instances and what they hold, partitions nobody holds,
+ * datasets, dead letters. Counts scan the unread part of each partition: a
+ * command for an operator, not for a scrape. */
+static int status(PGconn *pg)
+{
+    printf("== queues\n");
+    if (print_query(
+            pg, "SELECT c.stage, c.queue, sum(x.pending) AS pending,"
+                " coalesce(round(extract(epoch FROM now() - min(x.oldest))::numeric, 1)"
+                "::text, '-') AS lag_s"
+                " FROM cursors c CROSS JOIN LATERAL " PENDING_OF("c") " x"
+                                                                      " GROUP BY 1, 2 ORDER BY 1"))
+        return 1;
+    printf("\n== instances (live: heartbeat not expired)\n");
+    if (print_query(pg, "SELECT i.stage, i.instance_id, i.admin_address,"
+                        " round(extract(epoch FROM now() - i.heartbeat_at)::numeric, 1)"
+                        " AS heartbeat_age_s, count(l.partition) AS partitions,"
+                        " coalesce(string_agg(l.partition::text, ',' ORDER BY l.partition), '')"
+                        " AS held, i.acquired, i.released"
+                        " FROM instances i LEFT JOIN leases l ON l.stage = i.stage"
+                        " AND l.owner = i.instance_id AND l.expires_at >= now()"
+                        " WHERE i.expires_at >= now()"
+                        " GROUP BY i.stage, i.instance_id ORDER BY 1, 2"))
+        return 1;
+    printf("\n== partitions (owner, epoch, pending jobs and lag of the oldest)\n");
+    if (print_query(pg, "SELECT l.stage, l.partition, coalesce(l.owner, '-') AS owner, l.epoch,"
+                        " CASE WHEN l.owner IS NULL THEN 'free' WHEN l.expires_at < now()"
+                        " THEN 'expired' ELSE 'held' END AS lease, x.pending,"
+                        " coalesce(round(extract(epoch FROM now() - x.oldest)::numeric, 1)::text,"
+                        " '-') AS lag_s,"
+                        " (SELECT count(*) FROM rt_retries r WHERE l.stage = 'router'"
+                        " AND r.partition = l.partition) AS retrying"
+                        " FROM leases l JOIN cursors c ON c.stage = l.stage"
+                        " AND c.partition = l.partition CROSS JOIN LATERAL " PENDING_OF(
+                            "c") " x"
+                                 " WHERE l.stage IN (SELECT stage FROM instances) OR x.pending > 0"
+                                 " ORDER BY 1, 3, 2"))
+        return 1;
+    printf("\n== partitions with no live owner\n");
+    if (print_query(pg, "SELECT stage, count(*) AS partitions,"
+                        " string_agg(partition::text, ',' ORDER BY partition) AS which"
+                        " FROM leases WHERE owner IS NULL OR expires_at < now()"
+                        " GROUP BY 1 ORDER BY 1"))
+        return 1;
+    printf("\n== datasets\n");
+    if (print_query(pg, "SELECT queue, idx, table_name, created_at FROM datasets"
+                        " ORDER BY queue, idx"))
+        return 1;
+    printf("\n== dead letters not replayed\n");
+    return print_query(pg, "SELECT stage, destination_id, count(*) AS dead_letters"
+                           " FROM dead_letters WHERE replayed_at IS NULL"
+                           " GROUP BY 1, 2 ORDER BY 1, 2");
 }
 
 int main(int argc, char **argv)
@@ -117,21 +184,7 @@ int main(int argc, char **argv)
             log_info("migrated", "schema=%s applied=%d version=%d", cfg.db.schema, n, v);
         }
     } else if (strcmp(cmd, "status") == 0) {
-        rc =
-            print_query(pg, "SELECT stage, queue, sum(pending) AS pending FROM ("
-                            "SELECT c.stage, c.queue, (SELECT count(*) FROM gw_jobs j"
-                            " WHERE c.queue = 'gw' AND j.partition = c.partition"
-                            " AND j.job_id > c.last_job_id) + (SELECT count(*) FROM rt_jobs j"
-                            " WHERE c.queue = 'rt' AND j.partition = c.partition"
-                            " AND j.job_id > c.last_job_id) + (SELECT count(*) FROM batch_rt_jobs j"
-                            " WHERE c.queue = 'batch_rt' AND j.partition = c.partition"
-                            " AND j.job_id > c.last_job_id) AS pending FROM cursors c) x"
-                            " GROUP BY stage, queue ORDER BY stage") ||
-            print_query(pg, "SELECT queue, idx, table_name, created_at FROM datasets"
-                            " ORDER BY queue, idx") ||
-            print_query(pg, "SELECT stage, destination_id, count(*) AS dead_letters"
-                            " FROM dead_letters WHERE replayed_at IS NULL"
-                            " GROUP BY 1, 2 ORDER BY 1, 2");
+        rc = status(pg);
     } else if (strcmp(cmd, "dead-letters") == 0) {
         rc = print_query(pg,
                          "SELECT id, stage, destination_id, user_id, status_code, reason,"

@@ -1,159 +1,98 @@
 /* pintle processor: gw queue -> transformer -> rt / batch_rt queues.
  *
- * main() loads the config and wires: workspace watcher, one db connection
- * (it holds the stage lock, so all of the stage's SQL runs on it, in order),
- * the libcurl-multi client for the transformer, hint subscriber (gw) and
- * publishers (rt, batch_rt), /health and /metrics, and the pipeline.
- * Everything runs on one libevent loop; nothing blocks it. SIGTERM/SIGINT:
- * abandon a batch being transformed (its requests are cancelled; uncommitted
- * work is simply read again) or let a database step finish, never past
- * processor.shutdown_timeout_ms; release the lock by closing the session,
- * exit 0. A second signal exits at once. */
-#include <event2/event.h>
-#include <signal.h>
+ * The service skeleton (common/stage.c) owns the loop, the stage's db
+ * connection, leases, gw hints, /health and /metrics and signals; this file
+ * adds what is the processor's: the workspace watcher, the libcurl-multi
+ * client for the transformer, the rt and batch_rt hint publishers and the
+ * pipeline. SIGTERM/SIGINT: abandon a batch being transformed (its requests
+ * are cancelled; uncommitted work is simply read again) or let a database
+ * step finish, never past processor.shutdown_timeout_ms; then the leases
+ * are freed and the process exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "common/admin.h"
-#include "common/cfg.h"
-#include "common/db.h"
 #include "common/hint.h"
 #include "common/httpc.h"
-#include "common/log.h"
-#include "common/loop.h"
-#include "common/metrics.h"
-#include "common/svc.h"
+#include "common/stage.h"
 #include "common/wsconfig.h"
+#include "common/xalloc.h"
 #include "processor/pipeline.h"
 
-typedef struct App {
-    Config cfg;
-    struct event_base *base;
-    DbPool *pool;
+typedef struct Processor {
     Httpc *http;
     HintPub *rt_hints, *batch_hints;
-    HintSub *gw_hints;
     WsWatcher *ws;
-    Metrics *metrics;
-    Admin *admin;
     Pipeline *pipeline;
-    struct event *sig_term, *sig_int;
-    SvcFatal fatal;
-    bool stopping;
-} App;
+} Processor;
 
-static void on_stopped(void *arg)
+static void settings(const Config *cfg, StageSettings *out)
 {
-    App *app = arg;
-    event_base_loopexit(app->base, NULL);
+    *out = (StageSettings){cfg->processor.listen_address, cfg->processor.admin_port,
+                           cfg->processor.shutdown_timeout_ms, cfg->hints.gw};
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+static void destroy(void *work)
 {
-    App *app = arg;
-    if (app->stopping) {
-        event_base_loopbreak(app->base);
-        return;
+    Processor *p = work;
+    pipeline_destroy(p->pipeline);
+    httpc_destroy(p->http);
+    hint_pub_close(p->rt_hints);
+    hint_pub_close(p->batch_hints);
+    ws_watcher_destroy(p->ws);
+    free(p);
+}
+
+static void *create(const StageEnv *env, Err *err)
+{
+    Processor *p = xcalloc(1, sizeof *p);
+    const Config *cfg = env->cfg;
+    p->ws = ws_watcher_create(env->base, &cfg->workspace, NULL, NULL, err);
+    if (p->ws == NULL)
+        goto fail;
+    if (cfg->hints.enabled) {
+        p->rt_hints = hint_pub_open(cfg->hints.rt, err);
+        if (p->rt_hints == NULL)
+            goto fail;
+        p->batch_hints = hint_pub_open(cfg->hints.batch_rt, err);
+        if (p->batch_hints == NULL)
+            goto fail;
     }
-    app->stopping = true;
-    log_info("draining", "signal=%d", (int)sig);
-    pipeline_stop(app->pipeline, on_stopped, app);
+    p->http = httpc_create(env->base, cfg->processor.max_inflight);
+    p->pipeline = pipeline_create(env->base, cfg, env->pool, p->http, p->rt_hints, p->batch_hints,
+                                  p->ws, env->metrics);
+    return p;
+fail:
+    destroy(p);
+    return NULL;
 }
 
-static void on_hint(void *arg, const char *topic)
+static void kick(void *work)
 {
-    App *app = arg;
-    pipeline_kick(app->pipeline);
+    Processor *p = work;
+    pipeline_kick(p->pipeline);
 }
 
-static bool ready(void *arg, char *detail, size_t size)
+static void leases_changed(void *work)
 {
-    App *app = arg;
-    return pipeline_ready(app->pipeline, detail, size);
+    Processor *p = work;
+    pipeline_kick(p->pipeline);
 }
 
-static int fail(const char *what, const Err *err)
+static void stop(void *work, int deadline_ms, void (*done)(void *), void *arg)
 {
-    char q[1100];
-    log_error("startup_failed", "step=%s error=%s", what, log_quote(q, sizeof q, err->msg));
-    return 1;
+    Processor *p = work; /* pipeline_stop keeps processor.shutdown_timeout_ms itself */
+    pipeline_stop(p->pipeline, done, arg);
 }
 
-static int run(App *app)
+static bool ready(void *work, char *detail, size_t size)
 {
-    Err err;
-    app->base = loop_create();
-    app->metrics = metrics_create();
-    app->ws = ws_watcher_create(app->base, &app->cfg.workspace, NULL, NULL, &err);
-    if (app->ws == NULL)
-        return fail("workspace", &err);
-    if (app->cfg.hints.enabled) {
-        app->rt_hints = hint_pub_open(app->cfg.hints.rt, &err);
-        if (app->rt_hints == NULL)
-            return fail("hints", &err);
-        app->batch_hints = hint_pub_open(app->cfg.hints.batch_rt, &err);
-        if (app->batch_hints == NULL)
-            return fail("hints", &err);
-    }
-    app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-processor", 1);
-    app->fatal.base = app->base;
-    db_pool_expect_partitions(app->pool, app->cfg.queue.partitions, svc_on_db_fatal, &app->fatal);
-    app->http = httpc_create(app->base, app->cfg.processor.max_inflight);
-    app->pipeline = pipeline_create(app->base, &app->cfg, app->pool, app->http, app->rt_hints,
-                                    app->batch_hints, app->ws, app->metrics);
-    if (app->cfg.hints.enabled) {
-        app->gw_hints = hint_sub_open(app->base, app->cfg.hints.gw, on_hint, app, &err);
-        if (app->gw_hints == NULL) {
-            char q[1100];
-            /* a second processor on the host cannot bind: it polls instead */
-            log_warn("hints_unavailable", "endpoint=%s error=%s", app->cfg.hints.gw,
-                     log_quote(q, sizeof q, err.msg));
-        }
-    }
-    app->admin = admin_open(app->base, app->cfg.processor.listen_address,
-                            app->cfg.processor.admin_port, app->metrics, ready, app, &err);
-    if (app->admin == NULL)
-        return fail("admin", &err);
-    app->sig_term = evsignal_new(app->base, SIGTERM, on_signal, app);
-    app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
-    event_add(app->sig_term, NULL);
-    event_add(app->sig_int, NULL);
-    log_info("ready", "transformer=%s admin_port=%d", app->cfg.processor.transformer_url,
-             app->cfg.processor.admin_port);
-    event_base_dispatch(app->base);
-    return app->fatal.code;
-}
-
-static void teardown(App *app)
-{
-    pipeline_destroy(app->pipeline);
-    admin_close(app->admin);
-    hint_sub_close(app->gw_hints);
-    httpc_destroy(app->http);
-    db_pool_destroy(app->pool);
-    hint_pub_close(app->rt_hints);
-    hint_pub_close(app->batch_hints);
-    ws_watcher_destroy(app->ws);
-    metrics_destroy(app->metrics);
-    if (app->sig_term)
-        event_free(app->sig_term);
-    if (app->sig_int)
-        event_free(app->sig_int);
-    if (app->base)
-        event_base_free(app->base);
+    Processor *p = work;
+    return pipeline_ready(p->pipeline, detail, size);
 }
 
 int main(int argc, char **argv)
 {
-    App app;
-    memset(&app, 0, sizeof app);
-    int rc = svc_start(argc, argv, "processor", &app.cfg);
-    if (rc < 0) {
-        rc = run(&app);
-        teardown(&app);
-        log_info("stopped", "code=%d", rc);
-    }
-    cfg_deinit(&app.cfg);
-    return rc;
+    static const StageOps ops = {"processor",    settings, create, destroy, kick,
+                                 leases_changed, stop,     ready,  NULL};
+    return stage_main(argc, argv, &ops);
 }

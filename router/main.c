@@ -1,155 +1,77 @@
 /* pintle router: delivers rt jobs to HTTP destinations.
  *
- * main() loads the config and wires: one db connection (it holds the stage
- * lock; all of the router's SQL runs on it, in order), the libcurl-multi
- * client (keep-alive connections, bounded per host), the rt hint
- * subscriber, /health and /metrics, and the engine. One libevent loop;
- * nothing blocks it. SIGTERM/SIGINT: stop starting deliveries, wait for the
+ * The service skeleton (common/stage.c) owns the loop, the stage's db
+ * connection, leases, rt hints, /health and /metrics and signals; this file
+ * adds the libcurl-multi client (keep-alive connections, bounded per host)
+ * and the engine. SIGTERM/SIGINT: stop starting deliveries, wait for the
  * ones in flight (cancelled shortly before router.shutdown_timeout_ms, not
- * delivered as far as the database knows), flush their outcomes, exit 0. */
-#include <event2/event.h>
-#include <signal.h>
+ * delivered as far as the database knows), flush their outcomes, free the
+ * leases, exit 0. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "common/admin.h"
-#include "common/cfg.h"
-#include "common/db.h"
-#include "common/hint.h"
 #include "common/httpc.h"
-#include "common/log.h"
-#include "common/loop.h"
-#include "common/metrics.h"
-#include "common/svc.h"
+#include "common/stage.h"
+#include "common/xalloc.h"
 #include "router/engine.h"
 
-typedef struct App {
-    Config cfg;
-    struct event_base *base;
-    DbPool *pool;
+typedef struct Router {
     Httpc *http;
-    HintSub *rt_hints;
-    Metrics *metrics;
-    Admin *admin;
     Engine *engine;
-    struct event *sig_term, *sig_int, *deadline;
-    SvcFatal fatal;
-    bool stopping;
-} App;
+} Router;
 
-static void on_stopped(void *arg)
+static void settings(const Config *cfg, StageSettings *out)
 {
-    App *app = arg;
-    event_base_loopexit(app->base, NULL);
+    *out = (StageSettings){cfg->router.listen_address, cfg->router.admin_port,
+                           cfg->router.shutdown_timeout_ms, cfg->hints.rt};
 }
 
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
+static void *create(const StageEnv *env, Err *err)
 {
-    App *app = arg;
-    log_warn("shutdown_timeout", "action=exit");
-    event_base_loopexit(app->base, NULL);
+    Router *r = xcalloc(1, sizeof *r);
+    r->http = httpc_create(env->base, env->cfg->router.max_concurrency_per_destination);
+    r->engine = engine_create(env->base, env->cfg, env->pool, r->http, env->metrics);
+    return r;
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+static void destroy(void *work)
 {
-    App *app = arg;
-    if (app->stopping) {
-        event_base_loopbreak(app->base);
-        return;
-    }
-    app->stopping = true;
-    int ms = app->cfg.router.shutdown_timeout_ms;
-    log_info("draining", "signal=%d shutdown_timeout_ms=%d", (int)sig, ms);
-    /* Deliveries in flight may finish until shortly before the deadline;
-     * then they are cancelled and what is durable is flushed, in the time
-     * left. The hard deadline covers a database that does not answer. */
-    int flush_ms = ms / 4 < 1000 ? ms / 4 : 1000;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    app->deadline = evtimer_new(app->base, on_deadline, app);
-    evtimer_add(app->deadline, &tv);
-    engine_stop(app->engine, ms - flush_ms, on_stopped, app);
+    Router *r = work;
+    engine_destroy(r->engine);
+    httpc_destroy(r->http);
+    free(r);
 }
 
-static void on_hint(void *arg, const char *topic)
+static void kick(void *work)
 {
-    App *app = arg;
-    engine_kick(app->engine);
+    Router *r = work;
+    engine_kick(r->engine);
 }
 
-static bool ready(void *arg, char *detail, size_t size)
+static void leases_changed(void *work)
 {
-    App *app = arg;
-    return engine_ready(app->engine, detail, size);
+    Router *r = work;
+    engine_kick(r->engine);
 }
 
-static int fail(const char *what, const Err *err)
+/* Deliveries in flight may finish until shortly before the deadline; then
+ * they are cancelled and what is durable is flushed, in the time left. */
+static void stop(void *work, int deadline_ms, void (*done)(void *), void *arg)
 {
-    char q[1100];
-    log_error("startup_failed", "step=%s error=%s", what, log_quote(q, sizeof q, err->msg));
-    return 1;
+    Router *r = work;
+    int flush_ms = deadline_ms / 4 < 1000 ? deadline_ms / 4 : 1000;
+    engine_stop(r->engine, deadline_ms - flush_ms, done, arg);
 }
 
-static int run(App *app)
+static bool ready(void *work, char *detail, size_t size)
 {
-    Err err;
-    app->base = loop_create();
-    app->metrics = metrics_create();
-    app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-router", 1);
-    app->fatal.base = app->base;
-    db_pool_expect_partitions(app->pool, app->cfg.queue.partitions, svc_on_db_fatal, &app->fatal);
-    app->http = httpc_create(app->base, app->cfg.router.max_concurrency_per_destination);
-    app->engine = engine_create(app->base, &app->cfg, app->pool, app->http, app->metrics);
-    if (app->cfg.hints.enabled) {
-        app->rt_hints = hint_sub_open(app->base, app->cfg.hints.rt, on_hint, app, &err);
-        if (app->rt_hints == NULL) {
-            char q[1100];
-            log_warn("hints_unavailable", "endpoint=%s error=%s", app->cfg.hints.rt,
-                     log_quote(q, sizeof q, err.msg));
-        }
-    }
-    app->admin = admin_open(app->base, app->cfg.router.listen_address, app->cfg.router.admin_port,
-                            app->metrics, ready, app, &err);
-    if (app->admin == NULL)
-        return fail("admin", &err);
-    app->sig_term = evsignal_new(app->base, SIGTERM, on_signal, app);
-    app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
-    event_add(app->sig_term, NULL);
-    event_add(app->sig_int, NULL);
-    log_info("ready", "admin_port=%d max_concurrency_per_destination=%d",
-             app->cfg.router.admin_port, app->cfg.router.max_concurrency_per_destination);
-    event_base_dispatch(app->base);
-    return app->fatal.code;
-}
-
-static void teardown(App *app)
-{
-    engine_destroy(app->engine);
-    admin_close(app->admin);
-    hint_sub_close(app->rt_hints);
-    httpc_destroy(app->http);
-    db_pool_destroy(app->pool);
-    metrics_destroy(app->metrics);
-    if (app->sig_term)
-        event_free(app->sig_term);
-    if (app->sig_int)
-        event_free(app->sig_int);
-    if (app->deadline)
-        event_free(app->deadline);
-    if (app->base)
-        event_base_free(app->base);
+    Router *r = work;
+    return engine_ready(r->engine, detail, size);
 }
 
 int main(int argc, char **argv)
 {
-    App app;
-    memset(&app, 0, sizeof app);
-    int rc = svc_start(argc, argv, "router", &app.cfg);
-    if (rc < 0) {
-        rc = run(&app);
-        teardown(&app);
-        log_info("stopped", "code=%d", rc);
-    }
-    cfg_deinit(&app.cfg);
-    return rc;
+    static const StageOps ops = {"router",       settings, create, destroy, kick,
+                                 leases_changed, stop,     ready,  NULL};
+    return stage_main(argc, argv, &ops);
 }

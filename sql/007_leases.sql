@@ -34,6 +34,11 @@ CREATE TABLE leases (
     acquired_at timestamptz,
     PRIMARY KEY (stage, partition)
 );
+-- epoch is a key column (this unique index), so a takeover, which changes
+-- it, conflicts with the FOR KEY SHARE lock of lease_fence, while a renewal
+-- (expires_at only) does not: an owner's consuming transactions never hold
+-- up its own heartbeat.
+CREATE UNIQUE INDEX leases_epoch ON leases (stage, partition, epoch);
 INSERT INTO leases (stage, partition)
 SELECT s, p
 FROM (VALUES ('processor'), ('router'), ('batchrouter')) AS v(s),
@@ -67,6 +72,8 @@ DECLARE
     n_released int := 0;
     n_taken int := 0;
 BEGIN
+    -- a tick never waits long behind another: it fails and runs again
+    PERFORM set_config('lock_timeout', (p_ttl_ms / 4)::text, true);
     INSERT INTO instances AS i (stage, instance_id, host, pid, admin_address, hint_endpoint,
                                 expires_at)
     VALUES (p_stage, p_owner, coalesce(p_info->>'host', ''), coalesce((p_info->>'pid')::int, 0),
@@ -138,10 +145,11 @@ $$;
 
 -- The fence of a consuming transaction: raises SQLSTATE PL409 unless
 -- p_owner still holds each partition p_parts[i] with epoch p_epochs[i].
--- The lease rows stay share-locked until the transaction ends, so no
--- takeover can commit in between: either this transaction commits first
--- and the next owner reads what it wrote, or the takeover came first and
--- this transaction fails here.
+-- The lease rows stay key-share-locked until the transaction ends, so no
+-- takeover (which changes epoch) can commit in between: either this
+-- transaction commits first and the next owner reads what it wrote, or the
+-- takeover came first and this transaction fails here. Renewals and a
+-- release by the owner itself do not wait for it.
 CREATE FUNCTION lease_fence(p_stage text, p_owner text, p_parts int[], p_epochs bigint[])
 RETURNS void
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
@@ -154,7 +162,7 @@ BEGIN
           ON l.partition = f.partition AND l.epoch = f.epoch
         WHERE l.stage = p_stage AND l.owner = p_owner
         ORDER BY l.partition
-        FOR SHARE OF l) held;
+        FOR KEY SHARE OF l) held;
     IF ok <> cardinality(p_parts) THEN
         RAISE EXCEPTION 'lease lost: % % no longer holds all of partitions % at epochs %',
             p_stage, p_owner, p_parts, p_epochs

@@ -1,0 +1,179 @@
+/* The skeleton of a consuming service (see stage.h). */
+#include "common/stage.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/admin.h"
+#include "common/hint.h"
+#include "common/log.h"
+#include "common/loop.h"
+#include "common/svc.h"
+
+/* Time a graceful stop leaves for freeing the leases after the stage stopped. */
+#define LEAVE_MS 1000
+
+typedef struct Stage {
+    const StageOps *ops;
+    Config cfg;
+    StageSettings set;
+    StageEnv env;
+    struct event_base *base;
+    DbPool *pool;
+    Metrics *metrics;
+    Lease *lease;
+    HintSub *hints;
+    Admin *admin;
+    void *work;
+    struct event *sig_term, *sig_int, *deadline;
+    SvcFatal fatal;
+    bool stopping;
+} Stage;
+
+static void on_left(void *arg)
+{
+    Stage *s = arg;
+    event_base_loopexit(s->base, NULL);
+}
+
+static void on_stopped(void *arg)
+{
+    Stage *s = arg;
+    lease_leave(s->lease, on_left, s);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    Stage *s = arg;
+    log_warn("shutdown_timeout", "action=exit shutdown_timeout_ms=%d", s->set.shutdown_timeout_ms);
+    event_base_loopexit(s->base, NULL);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    Stage *s = arg;
+    if (s->stopping) {
+        event_base_loopbreak(s->base);
+        return;
+    }
+    s->stopping = true;
+    int ms = s->set.shutdown_timeout_ms;
+    log_info("draining", "signal=%d shutdown_timeout_ms=%d", (int)sig, ms);
+    int hard = ms + LEAVE_MS;
+    struct timeval tv = {hard / 1000, (hard % 1000) * 1000};
+    s->deadline = evtimer_new(s->base, on_deadline, s);
+    evtimer_add(s->deadline, &tv);
+    s->ops->stop(s->work, ms, on_stopped, s);
+}
+
+static void on_hint(void *arg, const char *topic)
+{
+    Stage *s = arg;
+    if (s->work)
+        s->ops->kick(s->work);
+}
+
+static void on_leases(void *arg)
+{
+    Stage *s = arg;
+    if (s->work)
+        s->ops->leases_changed(s->work);
+}
+
+static bool ready(void *arg, char *detail, size_t size)
+{
+    Stage *s = arg;
+    return s->ops->ready(s->work, detail, size);
+}
+
+static int fail(const char *what, const Err *err)
+{
+    char q[1100];
+    log_error("startup_failed", "step=%s error=%s", what, log_quote(q, sizeof q, err->msg));
+    return 1;
+}
+
+static int run(Stage *s)
+{
+    Err err;
+    s->base = loop_create();
+    s->metrics = metrics_create();
+    char app[64];
+    snprintf(app, sizeof app, "pintle-%s", s->ops->name);
+    s->pool = db_pool_create(s->base, &s->cfg.db, app, 1);
+    s->fatal.base = s->base;
+    db_pool_expect_partitions(s->pool, s->cfg.queue.partitions, svc_on_db_fatal, &s->fatal);
+    const char *bound = "";
+    if (s->cfg.hints.enabled && s->set.hint_endpoint && s->set.hint_endpoint[0]) {
+        s->hints = hint_sub_open(s->base, s->set.hint_endpoint, on_hint, s, &err);
+        if (s->hints == NULL) {
+            char q[1100];
+            log_warn("hints_unavailable", "endpoint=%s error=%s action=poll", s->set.hint_endpoint,
+                     log_quote(q, sizeof q, err.msg));
+        } else {
+            bound = s->set.hint_endpoint;
+        }
+    }
+    char admin_address[300];
+    snprintf(admin_address, sizeof admin_address, "%s:%d", s->set.listen_address,
+             s->set.admin_port);
+    LeaseInfo info = {admin_address, bound};
+    s->lease = lease_create(s->base, &s->cfg, s->ops->name, &info, s->metrics, on_leases, s);
+    s->env = (StageEnv){s->base, &s->cfg, s->pool, s->metrics, s->lease};
+    s->work = s->ops->create(&s->env, &err);
+    if (s->work == NULL)
+        return fail(s->ops->name, &err);
+    s->admin =
+        admin_open(s->base, s->set.listen_address, s->set.admin_port, s->metrics, ready, s, &err);
+    if (s->admin == NULL)
+        return fail("admin", &err);
+    s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
+    s->sig_int = evsignal_new(s->base, SIGINT, on_signal, s);
+    event_add(s->sig_term, NULL);
+    event_add(s->sig_int, NULL);
+    char extra[512] = "";
+    if (s->ops->describe)
+        s->ops->describe(s->work, extra, sizeof extra);
+    log_info("ready", "admin_port=%d instance=%s%s%s", s->set.admin_port, lease_owner(s->lease),
+             extra[0] ? " " : "", extra);
+    event_base_dispatch(s->base);
+    return s->fatal.code;
+}
+
+static void teardown(Stage *s)
+{
+    if (s->work)
+        s->ops->destroy(s->work);
+    admin_close(s->admin);
+    hint_sub_close(s->hints);
+    lease_destroy(s->lease);
+    db_pool_destroy(s->pool);
+    metrics_destroy(s->metrics);
+    if (s->sig_term)
+        event_free(s->sig_term);
+    if (s->sig_int)
+        event_free(s->sig_int);
+    if (s->deadline)
+        event_free(s->deadline);
+    if (s->base)
+        event_base_free(s->base);
+}
+
+int stage_main(int argc, char **argv, const StageOps *ops)
+{
+    Stage s;
+    memset(&s, 0, sizeof s);
+    s.ops = ops;
+    int rc = svc_start(argc, argv, ops->name, &s.cfg);
+    if (rc < 0) {
+        ops->settings(&s.cfg, &s.set);
+        rc = run(&s);
+        teardown(&s);
+        log_info("stopped", "code=%d", rc);
+    }
+    cfg_deinit(&s.cfg);
+    return rc;
+}
