@@ -1,9 +1,12 @@
 /* Claims of rt jobs (see claim.h).
  *
- * One claim reads up to claim_batch / P + 8 jobs beyond each partition's
- * read cursor (store.c's claim: one index range per partition, in job
- * order), so a partition far behind never crowds out the others within a
- * claim, and a partition that filled its page is claimed again at once. */
+ * One claim reads up to claim_batch / P + 8 jobs beyond the read cursor of
+ * each partition the order state has open and not paused (store.c's claim:
+ * one index range per partition, in job order), so a partition far behind
+ * never crowds out the others within a claim, and a partition that filled
+ * its page is claimed again at once. The page size does not depend on how
+ * many partitions this instance leases, so a claim costs the same per
+ * partition whatever the number of routers. */
 #include "router/claim.h"
 
 #include <stdlib.h>
@@ -16,9 +19,10 @@ struct Claim {
     Order *order;
     bool want;
     Buf sql;
+    int *parts;
     int64_t *cursors;
     int *got;
-    int cap;
+    int nparts;
 };
 
 Claim *claim_create(const RouterConfig *rc, Order *o)
@@ -28,6 +32,10 @@ Claim *claim_create(const RouterConfig *rc, Order *o)
     c->order = o;
     c->want = true;
     buf_init(&c->sql);
+    c->nparts = order_partitions(o);
+    c->parts = xmalloc(sizeof(*c->parts) * (size_t)c->nparts);
+    c->cursors = xmalloc(sizeof(*c->cursors) * (size_t)c->nparts);
+    c->got = xmalloc(sizeof(*c->got) * (size_t)c->nparts);
     return c;
 }
 
@@ -36,6 +44,7 @@ void claim_destroy(Claim *c)
     if (c == NULL)
         return;
     buf_deinit(&c->sql);
+    free(c->parts);
     free(c->cursors);
     free(c->got);
     free(c);
@@ -51,51 +60,40 @@ bool claim_wanted(const Claim *c)
     return c->want && order_jobs(c->order) < c->rc->max_pending_jobs;
 }
 
-static int per_partition(const Claim *c, int nparts)
+static int per_partition(const Claim *c)
 {
-    return c->rc->claim_batch / nparts + 8;
+    return c->rc->claim_batch / c->nparts + 8;
 }
 
-/* Room for one value per partition in the scratch arrays. */
-static void reserve(Claim *c, int nparts)
+bool claim_format(Claim *c, StoreStmt *st)
 {
-    if (c->cap >= nparts)
-        return;
-    c->cap = nparts;
-    c->cursors = xrealloc(c->cursors, sizeof(*c->cursors) * (size_t)nparts);
-    c->got = xrealloc(c->got, sizeof(*c->got) * (size_t)nparts);
-}
-
-void claim_format(Claim *c, StoreStmt *st)
-{
-    int n = order_partitions(c->order);
-    reserve(c, n);
-    order_read_cursors(c->order, c->cursors);
-    buf_reset(&c->sql);
-    store_format_claim(&c->sql, c->cursors, n, per_partition(c, n));
     c->want = false;
+    int n = order_claim_cursors(c->order, c->parts, c->cursors);
+    if (n == 0)
+        return false; /* no partition to claim from */
+    buf_reset(&c->sql);
+    store_format_claim(&c->sql, c->parts, c->cursors, n, per_partition(c));
     *st = (StoreStmt){.step = "claim", .sql = c->sql.data, .nparams = -1};
+    return true;
 }
 
 void claim_push(Claim *c, const PGresult *res, int64_t now)
 {
-    int nparts = order_partitions(c->order);
-    reserve(c, nparts);
-    int per = per_partition(c, nparts);
-    for (int p = 0; p < nparts; p++)
+    int per = per_partition(c);
+    for (int p = 0; p < c->nparts; p++)
         c->got[p] = 0;
     int n = res ? PQntuples(res) : 0;
     bool full = false;
     for (int i = 0; i < n; i++) {
         OrderRows rows;
         OrderJob *j = store_claimed_job(res, i, &rows);
-        if (j->partition < 0 || j->partition >= nparts) {
-            order_job_free(j);
+        int p = j->partition;
+        /* rows of a partition paused or dropped meanwhile are left for
+         * later or for its next owner (its cursor does not move) */
+        if (!order_push_claimed(c->order, j, rows, now))
             continue;
-        }
-        if (++c->got[j->partition] >= per)
+        if (++c->got[p] >= per)
             full = true;
-        order_push_claimed(c->order, j, rows, now);
     }
-    c->want = full;
+    c->want = c->want || full;
 }

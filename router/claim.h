@@ -25,12 +25,15 @@ void claim_destroy(Claim *c);
 void claim_want(Claim *c);
 /* A claim is wanted and memory has room for more jobs. */
 bool claim_wanted(const Claim *c);
-/* Formats the claim over the order state's read cursors into st (valid
- * until the next claim_format); the claim is no longer wanted until
- * claim_want or a full page in claim_push. */
-void claim_format(Claim *c, StoreStmt *st);
-/* The rows of the claim: every job goes to the order state in job order.
- * A partition that filled its page wants another claim at once. */
+/* Formats the claim over the read cursors of the partitions open and not
+ * paused into st (valid until the next claim_format); false when there is
+ * none. The claim is no longer wanted until claim_want or a full page in
+ * claim_push. */
+bool claim_format(Claim *c, StoreStmt *st);
+/* The rows of the claim: every job goes to the order state in job order
+ * (except those of partitions no longer open, or paused). A partition that
+ * filled its page wants another claim at once, and so does a claim_want
+ * that came while this one ran. */
 void claim_push(Claim *c, const PGresult *res, int64_t now_ms);
 
 #endif

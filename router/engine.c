@@ -1,14 +1,17 @@
 /* Router engine (see engine.h): schedules the router's database work on
- * its one connection and its deliveries.
+ * its one connection and its deliveries, on the partitions it leases.
  *
- * A term starts when the stage lock is taken and the cursors are read
- * (term.c). Then, one operation at a time on the one connection, in this
- * order of need:
- *  - flush (flush.c): outcomes, parked rows and cursor moves, in batches of
- *    at least router.flush_interval_ms, sooner when a load waits for it;
+ * The partitions (parts.c) follow the lease: a partition gained has its
+ * cursor loaded first (nothing else of rt_retries is read then). Then, one
+ * operation at a time on the one connection, in this order of need:
+ *  - flush (flush.c): outcomes, parked rows and cursor moves, fenced by the
+ *    leases they belong to, in batches of at least router.flush_interval_ms,
+ *    sooner when a load waits for it or a partition is being given back;
+ *  - cursors of partitions gained (parts.c);
  *  - reload (reload.c): the next page of parked rows of users whose head is
- *    done, and the due scan of heads whose retry time came. Both run only
- *    when nothing is left to flush, so what they read is complete;
+ *    done, and the due scan of heads whose retry time came, of the leased
+ *    partitions. Both run only when nothing is left to flush, so what they
+ *    read is complete;
  *  - claim (claim.c): rt jobs beyond the cursors, while fewer than
  *    router.max_pending_jobs are in memory; reloads and claims take turns
  *    so a destination catching up never holds back the others;
@@ -17,9 +20,18 @@
  * are sender.c's. Every tick parks the users of jobs that kept a cursor
  * waiting too long (router.spill_after_ms).
  *
- * Any database error drops all in-memory state (after deliveries in flight
- * return, their answers unrecorded) and the engine starts over from the
- * database with a new term, after a backoff. */
+ * Leases: engine_leases_changed (after a lease tick) drops the state of
+ * partitions lost at once, pauses those given back (handed back once idle)
+ * and loads those gained; every pump first checks that the lease's clock
+ * has not run out, so no delivery starts on a partition another instance
+ * may own. A flush refused by the fence (lease_fenced) drops the state of
+ * the partitions it wrote to; their next owner delivers that work again (at
+ * least once). Limits (router.max_concurrency_per_destination, memory
+ * budgets) are this instance's, whatever the number of instances.
+ *
+ * Any other database error drops all in-memory state (after deliveries in
+ * flight return, their answers unrecorded) and the engine starts over from
+ * the database after a backoff: the cursors of the partitions it leases. */
 #include "router/engine.h"
 
 #include <event2/event.h>
@@ -32,22 +44,22 @@
 #include "router/claim.h"
 #include "router/flush.h"
 #include "router/order.h"
+#include "router/parts.h"
 #include "router/reload.h"
 #include "router/sender.h"
 #include "router/store.h"
-#include "router/term.h"
 
 #define TICK_MS           50
 #define SPILL_EVERY_TICKS 5
 
 typedef enum State {
-    ST_DOWN,  /* no term: the next one starts after next_db_try */
-    ST_TERM,  /* a term is starting or started (term.c has the step) */
-    ST_RESET, /* a database error ended the term: state goes once deliveries return */
+    ST_UP,    /* working on the leased partitions */
+    ST_RESET, /* a database error: state goes once deliveries return */
+    ST_DOWN,  /* state dropped: starts over after next_db_try */
 } State;
 
 /* The operation running on the connection. */
-typedef enum Op { OP_NONE, OP_TERM, OP_CLAIM, OP_RELOAD, OP_FLUSH, OP_MAINTAIN } Op;
+typedef enum Op { OP_NONE, OP_CURSORS, OP_CLAIM, OP_RELOAD, OP_FLUSH, OP_MAINTAIN } Op;
 
 struct Engine {
     struct event_base *base;
@@ -57,7 +69,8 @@ struct Engine {
     Metrics *m;
     Order *order;
     Sender *sender;
-    Term *term;
+    Lease *lease;
+    Parts *parts;
     Claim *claim;
     Reload *reload;
     Flusher *flusher;
@@ -74,7 +87,7 @@ struct Engine {
     int backoff_ms;
     struct timeval next_db_try, maintained_at;
     bool claim_turn; /* claims go before reloads next time */
-    MetricSeries *m_pending, *m_inflight, *m_active, *m_users;
+    MetricSeries *m_pending, *m_inflight, *m_partitions, *m_users, *m_fenced;
     MetricSeries *m_parked, *m_spilled_budget, *m_spilled_cursor;
 };
 
@@ -102,18 +115,16 @@ static void retry_after(Engine *e, int ms)
     e->next_db_try.tv_usec %= 1000000;
 }
 
-/* The term ends: deliveries in flight are not recorded, the state is
- * dropped once they returned, and a new term starts after a backoff. */
+/* Deliveries in flight are not recorded, the state is dropped once they
+ * returned, and the engine starts over after a backoff. */
 static void db_failed(Engine *e, const char *step, const Err *err)
 {
     char q[1100];
     log_warn("db_error", "step=%s error=%s", step, log_quote(q, sizeof q, err ? err->msg : "?"));
     e->op = OP_NONE;
     e->state = ST_RESET;
-    term_end(e->term);
-    /* answers still coming are not recorded: the next term reads them again */
+    /* answers still coming are not recorded: they are read again */
     sender_discard(e->sender, true);
-    metrics_set(e->m_active, 0);
     e->backoff_ms = e->backoff_ms ? e->backoff_ms * 2 : 200;
     if (e->backoff_ms > 5000)
         e->backoff_ms = 5000;
@@ -132,26 +143,49 @@ static void on_maintained(Engine *e, const PGresult *res, const Err *err)
     }
 }
 
-static void on_term(Engine *e, DbConn *c, const PGresult *res)
+static void count_partitions(Engine *e)
 {
-    bool standby;
-    Err err;
-    if (term_push(e->term, res, db_conn_generation(c), &standby, &err) < 0) {
-        db_failed(e, e->stmt.step, &err);
+    metrics_set(e->m_partitions, parts_open(e->parts));
+}
+
+/* Takes the lease's view of the partitions. */
+static void follow(Engine *e)
+{
+    if (e->state != ST_UP)
+        return; /* starting over follows it then */
+    PartsChange ch = parts_follow(e->parts, e->stopping, now_ms());
+    if (ch.dropped > 0)
+        log_info("partitions_dropped", "reason=lease_lost count=%d open=%d", ch.dropped,
+                 parts_open(e->parts));
+    if (ch.resumed > 0)
+        claim_want(e->claim);
+    count_partitions(e);
+}
+
+static void on_cursors(Engine *e, const PGresult *res)
+{
+    PartsChange ch = parts_push_load(e->parts, res, now_ms());
+    if (ch.opened == 0)
         return;
-    }
-    if (standby) {
-        e->state = ST_DOWN; /* another router is active */
-        retry_after(e, 1000);
-        return;
-    }
-    if (term_step(e->term) != TERM_UP)
-        return;
-    sender_discard(e->sender, false);
+    /* new partitions: claim them, and scan their due rows from the start */
     reload_rewind(e->reload);
     claim_want(e->claim);
-    metrics_set(e->m_active, 1);
-    log_info("leader", "stage=router partitions=%d", order_partitions(e->order));
+    count_partitions(e);
+    log_info("partitions_opened", "count=%d open=%d", ch.opened, parts_open(e->parts));
+}
+
+/* The fence refused the flush: another instance owns one of its
+ * partitions now. Nothing of it was written. */
+static void on_fenced(Engine *e, const Err *err)
+{
+    const int *touched;
+    int n = flusher_touched(e->flusher, &touched);
+    char list[512], q[1100];
+    parts_format_list(list, sizeof list, touched, n);
+    log_warn("lease_fenced", "partitions=%s error=%s", list, log_quote(q, sizeof q, err->msg));
+    metrics_inc(e->m_fenced, 1);
+    parts_fenced(e->parts, touched, n);
+    follow(e);
 }
 
 /* One result handler for every operation: what ran decides who gets it. */
@@ -165,6 +199,11 @@ static void on_done(void *arg, DbConn *c, PGresult *res, const Err *err)
         pump(e);
         return;
     }
+    if (err != NULL && op == OP_FLUSH && lease_is_fenced(err)) {
+        on_fenced(e, err);
+        pump(e);
+        return;
+    }
     if (err != NULL) {
         /* a failed flush's writes, a claim's or load's rows: all go with the state */
         db_failed(e, e->stmt.step, err);
@@ -172,8 +211,8 @@ static void on_done(void *arg, DbConn *c, PGresult *res, const Err *err)
     }
     int64_t now = now_ms();
     switch (op) {
-    case OP_TERM:
-        on_term(e, c, res);
+    case OP_CURSORS:
+        on_cursors(e, res);
         break;
     case OP_CLAIM:
         claim_push(e->claim, res, now);
@@ -187,12 +226,11 @@ static void on_done(void *arg, DbConn *c, PGresult *res, const Err *err)
     default:
         ASSERT(!"unexpected operation");
     }
-    if (e->state == ST_TERM)
-        e->backoff_ms = 0;
+    e->backoff_ms = 0;
     pump(e);
 }
 
-/* Sends e->stmt; on a send failure the term ends. */
+/* Sends e->stmt; a send failure is a database error. */
 static void send_op(Engine *e, DbConn *c, Op op)
 {
     const StoreStmt *st = &e->stmt;
@@ -211,11 +249,13 @@ static void flush(Engine *e, DbConn *c)
     send_op(e, c, OP_FLUSH);
 }
 
-static void claim(Engine *e, DbConn *c)
+static bool claim(Engine *e, DbConn *c)
 {
-    claim_format(e->claim, &e->stmt);
     e->claim_turn = false;
+    if (!claim_format(e->claim, &e->stmt))
+        return false;
     send_op(e, c, OP_CLAIM);
+    return true;
 }
 
 /* Reloads first when it is their turn or claims have nothing to do;
@@ -244,31 +284,23 @@ static void db_step(Engine *e)
         if (sender_inflight(e->sender) > 0)
             return; /* wait for deliveries to come back before dropping state */
         order_reset(e->order);
+        parts_reset(e->parts);
+        reload_rewind(e->reload);
+        count_partitions(e);
         e->state = ST_DOWN;
     }
-    if (e->state == ST_DOWN && e->stopping)
-        return;
-    struct timeval now;
-    gettimeofday(&now, NULL);
-    if (e->state == ST_DOWN && timercmp(&now, &e->next_db_try, <))
-        return;
+    if (e->state == ST_DOWN) {
+        struct timeval now;
+        gettimeofday(&now, NULL);
+        if (e->stopping || timercmp(&now, &e->next_db_try, <))
+            return;
+        e->state = ST_UP;
+        sender_discard(e->sender, false);
+        follow(e);
+    }
     DbConn *c = db_pool_acquire(e->pool);
     if (c == NULL)
         return;
-    if (e->state == ST_DOWN)
-        e->state = ST_TERM;
-    if (term_step(e->term) == TERM_UP && !term_holds(e->term, db_conn_generation(c))) {
-        db_conn_release(c);
-        Err er;
-        err_set(&er, ERR_DB, "database connection was re-established; the stage lock is gone");
-        db_failed(e, "lock", &er);
-        return;
-    }
-    if (term_step(e->term) != TERM_UP) {
-        term_format(e->term, &e->stmt);
-        send_op(e, c, OP_TERM);
-        return;
-    }
     if (e->stopping && !e->spilled_at_stop && sender_inflight(e->sender) == 0) {
         /* deliveries have ended: every claimed job without a row gets one,
          * so the final flush moves the cursors past all that was claimed
@@ -278,7 +310,7 @@ static void db_step(Engine *e)
         if (n > 0)
             log_info("users_spilled_at_stop", "count=%d", n);
     }
-    if (flusher_due(e->flusher, e->stopping)) {
+    if (flusher_due(e->flusher, e->stopping || parts_flush_wanted(e->parts))) {
         flush(e, c);
         return;
     }
@@ -286,18 +318,19 @@ static void db_step(Engine *e)
         db_conn_release(c);
         return;
     }
+    if (parts_load_wanted(e->parts)) {
+        parts_format_load(e->parts, &e->stmt);
+        send_op(e, c, OP_CURSORS);
+        return;
+    }
     int64_t t = now_ms();
     bool can_claim = claim_wanted(e->claim);
-    if (can_claim && e->claim_turn) {
-        claim(e, c);
+    if (can_claim && e->claim_turn && claim(e, c))
         return;
-    }
     if (reload_step(e, c, t))
         return;
-    if (can_claim) {
-        claim(e, c);
+    if (can_claim && claim(e, c))
         return;
-    }
     if (since_ms(&e->maintained_at) >= e->cfg->queue.maintenance_interval_ms) {
         snprintf(e->maintain_sql, sizeof e->maintain_sql, "SELECT maintain_queue('rt', %lld, %d)",
                  (long long)e->cfg->queue.dataset_max_mb << 20, e->cfg->queue.dataset_max_age_s);
@@ -310,13 +343,24 @@ static void db_step(Engine *e)
 
 static bool is_up(const Engine *e)
 {
-    return e->state == ST_TERM && term_step(e->term) == TERM_UP;
+    return e->state == ST_UP;
 }
 
 static void pump(Engine *e)
 {
+    /* after a pause (SIGSTOP, swap) the lease's clock may have run out
+     * before its expiry timer ran: nothing new starts on it then */
+    if (is_up(e) && !parts_fresh(e->parts))
+        follow(e);
     if (is_up(e) && !e->stopping)
         sender_dispatch(e->sender);
+    if (is_up(e)) {
+        int n = parts_hand_back(e->parts, now_ms());
+        if (n > 0) {
+            log_info("partitions_handed_back", "count=%d open=%d", n, parts_open(e->parts));
+            count_partitions(e);
+        }
+    }
     db_step(e);
     if (e->stopping && sender_inflight(e->sender) == 0 && e->op == OP_NONE &&
         (!is_up(e) || !order_flush_needed(e->order)) && e->stopped) {
@@ -391,12 +435,16 @@ static void create_metrics(Engine *e, Metrics *m)
         metrics_series(m, "pintle_router_spilled_users_total",
                        "Users whose jobs were moved from memory to rt_retries, by reason",
                        METRIC_COUNTER, "reason=\"cursor_wait\"");
-    e->m_active = metrics_series(m, "pintle_router_active",
-                                 "1 when this instance holds the router lock", METRIC_GAUGE, "");
+    e->m_partitions =
+        metrics_series(m, "pintle_router_partitions_open",
+                       "Leased partitions whose work this instance holds", METRIC_GAUGE, "");
+    e->m_fenced =
+        metrics_series(m, "pintle_router_fenced_flushes_total",
+                       "Status flushes refused because a lease was lost", METRIC_COUNTER, "");
 }
 
-Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Httpc *http,
-                      Metrics *m)
+Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Lease *lease,
+                      Httpc *http, Metrics *m)
 {
     Engine *e = xcalloc(1, sizeof(*e));
     e->base = base;
@@ -406,12 +454,13 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
     e->m = m;
     OrderLimits lim = {cfg->router.max_pending_jobs, cfg->router.max_concurrency_per_destination,
                        cfg->router.max_pending_jobs_per_destination, cfg->router.spill_after_ms};
-    e->order = order_create(&lim);
+    e->order = order_create(&lim, lease_partitions(lease));
     e->sender = sender_create(cfg, http, m, e->order, after_delivery, e);
-    e->term = term_create(e->order);
+    e->lease = lease;
+    e->parts = parts_create(lease, e->order);
     e->claim = claim_create(&cfg->router, e->order);
     e->reload = reload_create(&cfg->router, e->order);
-    e->flusher = flusher_create(&cfg->router, e->order);
+    e->flusher = flusher_create(&cfg->router, e->order, lease);
     gettimeofday(&e->maintained_at, NULL);
     create_metrics(e, m);
     e->tick = event_new(base, -1, EV_PERSIST, on_tick, e);
@@ -431,7 +480,7 @@ void engine_destroy(Engine *e)
     flusher_destroy(e->flusher);
     reload_destroy(e->reload);
     claim_destroy(e->claim);
-    term_destroy(e->term);
+    parts_destroy(e->parts);
     order_destroy(e->order);
     event_free(e->tick);
     event_free(e->kick_ev);
@@ -444,9 +493,16 @@ void engine_kick(Engine *e)
     event_active(e->kick_ev, 0, 0);
 }
 
+void engine_leases_changed(Engine *e)
+{
+    follow(e);
+    pump(e);
+}
+
 void engine_stop(Engine *e, int cancel_after_ms, void (*done)(void *), void *arg)
 {
     e->stopping = true;
+    follow(e); /* nothing more is opened */
     e->stopped = done;
     e->stopped_arg = arg;
     struct timeval tv = {cancel_after_ms / 1000, (cancel_after_ms % 1000) * 1000};
@@ -457,8 +513,10 @@ void engine_stop(Engine *e, int cancel_after_ms, void (*done)(void *), void *arg
 bool engine_ready(const Engine *e, char *detail, size_t size)
 {
     bool db = db_pool_connected(e->pool) > 0;
-    snprintf(detail, size, "{\"db\":\"%s\",\"active\":%s,\"pending\":%d,\"inflight\":%d}",
-             db ? "UP" : "DOWN", is_up(e) ? "true" : "false", order_jobs(e->order),
+    int n = is_up(e) ? parts_open(e->parts) : 0;
+    snprintf(detail, size,
+             "{\"db\":\"%s\",\"active\":%s,\"partitions\":%d,\"pending\":%d,\"inflight\":%d}",
+             db ? "UP" : "DOWN", n > 0 ? "true" : "false", n, order_jobs(e->order),
              sender_inflight(e->sender));
     return db;
 }

@@ -1,11 +1,13 @@
 /* Rows coming back from rt_retries (see reload.h).
  *
  * The due scan reads at most min(room in memory, 256) heads with
- * next_retry_at <= now() after the scan position, leaving out destinations
- * that hold as much as they may; a full page goes on from its last row at
- * once, a short one starts over after the poll interval. rt_retries is
- * never read whole. A page load reads, for up to 32 users, up to 100 of
- * each user's rows after the last one in memory, in job order. */
+ * next_retry_at <= now() after the scan position, of the partitions open
+ * and not paused, leaving out destinations that hold as much as they may;
+ * a full page goes on from its last row at once, a short one starts over
+ * after the poll interval. rt_retries is never read whole, nor other
+ * instances' partitions. A page load reads, for up to 32 users, up to 100
+ * of each user's rows (of its partition) after the last one in memory, in
+ * job order. */
 #include "router/reload.h"
 
 #include <inttypes.h>
@@ -34,6 +36,8 @@ struct Reload {
     int64_t due_after_id;
     int due_limit;
     char id_text[32], limit_text[16];
+    int *parts; /* scratch: partitions to scan */
+    int64_t *cursors;
     /* the page load in flight */
     OrderUser *load_users[LOAD_USERS];
     int64_t load_after[LOAD_USERS];
@@ -48,6 +52,8 @@ Reload *reload_create(const RouterConfig *rc, Order *o)
     r->rc = rc;
     r->order = o;
     buf_init(&r->params);
+    r->parts = xmalloc(sizeof(int) * (size_t)order_partitions(o));
+    r->cursors = xmalloc(sizeof(int64_t) * (size_t)order_partitions(o));
     reload_rewind(r);
     return r;
 }
@@ -57,6 +63,8 @@ void reload_destroy(Reload *r)
     if (r == NULL)
         return;
     buf_deinit(&r->params);
+    free(r->parts);
+    free(r->cursors);
     free(r->load_jobs);
     free(r);
 }
@@ -91,9 +99,11 @@ static bool format_load(Reload *r, StoreStmt *st)
     if (r->nload == 0)
         return false;
     const char *dests[LOAD_USERS], *users[LOAD_USERS];
+    int parts[LOAD_USERS];
     for (int i = 0; i < r->nload; i++) {
         dests[i] = order_user_dest(r->load_users[i]);
         users[i] = order_user_id(r->load_users[i]);
+        parts[i] = order_user_partition(r->load_users[i]);
     }
     Buf *b = &r->params;
     buf_reset(b);
@@ -104,11 +114,15 @@ static bool format_load(Reload *r, StoreStmt *st)
     size_t off_after = b->len + 1;
     buf_putc(b, '\0');
     store_put_int64_array(b, r->load_after, r->nload);
+    size_t off_parts = b->len + 1;
+    buf_putc(b, '\0');
+    store_put_int_array(b, parts, r->nload);
     snprintf(r->limit_text, sizeof r->limit_text, "%d", LOAD_PAGE);
     *st = (StoreStmt){.step = "load_retries",
                       .sql = STORE_SQL_LOAD,
-                      .nparams = 4,
-                      .params = {b->data, b->data + off_users, b->data + off_after, r->limit_text}};
+                      .nparams = 5,
+                      .params = {b->data, b->data + off_users, b->data + off_after, r->limit_text,
+                                 b->data + off_parts}};
     r->sent = KIND_LOAD;
     return true;
 }
@@ -118,17 +132,25 @@ static bool format_due(Reload *r, StoreStmt *st)
     int room = r->rc->max_pending_jobs - order_jobs(r->order);
     if (room <= 0)
         return false;
+    int nparts = order_claim_cursors(r->order, r->parts, r->cursors);
+    if (nparts == 0)
+        return false;
     r->due_limit = room < DUE_PAGE ? room : DUE_PAGE;
     const char *full[MAX_FULL];
     int nfull = order_full_dests(r->order, full, MAX_FULL);
-    buf_reset(&r->params);
-    store_put_text_array(&r->params, full, nfull);
+    Buf *b = &r->params;
+    buf_reset(b);
+    store_put_text_array(b, full, nfull);
+    size_t off_parts = b->len + 1;
+    buf_putc(b, '\0');
+    store_put_int_array(b, r->parts, nparts);
     snprintf(r->id_text, sizeof r->id_text, "%" PRId64, r->due_after_id);
     snprintf(r->limit_text, sizeof r->limit_text, "%d", r->due_limit);
-    *st = (StoreStmt){.step = "due_scan",
-                      .sql = STORE_SQL_DUE,
-                      .nparams = 4,
-                      .params = {r->due_at_text, r->id_text, r->params.data, r->limit_text}};
+    *st = (StoreStmt){
+        .step = "due_scan",
+        .sql = STORE_SQL_DUE,
+        .nparams = 5,
+        .params = {r->due_at_text, r->id_text, b->data, r->limit_text, b->data + off_parts}};
     order_due_begin(r->order);
     r->sent = KIND_DUE;
     return true;

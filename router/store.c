@@ -6,9 +6,10 @@
  * state machine describes them (order.c writes heads unparked and later
  * jobs parked), deletes the rows of finished jobs, then, for every user
  * that got a parked row or lost a row, makes its smallest remaining row the
- * head (unparked, due now unless it has a retry time). Index use (sql/002, sql/005):
- * (destination_id, user_id, job_id) for the claim's probe, the promotion and the page loads;
- * (next_retry_at, job_id) WHERE NOT parked for the due scan and the claim's emptiness test. */
+ * head (unparked, due now unless it has a retry time). Index use (sql/002, sql/008):
+ * (destination_id, user_id, job_id) for the claim's probe, the promotion and
+ * the page loads; (partition, next_retry_at, job_id) WHERE NOT parked for the
+ * due scan and the claim's emptiness test, per leased partition. */
 #include "router/store.h"
 
 #include <inttypes.h>
@@ -19,7 +20,16 @@
 
 #include "common/jobq.h"
 
-void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partition)
+void store_put_int_array(Buf *b, const int *v, int n)
+{
+    buf_putc(b, '{');
+    for (int i = 0; i < n; i++)
+        buf_printf(b, i ? ",%d" : "%d", v[i]);
+    buf_putc(b, '}');
+}
+
+void store_format_claim(Buf *sql, const int *parts, const int64_t *cursors, int n,
+                        int per_partition)
 {
     /* The CASE skips the per-job probes while no user has rows at all, the
      * usual case: the emptiness test is one probe of the due index. Rows of
@@ -35,11 +45,12 @@ void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partiti
                   " CASE WHEN r.any THEN EXISTS (SELECT 1 FROM rt_retries y"
                   " WHERE y.destination_id = j.destination_id AND y.user_id = j.user_id"
                   " AND y.job_id >= j.job_id) ELSE false END"
-                  " FROM (SELECT EXISTS (SELECT 1 FROM rt_retries WHERE NOT parked) AS any) r,"
-                  " unnest('{");
-    for (int i = 0; i < n; i++)
-        buf_printf(sql, i ? ",%d" : "%d", i);
-    buf_puts(sql, "}'::int[], '");
+                  " FROM (SELECT EXISTS (SELECT 1 FROM rt_retries WHERE NOT parked"
+                  " AND partition = ANY ('");
+    store_put_int_array(sql, parts, n);
+    buf_puts(sql, "'::int[])) AS any) r, unnest('");
+    store_put_int_array(sql, parts, n);
+    buf_puts(sql, "'::int[], '");
     store_put_int64_array(sql, cursors, n);
     buf_printf(sql,
                "'::bigint[]) AS c(p, last) CROSS JOIN LATERAL (SELECT * FROM rt_jobs j"
@@ -66,18 +77,32 @@ OrderJob *store_claimed_job(const PGresult *res, int i, OrderRows *rows)
       " coalesce((extract(epoch FROM " p "next_retry_at) * 1000)::bigint, 0),"                     \
       " coalesce(" p "last_status, 0)"
 
+const char STORE_SQL_CURSORS[] =
+    "SELECT c.partition, c.last_job_id FROM unnest($2::int[], $3::bigint[]) AS k(p, epoch)"
+    " JOIN leases l ON l.stage = 'router' AND l.partition = k.p AND l.epoch = k.epoch"
+    " AND l.owner = $1"
+    " JOIN cursors c ON c.stage = 'router' AND c.partition = k.p";
+
+/* Each partition's range is read in index order and cut at $4; the merge
+ * of those at most P * $4 rows keeps the first $4, so paging by
+ * (next_retry_at, job_id) is the same as over the whole table. */
 const char STORE_SQL_DUE[] =
-    "SELECT " RETRY_COLS("") ", next_retry_at::text FROM rt_retries"
-                             " WHERE NOT parked AND next_retry_at <= now()"
-                             " AND (next_retry_at, job_id) > ($1::timestamptz, $2::bigint)"
-                             " AND destination_id <> ALL ($3::text[])"
-                             " ORDER BY next_retry_at, job_id LIMIT $4";
+    "SELECT " RETRY_COLS("r.") ", r.next_retry_at::text FROM unnest($5::int[]) AS k(p)"
+                               " CROSS JOIN LATERAL (SELECT * FROM rt_retries x"
+                               " WHERE x.partition = k.p AND NOT x.parked"
+                               " AND x.next_retry_at <= now()"
+                               " AND (x.next_retry_at, x.job_id) > ($1::timestamptz, $2::bigint)"
+                               " AND x.destination_id <> ALL ($3::text[])"
+                               " ORDER BY x.next_retry_at, x.job_id LIMIT $4) r"
+                               " ORDER BY r.next_retry_at, r.job_id LIMIT $4";
 
 const char STORE_SQL_LOAD[] = "SELECT " RETRY_COLS(
     "r.") ", k.i"
-          " FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS k(d, u, after, i)"
+          " FROM unnest($1::text[], $2::text[], $3::bigint[], $5::int[])"
+          " WITH ORDINALITY AS k(d, u, after, p, i)"
           " CROSS JOIN LATERAL (SELECT * FROM rt_retries x WHERE x.destination_id = k.d"
-          " AND x.user_id = k.u AND x.job_id > k.after ORDER BY x.job_id LIMIT $4) r"
+          " AND x.user_id = k.u AND x.job_id > k.after AND x.partition = k.p"
+          " ORDER BY x.job_id LIMIT $4) r"
           " ORDER BY k.i, r.job_id";
 
 OrderJob *store_retry_job(const PGresult *res, int i)
@@ -177,7 +202,7 @@ static void put_retry_row(Buf *b, const OrderJob *j)
     buf_putc(b, '\n');
 }
 
-void store_format_flush(StoreFlush *s, const OrderFlush *f)
+void store_format_flush(StoreFlush *s, const OrderFlush *f, const char *fence)
 {
     buf_reset(&s->retry_rows);
     buf_reset(&s->dead_rows);
@@ -206,6 +231,7 @@ void store_format_flush(StoreFlush *s, const OrderFlush *f)
      * again - the at-least-once delivery the router promises anyway. It
      * saves a WAL flush per status batch. */
     buf_puts(q, "BEGIN; SET LOCAL synchronous_commit = off;");
+    buf_puts(q, fence);
     s->ncopies = 0;
     if (s->retry_rows.len > 0 || ndone > 0)
         buf_puts(q, "CREATE TEMP TABLE IF NOT EXISTS rt_retries_touched (destination_id text,"
