@@ -681,32 +681,34 @@ int order_claim_cursors(const Order *o, int *parts, int64_t *cursors)
     return n;
 }
 
-static void unlink_load(Order *o, OrderUser *u)
+/* Users of partition p leave the load list and the deferred list (one
+ * pass over each). */
+static void unlink_part_users(Order *o, int p)
 {
-    OrderUser *prev = NULL;
-    for (OrderUser *x = o->loads_head; x; prev = x, x = x->next_load) {
-        if (x != u)
-            continue;
-        if (prev)
-            prev->next_load = u->next_load;
-        else
-            o->loads_head = u->next_load;
-        if (o->loads_tail == u)
-            o->loads_tail = prev;
-        u->next_load = NULL;
-        return;
+    OrderUser **x = &o->loads_head;
+    o->loads_tail = NULL;
+    while (*x) {
+        OrderUser *u = *x;
+        if (u->partition == p) {
+            *x = u->next_load;
+            u->next_load = NULL;
+            u->load = LOAD_NONE;
+            u->dest->loading--;
+        } else {
+            o->loads_tail = u;
+            x = &u->next_load;
+        }
     }
-}
-
-static void unlink_deferred(Order *o, OrderUser *u)
-{
-    for (OrderUser **x = &o->deferred; *x; x = &(*x)->next_deferred)
-        if (*x == u) {
+    for (x = &o->deferred; *x;) {
+        OrderUser *u = *x;
+        if (u->partition == p) {
             *x = u->next_deferred;
             u->next_deferred = NULL;
             u->deferred = false;
-            return;
+        } else {
+            x = &u->next_deferred;
         }
+    }
 }
 
 /* The user leaves with its partition: it is no longer known; it is freed
@@ -716,14 +718,9 @@ static void user_drop(Order *o, OrderUser *u)
     OrderDest *d = u->dest;
     hmap_del(&o->users, u->key);
     o->nusers--;
-    if (u->deferred)
-        unlink_deferred(o, u);
     u->head = u->tail = NULL;
-    if (u->load == LOAD_WANTED) {
-        unlink_load(o, u);
-        d->loading--;
-        u->load = LOAD_NONE;
-    } else if (u->load == LOAD_SENT) {
+    ASSERT(u->load != LOAD_WANTED && !u->deferred); /* unlink_part_users ran */
+    if (u->load == LOAD_SENT) {
         d->loading--;
         d->loads_sent--;
         u->next_load = o->zombies; /* order_push_loaded frees it */
@@ -741,6 +738,7 @@ void order_drop_partition(Order *o, int p)
     OrderPart *pt = &o->parts[p];
     if (!pt->open)
         return;
+    unlink_part_users(o, p);
     int n;
     OrderUser **users = part_users(o, p, &n);
     for (int i = 0; i < n; i++)
