@@ -1,6 +1,7 @@
 # pintle: one non-recursive Makefile (STYLE §11).
 #   make            build build/bin/*
-#   make run        install deps, build, run the local stack (Ctrl-C stops it)
+#   make run        install deps, build, run the local stack (Ctrl-C stops it);
+#                   GATEWAYS= PROCESSORS= ROUTERS= BATCHROUTERS= set the instances of each
 #   make test       install deps, build, run unit + integration + e2e tests and the fuzz smoke
 #   make asan       sanitizer build + C tests under it
 #   make fuzz       build and run the request-parser fuzzer (FUZZ_SECONDS, default 60)
@@ -93,8 +94,11 @@ $(BUILD)/tests/integration/%: $(BUILD)/obj/tests/integration/%.o $(BUILD)/libcom
 deps:
 	@tools/deps.sh
 
+# make run GATEWAYS=2 PROCESSORS=3 ROUTERS=3 BATCHROUTERS=0: instances of each (default 1)
 run: deps all
-	@deploy/run.sh $(if $(WORKSPACE),--workspace "$(WORKSPACE)")
+	@deploy/run.sh $(if $(WORKSPACE),--workspace "$(WORKSPACE)") $(if $(GATEWAYS),--gateways "$(GATEWAYS)") \
+	    $(if $(PROCESSORS),--processors "$(PROCESSORS)") $(if $(ROUTERS),--routers "$(ROUTERS)") \
+	    $(if $(BATCHROUTERS),--batchrouters "$(BATCHROUTERS)")
 
 stop:
 	@deploy/run.sh --stop

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hint.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 
@@ -52,12 +53,23 @@ static const CfgKey keys[] = {
       "how often rotation and dropping of consumed datasets run"),
 
     B("hints", "enabled", hints.enabled, "true", "publish and subscribe to nanomsg wake-up hints"),
-    S("hints", "gw", hints.gw, "ipc:///tmp/pintle-gw.ipc",
-      "endpoint the processor binds and gateways connect to (comma-separated list to connect)"),
-    S("hints", "rt", hints.rt, "ipc:///tmp/pintle-rt.ipc",
-      "endpoint the router binds and processors connect to"),
-    S("hints", "batch_rt", hints.batch_rt, "ipc:///tmp/pintle-batch-rt.ipc",
-      "endpoint the batchrouter binds and processors connect to"),
+    S("hints", "bind", hints.bind, "ipc:///tmp/pintle-%s-%p.ipc",
+      "endpoint each processor, router and batchrouter instance binds to receive hints; %s is"
+      " the stage, %p the pid, %h the host name (e.g. tcp://0.0.0.0:7070 across hosts)"),
+    S("hints", "advertise", hints.advertise, "",
+      "endpoint written to the instances table for producers to connect to (e.g."
+      " tcp://10.0.0.5:7070); empty: the bound one, a wildcard tcp host replaced by the host"
+      " name"),
+    S("hints", "processor_endpoints", hints.processor_endpoints, "",
+      "comma-separated processor endpoints gateways always connect to, besides discovered ones"),
+    S("hints", "router_endpoints", hints.router_endpoints, "",
+      "comma-separated router endpoints processors always connect to, besides discovered ones"),
+    S("hints", "batchrouter_endpoints", hints.batchrouter_endpoints, "",
+      "comma-separated batchrouter endpoints processors always connect to, besides discovered"
+      " ones"),
+    I("hints", "discovery_interval_ms", hints.discovery_interval_ms, "3000", 0, 3600000,
+      "how often producers look up the live consumers' endpoints in the instances table; 0: only"
+      " the static lists"),
 
     I("lease", "ttl_ms", lease.ttl_ms, "10000", 1000, 600000,
       "a partition lease not renewed for this long may be taken by another instance of the"
@@ -355,6 +367,11 @@ int cfg_load(Config *cfg, const char *path, Err *err)
             return err_set(err, ERR_INVALID,
                            "db.schema \"%s\" may only contain lower-case letters, digits and _",
                            cfg->db.schema);
+    char ep[512];
+    if (hint_format_endpoint(ep, sizeof ep, cfg->hints.bind, "stage", err) < 0)
+        return err_prefix(err, "hints.bind");
+    if (hint_format_endpoint(ep, sizeof ep, cfg->hints.advertise, "stage", err) < 0)
+        return err_prefix(err, "hints.advertise");
     if ((long)cfg->lease.renew_interval_ms * 3 > cfg->lease.ttl_ms)
         return err_set(err, ERR_INVALID,
                        "lease.renew_interval_ms (%d) must be at most a third of lease.ttl_ms (%d),"

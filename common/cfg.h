@@ -34,9 +34,12 @@ typedef struct QueueConfig {
 
 typedef struct HintsConfig {
     bool enabled;
-    char *gw;
-    char *rt;
-    char *batch_rt;
+    char *bind;
+    char *advertise;
+    char *processor_endpoints;
+    char *router_endpoints;
+    char *batchrouter_endpoints;
+    int discovery_interval_ms;
 } HintsConfig;
 
 typedef struct LeaseConfig {

@@ -106,21 +106,20 @@ static int run(Stage *s)
     s->pool = db_pool_create(s->base, &s->cfg.db, app, 1);
     s->fatal.base = s->base;
     db_pool_expect_partitions(s->pool, s->cfg.queue.partitions, svc_on_db_fatal, &s->fatal);
-    const char *bound = "";
-    if (s->cfg.hints.enabled && s->set.hint_endpoint && s->set.hint_endpoint[0]) {
-        s->hints = hint_sub_open(s->base, s->set.hint_endpoint, on_hint, s, &err);
+    if (s->cfg.hints.enabled) {
+        /* this instance's own endpoint (hints.bind for the stage), which the
+         * lease heartbeat advertises in the instances table for producers */
+        s->hints = hint_sub_open(s->base, s->cfg.hints.bind, s->cfg.hints.advertise, s->ops->name,
+                                 on_hint, s, &err);
         if (s->hints == NULL) {
             char q[1100];
-            log_warn("hints_unavailable", "endpoint=%s error=%s action=poll", s->set.hint_endpoint,
-                     log_quote(q, sizeof q, err.msg));
-        } else {
-            bound = s->set.hint_endpoint;
+            log_warn("hints_unavailable", "error=%s action=poll", log_quote(q, sizeof q, err.msg));
         }
     }
     char admin_address[300];
     snprintf(admin_address, sizeof admin_address, "%s:%d", s->set.listen_address,
              s->set.admin_port);
-    LeaseInfo info = {admin_address, bound};
+    LeaseInfo info = {admin_address, hint_sub_endpoint(s->hints)};
     s->lease = lease_create(s->base, &s->cfg, s->ops->name, &info, s->metrics, on_leases, s);
     s->env = (StageEnv){s->base, &s->cfg, s->pool, s->metrics, s->lease};
     s->work = s->ops->create(&s->env, &err);
@@ -137,8 +136,8 @@ static int run(Stage *s)
     char extra[512] = "";
     if (s->ops->describe)
         s->ops->describe(s->work, extra, sizeof extra);
-    log_info("ready", "admin_port=%d instance=%s%s%s", s->set.admin_port, lease_owner(s->lease),
-             extra[0] ? " " : "", extra);
+    log_info("ready", "admin_port=%d instance=%s hint_endpoint=%s%s%s", s->set.admin_port,
+             lease_owner(s->lease), hint_sub_endpoint(s->hints), extra[0] ? " " : "", extra);
     event_base_dispatch(s->base);
     return s->fatal.code;
 }

@@ -42,7 +42,6 @@ typedef struct StageSettings {
     const char *listen_address;
     int admin_port;
     int shutdown_timeout_ms;
-    const char *hint_endpoint; /* endpoint to receive hints on, or NULL */
 } StageSettings;
 
 typedef struct StageOps {

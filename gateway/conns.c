@@ -30,6 +30,7 @@ typedef struct Conn {
     struct bufferevent *bev; /* our reference keeps it (and its socket) until we drop it */
     int fd;                  /* -1 until evhttp has set it */
     bool reading;            /* a request has started arriving */
+    bool in_request;         /* a request was read and is not answered yet */
     bool paused;             /* not read: partial bytes over the bound */
     bool timed_out;
     struct timeval since; /* first byte of the current request */
@@ -53,6 +54,7 @@ struct Conns {
     size_t freed_since_trim;
     bool trim_due;
     int npaused;
+    bool draining; /* idle connections are closed (conns_drain) */
     struct event *sweep;
     struct event *backoff;
     unsigned long timeouts_unlogged;
@@ -163,6 +165,42 @@ static void drop(Conns *c, Conn *k)
     free(k);
 }
 
+/* Closes k the way a client closing it would look to evhttp, which frees
+ * the connection. Only for a connection with no request in progress. */
+static void close_as_eof(Conns *c, Conn *k)
+{
+    bufferevent_data_cb r, w;
+    bufferevent_event_cb e;
+    void *cbarg;
+    bufferevent_getcb(k->bev, &r, &w, &e, &cbarg);
+    if (e != NULL)
+        e(k->bev, BEV_EVENT_READING | BEV_EVENT_EOF, cbarg);
+    if (conn_dead(k))
+        drop(c, k);
+}
+
+/* Idle: no byte of a next request read, no request being answered, and
+ * the last answer written out (closing earlier would cut it). */
+static bool conn_idle(Conn *k)
+{
+    return !k->reading && !k->in_request && !conn_dead(k) &&
+           evbuffer_get_length(bufferevent_get_output(k->bev)) == 0;
+}
+
+static int close_idle(Conns *c)
+{
+    int n = 0;
+    for (Conn *k = c->head; k != NULL;) {
+        Conn *next = k->next;
+        if (conn_idle(k)) {
+            close_as_eof(c, k);
+            n++;
+        }
+        k = next;
+    }
+    return n;
+}
+
 static void log_timeouts(Conns *c, const struct timeval *now, bool force)
 {
     if (c->timeouts_unlogged == 0)
@@ -207,6 +245,8 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
         k = next;
     }
     log_timeouts(c, &now, false);
+    if (c->draining)
+        close_idle(c); /* those whose last answer was still being written */
     if (c->full && c->open < c->max) {
         c->full = false;
         listener_update(c);
@@ -342,6 +382,7 @@ void conns_request_read(Conns *c, struct evhttp_request *req)
     if (fd < 0 || fd >= c->nfd || c->by_fd[fd] == NULL)
         return;
     Conn *k = c->by_fd[fd];
+    k->in_request = true;
     partial_sub(c, k);
     /* Bytes of a pipelined next request already read start its deadline. */
     size_t left = evbuffer_get_length(bufferevent_get_input(bev));
@@ -352,6 +393,21 @@ void conns_request_read(Conns *c, struct evhttp_request *req)
         c->partial_total += left;
     }
     resume_paused(c);
+}
+
+void conns_reply_started(Conns *c, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    int fd = bev ? (int)bufferevent_getfd(bev) : -1;
+    if (fd >= 0 && fd < c->nfd && c->by_fd[fd] != NULL)
+        c->by_fd[fd]->in_request = false;
+}
+
+int conns_drain(Conns *c)
+{
+    c->draining = true;
+    return close_idle(c);
 }
 
 void conns_forget_listener(Conns *c)

@@ -45,6 +45,14 @@ void conns_destroy(Conns *c);
 /* The request handler calls this first: req's connection has read a whole
  * request, so its deadline and its partial bytes end here. */
 void conns_request_read(Conns *c, struct evhttp_request *req);
+/* The reply to req is being sent (after this, its connection is idle once
+ * the reply is written, unless a next request arrives). */
+void conns_reply_started(Conns *c, struct evhttp_request *req);
+/* Drain: closes every idle connection now and each one that becomes idle
+ * later, so a client or proxy holding keep-alive connections (nginx) opens a
+ * new one, which the closed listener refuses, and goes elsewhere, instead of
+ * sending requests that could only be refused. Returns how many it closed. */
+int conns_drain(Conns *c);
 /* The listener is about to be freed (drain): never touch it again. */
 void conns_forget_listener(Conns *c);
 /* Connections open now. */

@@ -119,15 +119,18 @@ static int run(App *app)
         log_error("startup_failed", "error=%s", log_quote(q, sizeof q, err.msg));
         return 1;
     }
+    app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-gateway", app->cfg.db.pool_size);
     if (app->cfg.hints.enabled) {
-        app->hints = hint_pub_open(app->cfg.hints.gw, &err);
+        /* Hints go to every live processor: the writer's pool also serves
+         * the lookup of their endpoints, on a connection while it is idle. */
+        app->hints = hint_pub_open(app->base, "processor", app->cfg.hints.processor_endpoints,
+                                   app->pool, app->cfg.hints.discovery_interval_ms, &err);
         if (app->hints == NULL) {
             char q[1100];
             log_error("startup_failed", "error=%s", log_quote(q, sizeof q, err.msg));
             return 1;
         }
     }
-    app->pool = db_pool_create(app->base, &app->cfg.db, "pintle-gateway", app->cfg.db.pool_size);
     app->fatal.base = app->base;
     db_pool_expect_partitions(app->pool, app->cfg.queue.partitions, svc_on_db_fatal, &app->fatal);
     app->writer = writer_create(app->base, &app->cfg, app->pool, app->hints, app->metrics);

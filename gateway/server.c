@@ -106,7 +106,13 @@ static void reply_body(Server *s, struct evhttp_request *req, int code, const ch
 {
     struct evbuffer *out = evbuffer_new();
     evbuffer_add(out, body, len);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    evhttp_add_header(headers, "Content-Type", ctype);
+    /* draining: this connection's last answer (a proxy sends the next
+     * request elsewhere instead of getting "shutting down") */
+    if (s->draining)
+        evhttp_add_header(headers, "Connection", "close");
+    conns_reply_started(s->conns, req);
     evhttp_send_reply(req, code, reason(code), out);
     evbuffer_free(out);
     count_code(s, code);
@@ -576,6 +582,8 @@ void server_drain(Server *s, void (*done)(void *), void *arg)
         evhttp_del_accept_socket(s->http, s->bound);
         s->bound = NULL;
     }
+    int closed = conns_drain(s->conns);
+    log_info("idle_connections_closed", "count=%d open_requests=%d", closed, s->open_requests);
     s->drained = done;
     s->drained_arg = arg;
     maybe_drained(s);

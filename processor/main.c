@@ -21,6 +21,7 @@
 typedef struct Processor {
     Httpc *http;
     HintPub *rt_hints, *batch_hints;
+    DbPool *hint_pool; /* lookup of the routers' and batchrouters' endpoints */
     WsWatcher *ws;
     Pipeline *pipeline;
 } Processor;
@@ -28,7 +29,7 @@ typedef struct Processor {
 static void settings(const Config *cfg, StageSettings *out)
 {
     *out = (StageSettings){cfg->processor.listen_address, cfg->processor.admin_port,
-                           cfg->processor.shutdown_timeout_ms, cfg->hints.gw};
+                           cfg->processor.shutdown_timeout_ms};
 }
 
 static void destroy(void *work)
@@ -38,6 +39,7 @@ static void destroy(void *work)
     httpc_destroy(p->http);
     hint_pub_close(p->rt_hints);
     hint_pub_close(p->batch_hints);
+    db_pool_destroy(p->hint_pool);
     ws_watcher_destroy(p->ws);
     free(p);
 }
@@ -50,10 +52,17 @@ static void *create(const StageEnv *env, Err *err)
     if (p->ws == NULL)
         goto fail;
     if (cfg->hints.enabled) {
-        p->rt_hints = hint_pub_open(cfg->hints.rt, err);
+        /* The stage's connection is the pipeline's alone, so the lookup of
+         * the consumers' endpoints (common/hint.h) gets its own. */
+        const HintsConfig *h = &cfg->hints;
+        if (h->discovery_interval_ms > 0)
+            p->hint_pool = db_pool_create(env->base, &cfg->db, "pintle-processor-hints", 1);
+        p->rt_hints = hint_pub_open(env->base, "router", h->router_endpoints, p->hint_pool,
+                                    h->discovery_interval_ms, err);
         if (p->rt_hints == NULL)
             goto fail;
-        p->batch_hints = hint_pub_open(cfg->hints.batch_rt, err);
+        p->batch_hints = hint_pub_open(env->base, "batchrouter", h->batchrouter_endpoints,
+                                       p->hint_pool, h->discovery_interval_ms, err);
         if (p->batch_hints == NULL)
             goto fail;
     }

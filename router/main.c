@@ -23,7 +23,7 @@ typedef struct Router {
 static void settings(const Config *cfg, StageSettings *out)
 {
     *out = (StageSettings){cfg->router.listen_address, cfg->router.admin_port,
-                           cfg->router.shutdown_timeout_ms, cfg->hints.rt};
+                           cfg->router.shutdown_timeout_ms};
 }
 
 static void *create(const StageEnv *env, Err *err)

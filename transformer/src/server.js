@@ -3,12 +3,14 @@
 // in src/destinations. Stateless; scale with WORKERS (node cluster) or replicas.
 //   POST /v0/destinations/<type>   apiVersion: 2
 //   POST /v0/<type>                apiVersion: 1 (legacy data planes)
+//   POST /customTransform          user transformations (src/usertransform)
 //   GET  /health, GET /features
 // Environment: PORT (9090), HOST (127.0.0.1), WORKERS (1), LOG_LEVEL (info),
-// MAX_BODY_BYTES (64 MiB).
+// MAX_BODY_BYTES (64 MiB); user transformations: see src/usertransform/*.js.
 const cluster = require('node:cluster');
 const http = require('node:http');
 const { transformBatch, supported } = require('./transform');
+const { UserTransformer } = require('./usertransform');
 
 const PORT = parseInt(process.env.PORT || '9090', 10);
 const HOST = process.env.HOST || '127.0.0.1';
@@ -29,34 +31,27 @@ function send(res, status, body, headers = {}) {
   res.end(text);
 }
 
-function handle(req, res) {
-  const url = new URL(req.url, 'http://x');
-  const path = url.pathname;
-  if (req.method === 'GET' && path === '/health') return send(res, 200, { service: 'UP', version: '0.1.0' });
-  if (req.method === 'GET' && path === '/features') {
-    return send(res, 200, {
-      routerTransform: {},
-      regulations: [],
-      supportSourceTransformV1: false,
-      supportTransformerProxyV1: false,
-      upgradedToSourceTransformV2: false,
-      destinations: supported().map((d) => d.toUpperCase()),
-    });
-  }
-  let m = /^\/v0\/destinations\/([A-Za-z0-9_-]+)$/.exec(path);
-  let apiVersion = '2';
-  if (!m) {
-    m = /^\/v0\/([A-Za-z0-9_-]+)$/.exec(path);
-    apiVersion = '1';
-  }
-  if (!m) return send(res, 404, 'not found');
-  if (req.method !== 'POST') return send(res, 405, 'method not allowed', { Allow: 'POST' });
+let userTransformer;
+function getUserTransformer() {
+  if (!userTransformer) userTransformer = new UserTransformer({ log });
+  return userTransformer;
+}
+
+// X-Feature-<name>: ?1 / true, as rudder-server sends them.
+function featureOn(req, name) {
+  const v = req.headers[`x-feature-${name}`];
+  return v === '?1' || v === 'true';
+}
+
+// Reads the body (at most MAX_BODY bytes) and calls done(events) with the
+// parsed JSON array, or answers 400/413 itself.
+function readEvents(req, res, apiVersion, done) {
   const chunks = [];
   let size = 0;
   req.on('data', (c) => {
     size += c.length;
     if (size > MAX_BODY) {
-      send(res, 413, 'request body too large', { Connection: 'close' });
+      if (!res.headersSent) send(res, 413, 'request body too large', { Connection: 'close' });
       req.destroy();
       return;
     }
@@ -71,6 +66,50 @@ function handle(req, res) {
       return send(res, 400, 'request body is not valid JSON', { apiVersion });
     }
     if (!Array.isArray(events)) return send(res, 400, 'request body must be an array of events', { apiVersion });
+    done(events);
+  });
+}
+
+function handle(req, res) {
+  const url = new URL(req.url, 'http://x');
+  const path = url.pathname;
+  if (req.method === 'GET' && path === '/health') return send(res, 200, { service: 'UP', version: '0.1.0' });
+  if (req.method === 'GET' && path === '/features') {
+    return send(res, 200, {
+      routerTransform: {},
+      regulations: [],
+      supportSourceTransformV1: false,
+      supportTransformerProxyV1: false,
+      upgradedToSourceTransformV2: false,
+      destinations: supported().map((d) => d.toUpperCase()),
+    });
+  }
+  if (path === '/customTransform') {
+    if (req.method !== 'POST') return send(res, 405, 'method not allowed', { Allow: 'POST' });
+    return readEvents(req, res, '2', (events) => {
+      const t0 = process.hrtime.bigint();
+      getUserTransformer()
+        .transform(events, { filterCode: featureOn(req, 'filter-code') })
+        .then(({ status, body }) => {
+          const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+          log('debug', 'user_transformed', { events: events.length, outputs: body.length, status, ms: ms.toFixed(2) });
+          send(res, status, body, { apiVersion: '2' });
+        })
+        .catch((e) => {
+          log('error', 'user_transform_crashed', { events: events.length, error: String(e && e.stack ? e.stack : e).slice(0, 500) });
+          send(res, 500, `user transformation failed: ${e && e.message ? e.message : e}`, { apiVersion: '2' });
+        });
+    });
+  }
+  let m = /^\/v0\/destinations\/([A-Za-z0-9_-]+)$/.exec(path);
+  let apiVersion = '2';
+  if (!m) {
+    m = /^\/v0\/([A-Za-z0-9_-]+)$/.exec(path);
+    apiVersion = '1';
+  }
+  if (!m) return send(res, 404, 'not found');
+  if (req.method !== 'POST') return send(res, 405, 'method not allowed', { Allow: 'POST' });
+  readEvents(req, res, apiVersion, (events) => {
     const t0 = process.hrtime.bigint();
     const out = transformBatch(m[1], events);
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -80,6 +119,13 @@ function handle(req, res) {
 }
 
 function serve() {
+  try {
+    const ut = getUserTransformer();
+    log('info', 'user_transformations', { ...ut.store.describe(), ...ut.pool.describe() });
+  } catch (e) {
+    log('error', 'startup_failed', { error: e.message });
+    process.exit(2);
+  }
   const server = http.createServer(handle);
   server.keepAliveTimeout = 65000;
   server.listen(PORT, HOST, () => log('info', 'ready', { port: PORT, host: HOST, worker: cluster.worker ? cluster.worker.id : 0 }));

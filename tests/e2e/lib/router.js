@@ -209,13 +209,9 @@ async function leaseStack(sinks, { partitions = 8 } = {}) {
   return st;
 }
 
-// Starts one more router; r.instance is its lease owner id. Each router
-// binds its own hint endpoint (nobody publishes there: it polls), since
-// two processes binding one ipc:// path take it from each other.
+// Starts one more router; r.instance is its lease owner id.
 async function addRouter(st, env = {}) {
-  st.routersStarted = (st.routersStarted || 0) + 1;
-  const n = st.routersStarted;
-  const r = await st.startRouter({ ...st.common, PINTLE_LOG_LEVEL: 'debug', PINTLE_HINTS_RT: `ipc://${st.tmp}/rt-${n}.ipc`, ...env });
+  const r = await st.startRouter({ ...st.common, PINTLE_LOG_LEVEL: 'debug', ...env });
   r.instance = /event=ready .*instance=(\S+)/.exec(r.log)[1];
   st.routers.push(r);
   return r;

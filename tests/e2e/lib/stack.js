@@ -175,9 +175,7 @@ class Stack {
   env(extra = {}) {
     return {
       PINTLE_DB_DSN: this.pg.dsn,
-      PINTLE_HINTS_GW: `ipc://${this.tmp}/gw.ipc`,
-      PINTLE_HINTS_RT: `ipc://${this.tmp}/rt.ipc`,
-      PINTLE_HINTS_BATCH_RT: `ipc://${this.tmp}/batch-rt.ipc`,
+      PINTLE_HINTS_BIND: `ipc://${this.tmp}/hint-%s-%p.ipc`,
       PINTLE_WORKSPACE_PATH: this.workspacePath || path.join(ROOT, 'config/workspaceConfig.sample.json'),
       PINTLE_LOG_LEVEL: 'info',
       ...extra,

@@ -117,6 +117,31 @@ static void test_errors_cite_line(void **state)
     expect_error("gateway = { port = 1 \n", ":2:");
 }
 
+/* Endpoint templates are checked at load time, not when the socket opens. */
+static void test_hint_templates(void **state)
+{
+    clear_env();
+    Config c;
+    Err err;
+    setenv("PINTLE_HINTS_BIND", "ipc:///tmp/x-%q.ipc", 1);
+    assert_true(cfg_load(&c, NULL, &err) < 0);
+    assert_string_equal(err.msg,
+                        "hints.bind: hint endpoint \"ipc:///tmp/x-%q.ipc\": unknown"
+                        " placeholder \"%q\" (use %s stage, %p pid, %h host name, %% percent)");
+    cfg_deinit(&c);
+    unsetenv("PINTLE_HINTS_BIND");
+    setenv("PINTLE_HINTS_ADVERTISE", "tcp://%", 1);
+    assert_true(cfg_load(&c, NULL, &err) < 0);
+    assert_non_null(strstr(err.msg, "hints.advertise: hint endpoint \"tcp://%\""));
+    cfg_deinit(&c);
+    setenv("PINTLE_HINTS_ADVERTISE", "tcp://10.0.0.5:7070", 1);
+    assert_int_equal(cfg_load(&c, NULL, &err), 0);
+    assert_string_equal(c.hints.advertise, "tcp://10.0.0.5:7070");
+    assert_string_equal(c.hints.bind, "ipc:///tmp/pintle-%s-%p.ipc");
+    cfg_deinit(&c);
+    unsetenv("PINTLE_HINTS_ADVERTISE");
+}
+
 static void test_env_error(void **state)
 {
     clear_env();
@@ -153,6 +178,7 @@ int main(void)
         cmocka_unit_test(test_defaults),         cmocka_unit_test(test_file_then_env),
         cmocka_unit_test(test_masking),          cmocka_unit_test(test_errors_cite_line),
         cmocka_unit_test(test_env_error),        cmocka_unit_test(test_doc_lists_every_key),
+        cmocka_unit_test(test_hint_templates),
     };
     return cmocka_run_group_tests_name("cfg", tests, NULL, NULL);
 }
