@@ -36,6 +36,7 @@ struct Reload {
     int64_t due_after_id;
     int due_limit;
     char id_text[32], limit_text[16];
+    Buf due_sql;
     int *parts; /* scratch: partitions to scan */
     int64_t *cursors;
     /* the page load in flight */
@@ -52,6 +53,7 @@ Reload *reload_create(const RouterConfig *rc, Order *o)
     r->rc = rc;
     r->order = o;
     buf_init(&r->params);
+    buf_init(&r->due_sql);
     r->parts = xmalloc(sizeof(int) * (size_t)order_partitions(o));
     r->cursors = xmalloc(sizeof(int64_t) * (size_t)order_partitions(o));
     reload_rewind(r);
@@ -63,6 +65,7 @@ void reload_destroy(Reload *r)
     if (r == NULL)
         return;
     buf_deinit(&r->params);
+    buf_deinit(&r->due_sql);
     free(r->parts);
     free(r->cursors);
     free(r->load_jobs);
@@ -138,19 +141,16 @@ static bool format_due(Reload *r, StoreStmt *st)
     r->due_limit = room < DUE_PAGE ? room : DUE_PAGE;
     const char *full[MAX_FULL];
     int nfull = order_full_dests(r->order, full, MAX_FULL);
-    Buf *b = &r->params;
-    buf_reset(b);
-    store_put_text_array(b, full, nfull);
-    size_t off_parts = b->len + 1;
-    buf_putc(b, '\0');
-    store_put_int_array(b, r->parts, nparts);
+    buf_reset(&r->params);
+    store_put_text_array(&r->params, full, nfull);
+    buf_reset(&r->due_sql);
+    store_format_due(&r->due_sql, r->parts, nparts);
     snprintf(r->id_text, sizeof r->id_text, "%" PRId64, r->due_after_id);
     snprintf(r->limit_text, sizeof r->limit_text, "%d", r->due_limit);
-    *st = (StoreStmt){
-        .step = "due_scan",
-        .sql = STORE_SQL_DUE,
-        .nparams = 5,
-        .params = {r->due_at_text, r->id_text, b->data, r->limit_text, b->data + off_parts}};
+    *st = (StoreStmt){.step = "due_scan",
+                      .sql = r->due_sql.data,
+                      .nparams = 4,
+                      .params = {r->due_at_text, r->id_text, r->params.data, r->limit_text}};
     order_due_begin(r->order);
     r->sent = KIND_DUE;
     return true;

@@ -83,18 +83,27 @@ const char STORE_SQL_CURSORS[] =
     " AND l.owner = $1"
     " JOIN cursors c ON c.stage = 'router' AND c.partition = k.p";
 
-/* Each partition's range is read in index order and cut at $4; the merge
- * of those at most P * $4 rows keeps the first $4, so paging by
- * (next_retry_at, job_id) is the same as over the whole table. */
-const char STORE_SQL_DUE[] =
-    "SELECT " RETRY_COLS("r.") ", r.next_retry_at::text FROM unnest($5::int[]) AS k(p)"
-                               " CROSS JOIN LATERAL (SELECT * FROM rt_retries x"
-                               " WHERE x.partition = k.p AND NOT x.parked"
-                               " AND x.next_retry_at <= now()"
-                               " AND (x.next_retry_at, x.job_id) > ($1::timestamptz, $2::bigint)"
-                               " AND x.destination_id <> ALL ($3::text[])"
-                               " ORDER BY x.next_retry_at, x.job_id LIMIT $4) r"
-                               " ORDER BY r.next_retry_at, r.job_id LIMIT $4";
+/* One branch per partition, each an index range in (next_retry_at, job_id)
+ * order (the partition is a constant) under its own LIMIT, merged in that
+ * order (Merge Append) under the outer LIMIT: the branches are read lazily,
+ * so a page reads about as many rows as it returns, and paging by
+ * (next_retry_at, job_id) is the same as over the whole table. (With
+ * partition = ANY rows come in partition order; without the branches'
+ * ORDER BY the planner cannot merge them; the outer ORDER BY is qualified
+ * because the output column next_retry_at is text.) */
+void store_format_due(Buf *sql, const int *parts, int n)
+{
+    buf_puts(sql, "SELECT " RETRY_COLS("r.") ", r.next_retry_at::text FROM (");
+    for (int i = 0; i < n; i++)
+        buf_printf(sql,
+                   "%s(SELECT * FROM rt_retries WHERE partition = %d AND NOT parked"
+                   " AND next_retry_at <= now()"
+                   " AND (next_retry_at, job_id) > ($1::timestamptz, $2::bigint)"
+                   " AND destination_id <> ALL ($3::text[])"
+                   " ORDER BY next_retry_at, job_id LIMIT $4)",
+                   i ? " UNION ALL " : "", parts[i]);
+    buf_puts(sql, ") r ORDER BY r.next_retry_at, r.job_id LIMIT $4");
+}
 
 const char STORE_SQL_LOAD[] = "SELECT " RETRY_COLS(
     "r.") ", k.i"

@@ -45,13 +45,13 @@ extern const char STORE_SQL_CURSORS[];
 /* Row i of a claim result as a job (caller owns it); *rows as claimed. */
 OrderJob *store_claimed_job(const PGresult *res, int i, OrderRows *rows);
 
-/* Due heads: parameterised statement with $1 (timestamptz text) and $2
- * (job id) the scan position (rows after it, '-infinity' and 0 at first),
- * $3 destinations to leave out (text[]), $4 the page size, $5 the
- * partitions to read (int[]). Ordered by (next_retry_at, job_id); column
+/* Appends the due scan of heads of the n partitions parts[]: a statement
+ * with $1 (timestamptz text) and $2 (job id) the scan position (rows after
+ * it, '-infinity' and 0 at first), $3 destinations to leave out (text[]),
+ * $4 the page size. Ordered by (next_retry_at, job_id); column
  * STORE_DUE_AT_COL is next_retry_at as text. One index range per partition
- * (sql/008), at most $4 rows each. */
-extern const char STORE_SQL_DUE[];
+ * (sql/008), merged in order: it reads about as many rows as it returns. */
+void store_format_due(Buf *sql, const int *parts, int n);
 #define STORE_DUE_AT_COL 11
 
 /* Pages of parked rows: $1 destinations (text[]), $2 users (text[]), $3 job

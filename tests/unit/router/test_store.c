@@ -276,6 +276,18 @@ static void exec_ok(PGconn *pg, const char *sql)
     PQclear(r);
 }
 
+static PGresult *due_scan(PGconn *pg, const int *parts, int n, const char *at, const char *after,
+                          const char *skip, const char *limit)
+{
+    Buf q;
+    buf_init(&q);
+    store_format_due(&q, parts, n);
+    const char *params[] = {at, after, skip, limit};
+    PGresult *r = exec_params(pg, q.data, 4, params);
+    buf_deinit(&q);
+    return r;
+}
+
 /* The due scan reads only the partitions it is given, in (next_retry_at,
  * job_id) order across them, a page at a time, and never parked rows. */
 static void test_due_scan_pages_over_given_partitions(void **state)
@@ -291,47 +303,67 @@ static void test_due_scan_pages_over_given_partitions(void **state)
                 " CASE WHEN i = 8 THEN now() + interval '1 hour'"
                 " ELSE to_timestamp(10 - i) END FROM generate_series(1, 8) i");
     /* partitions 1 and 3: jobs 1, 3, 5, 7 (parked); due order 5, 3, 1 */
-    const char *p1[] = {"-infinity", "0", "{}", "2", "{1,3}"};
-    PGresult *r = exec_params(pg, STORE_SQL_DUE, 5, p1);
+    int odd[] = {1, 3};
+    PGresult *r = due_scan(pg, odd, 2, "-infinity", "0", "{}", "2");
     assert_int_equal(PQntuples(r), 2);
     assert_string_equal(PQgetvalue(r, 0, 0), "5");
     assert_string_equal(PQgetvalue(r, 1, 0), "3");
     char at[64];
     snprintf(at, sizeof at, "%s", PQgetvalue(r, 1, STORE_DUE_AT_COL));
     PQclear(r);
-    const char *p2[] = {at, "3", "{}", "2", "{1,3}"};
-    r = exec_params(pg, STORE_SQL_DUE, 5, p2);
+    r = due_scan(pg, odd, 2, at, "3", "{}", "2");
     assert_int_equal(PQntuples(r), 1);
     assert_string_equal(PQgetvalue(r, 0, 0), "1");
     PQclear(r);
-    /* partitions 0 and 2 (jobs 2, 4, 6, 8 not due), leaving destination d out */
-    const char *p3[] = {"-infinity", "0", "{}", "10", "{0,2}"};
-    r = exec_params(pg, STORE_SQL_DUE, 5, p3);
+    /* partitions 0 and 2 (jobs 2, 4, 6; 8 not due), then destination d left out */
+    int even[] = {0, 2};
+    r = due_scan(pg, even, 2, "-infinity", "0", "{}", "10");
     assert_int_equal(PQntuples(r), 3);
     assert_string_equal(PQgetvalue(r, 0, 0), "6");
     PQclear(r);
-    const char *p4[] = {"-infinity", "0", "{d}", "10", "{0,1,2,3}"};
-    r = exec_params(pg, STORE_SQL_DUE, 5, p4);
+    int all[] = {0, 1, 2, 3};
+    r = due_scan(pg, all, 4, "-infinity", "0", "{d}", "10");
     assert_int_equal(PQntuples(r), 0);
     PQclear(r);
-    /* a plan per partition: an index range of the per-partition index */
+    PQfinish(pg);
+}
+
+/* With a backlog of due heads in every partition, a page reads about a
+ * page of rows: the partitions' index ranges are merged in order, not read
+ * a page each. */
+static void test_due_scan_reads_one_page_not_one_per_partition(void **state)
+{
+    PGconn *pg = db_open();
+    if (pg == NULL)
+        skip();
+    exec_ok(pg, "INSERT INTO rt_retries (job_id, partition, workspace_id, source_id,"
+                " destination_id, user_id, payload, parked, attempts, next_retry_at)"
+                " SELECT i, i % 4, 'ws', 's', 'd', 'u' || i, '{}', false, 1,"
+                " to_timestamp(i) FROM generate_series(1, 4000) i");
+    exec_ok(pg, "ANALYZE rt_retries");
+    int all[] = {0, 1, 2, 3};
     Buf q;
     buf_init(&q);
-    buf_puts(&q, "EXPLAIN ");
-    buf_puts(&q, STORE_SQL_DUE);
-    const char *p5[] = {"-infinity", "0", "{}", "10", "{0,1}"};
-    exec_ok(pg, "SET enable_seqscan = off");
-    r = exec_params(pg, q.data, 5, p5);
+    buf_puts(&q, "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ");
+    store_format_due(&q, all, 4);
+    const char *params[] = {"-infinity", "0", "{}", "50"};
+    PGresult *r = exec_params(pg, q.data, 4, params);
     Buf plan;
     buf_init(&plan);
     for (int i = 0; i < PQntuples(r); i++) {
         buf_puts(&plan, PQgetvalue(r, i, 0));
         buf_putc(&plan, '\n');
     }
-    if (strstr(plan.data, "rt_retries_part_due") == NULL)
-        fail_msg("the due scan does not use rt_retries_part_due:\n%s", plan.data);
-    exec_ok(pg, "RESET enable_seqscan");
     PQclear(r);
+    if (strstr(plan.data, "Merge Append") == NULL ||
+        strstr(plan.data, "rt_retries_part_due") == NULL)
+        fail_msg("the due scan does not merge the per-partition index ranges:\n%s", plan.data);
+    /* every branch stops right after the page: at most ~50 / 4 + 1 rows each */
+    for (const char *p = plan.data; (p = strstr(p, "(actual rows=")) != NULL; p++) {
+        int rows = atoi(p + strlen("(actual rows="));
+        if (rows > 60)
+            fail_msg("a plan node read %d rows for a page of 50:\n%s", rows, plan.data);
+    }
     buf_deinit(&plan);
     buf_deinit(&q);
     PQfinish(pg);
@@ -389,6 +421,7 @@ int main(void)
         cmocka_unit_test(test_flush_keeps_one_head_per_user),
         cmocka_unit_test(test_claim_sees_rows_before_and_after),
         cmocka_unit_test(test_due_scan_pages_over_given_partitions),
+        cmocka_unit_test(test_due_scan_reads_one_page_not_one_per_partition),
         cmocka_unit_test(test_load_reads_the_users_partition),
         cmocka_unit_test(test_cursors_only_of_leases_held),
     };
