@@ -295,8 +295,16 @@ static bool over_budget(const Order *o, const OrderDest *d, int64_t now)
 static const char *user_key(Order *o, int partition, const char *dest, const char *user,
                             size_t *user_off)
 {
+    /* the partition in decimal, without printf (once per job coming in) */
+    char num[16];
+    int i = (int)sizeof num;
+    unsigned v = (unsigned)partition;
+    do
+        num[--i] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
     buf_reset(&o->key);
-    buf_printf(&o->key, "%d\x1f", partition);
+    buf_append(&o->key, num + i, sizeof num - (size_t)i);
+    buf_putc(&o->key, '\x1f');
     buf_puts(&o->key, dest);
     buf_putc(&o->key, '\x1f');
     if (user_off)

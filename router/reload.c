@@ -2,9 +2,11 @@
  *
  * The due scan reads at most min(room in memory, 256) heads with
  * next_retry_at <= now() after the scan position, of the partitions open
- * and not paused, leaving out destinations that hold as much as they may;
- * a full page goes on from its last row at once, a short one starts over
- * after the poll interval. rt_retries is never read whole, nor other
+ * and not paused, leaving out destinations that hold as much as they may,
+ * and at most twice a fair share (at least 16) of each partition, so a
+ * page costs about the same whatever the number of partitions; a full page
+ * goes on from its last row at once, a short one starts over after the
+ * poll interval. rt_retries is never read whole, nor other
  * instances' partitions. A page load reads, for up to 32 users, up to 100
  * of each user's rows (of its partition) after the last one in memory, in
  * job order. */
@@ -35,9 +37,9 @@ struct Reload {
     char due_at_text[64];
     int64_t due_after_id;
     int due_limit;
-    char id_text[32], limit_text[16];
-    Buf due_sql;
-    int *parts; /* scratch: partitions to scan */
+    char id_text[32], limit_text[16], per_text[16];
+    int due_per; /* rows read per partition by the due scan in flight */
+    int *parts;  /* scratch: partitions to scan */
     int64_t *cursors;
     /* the page load in flight */
     OrderUser *load_users[LOAD_USERS];
@@ -53,7 +55,6 @@ Reload *reload_create(const RouterConfig *rc, Order *o)
     r->rc = rc;
     r->order = o;
     buf_init(&r->params);
-    buf_init(&r->due_sql);
     r->parts = xmalloc(sizeof(int) * (size_t)order_partitions(o));
     r->cursors = xmalloc(sizeof(int64_t) * (size_t)order_partitions(o));
     reload_rewind(r);
@@ -65,7 +66,6 @@ void reload_destroy(Reload *r)
     if (r == NULL)
         return;
     buf_deinit(&r->params);
-    buf_deinit(&r->due_sql);
     free(r->parts);
     free(r->cursors);
     free(r->load_jobs);
@@ -141,16 +141,21 @@ static bool format_due(Reload *r, StoreStmt *st)
     r->due_limit = room < DUE_PAGE ? room : DUE_PAGE;
     const char *full[MAX_FULL];
     int nfull = order_full_dests(r->order, full, MAX_FULL);
-    buf_reset(&r->params);
-    store_put_text_array(&r->params, full, nfull);
-    buf_reset(&r->due_sql);
-    store_format_due(&r->due_sql, r->parts, nparts);
+    Buf *b = &r->params;
+    buf_reset(b);
+    store_put_text_array(b, full, nfull);
+    size_t off_parts = b->len + 1;
+    buf_putc(b, '\0');
+    store_put_int_array(b, r->parts, nparts);
+    r->due_per = store_due_per_partition(r->due_limit, nparts);
     snprintf(r->id_text, sizeof r->id_text, "%" PRId64, r->due_after_id);
     snprintf(r->limit_text, sizeof r->limit_text, "%d", r->due_limit);
+    snprintf(r->per_text, sizeof r->per_text, "%d", r->due_per);
     *st = (StoreStmt){.step = "due_scan",
-                      .sql = r->due_sql.data,
-                      .nparams = 4,
-                      .params = {r->due_at_text, r->id_text, r->params.data, r->limit_text}};
+                      .sql = STORE_SQL_DUE,
+                      .nparams = 6,
+                      .params = {r->due_at_text, r->id_text, b->data, r->limit_text,
+                                 b->data + off_parts, r->per_text}};
     order_due_begin(r->order);
     r->sent = KIND_DUE;
     return true;
@@ -167,11 +172,12 @@ bool reload_format(Reload *r, int64_t now, StoreStmt *st)
 
 static void push_due(Reload *r, const PGresult *res, int64_t now)
 {
-    int n = PQntuples(res);
+    bool more;
+    int n = store_due_take(res, r->due_limit, r->due_per, &more);
     for (int i = 0; i < n; i++)
         order_push_due(r->order, store_retry_job(res, i), now);
     order_due_end(r->order, now);
-    if (n == r->due_limit) {
+    if (more && n > 0) {
         /* a full page: go on from its last row at once */
         snprintf(r->due_at_text, sizeof r->due_at_text, "%s",
                  PQgetvalue(res, n - 1, STORE_DUE_AT_COL));

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "common/jobq.h"
+#include "common/xalloc.h"
 
 void store_put_int_array(Buf *b, const int *v, int n)
 {
@@ -83,26 +84,54 @@ const char STORE_SQL_CURSORS[] =
     " AND l.owner = $1"
     " JOIN cursors c ON c.stage = 'router' AND c.partition = k.p";
 
-/* One branch per partition, each an index range in (next_retry_at, job_id)
- * order (the partition is a constant) under its own LIMIT, merged in that
- * order (Merge Append) under the outer LIMIT: the branches are read lazily,
- * so a page reads about as many rows as it returns, and paging by
- * (next_retry_at, job_id) is the same as over the whole table. (With
- * partition = ANY rows come in partition order; without the branches'
- * ORDER BY the planner cannot merge them; the outer ORDER BY is qualified
- * because the output column next_retry_at is text.) */
-void store_format_due(Buf *sql, const int *parts, int n)
+/* Each partition's range is one index range (the partition is a constant
+ * in the lateral subquery) cut at $6 rows; the outer ORDER BY is qualified
+ * because the output column next_retry_at is text. */
+const char STORE_SQL_DUE[] =
+    "SELECT " RETRY_COLS("r.") ", r.next_retry_at::text FROM unnest($5::int[]) AS k(p)"
+                               " CROSS JOIN LATERAL (SELECT * FROM rt_retries x"
+                               " WHERE x.partition = k.p AND NOT x.parked"
+                               " AND x.next_retry_at <= now()"
+                               " AND (x.next_retry_at, x.job_id) > ($1::timestamptz, $2::bigint)"
+                               " AND x.destination_id <> ALL ($3::text[])"
+                               " ORDER BY x.next_retry_at, x.job_id LIMIT $6) r"
+                               " ORDER BY r.next_retry_at, r.job_id LIMIT $4";
+
+int store_due_per_partition(int limit, int nparts)
 {
-    buf_puts(sql, "SELECT " RETRY_COLS("r.") ", r.next_retry_at::text FROM (");
-    for (int i = 0; i < n; i++)
-        buf_printf(sql,
-                   "%s(SELECT * FROM rt_retries WHERE partition = %d AND NOT parked"
-                   " AND next_retry_at <= now()"
-                   " AND (next_retry_at, job_id) > ($1::timestamptz, $2::bigint)"
-                   " AND destination_id <> ALL ($3::text[])"
-                   " ORDER BY next_retry_at, job_id LIMIT $4)",
-                   i ? " UNION ALL " : "", parts[i]);
-    buf_puts(sql, ") r ORDER BY r.next_retry_at, r.job_id LIMIT $4");
+    int per = (2 * limit + nparts - 1) / nparts;
+    if (per < STORE_DUE_MIN_PER_PARTITION)
+        per = STORE_DUE_MIN_PER_PARTITION;
+    return per < limit ? per : limit;
+}
+
+int store_due_take(const PGresult *res, int limit, int per_partition, bool *more)
+{
+    int n = PQntuples(res);
+    /* rows come in (next_retry_at, job_id) order; the first partition to
+     * read its whole share marks the cut: beyond that row it may hold rows
+     * this page did not read. Without a cut, a short page means every
+     * partition was read to its end. */
+    int take = n, cap = 0, *count = NULL;
+    *more = n >= limit;
+    for (int i = 0; i < n; i++) {
+        int p = atoi(PQgetvalue(res, i, 1));
+        if (p < 0)
+            continue;
+        if (p >= cap) {
+            int ncap = p + 64;
+            count = xrealloc(count, sizeof(int) * (size_t)ncap);
+            memset(count + cap, 0, sizeof(int) * (size_t)(ncap - cap));
+            cap = ncap;
+        }
+        if (++count[p] >= per_partition) {
+            take = i + 1;
+            *more = true;
+            break;
+        }
+    }
+    free(count);
+    return take;
 }
 
 const char STORE_SQL_LOAD[] = "SELECT " RETRY_COLS(

@@ -45,13 +45,23 @@ extern const char STORE_SQL_CURSORS[];
 /* Row i of a claim result as a job (caller owns it); *rows as claimed. */
 OrderJob *store_claimed_job(const PGresult *res, int i, OrderRows *rows);
 
-/* Appends the due scan of heads of the n partitions parts[]: a statement
- * with $1 (timestamptz text) and $2 (job id) the scan position (rows after
- * it, '-infinity' and 0 at first), $3 destinations to leave out (text[]),
- * $4 the page size. Ordered by (next_retry_at, job_id); column
- * STORE_DUE_AT_COL is next_retry_at as text. One index range per partition
- * (sql/008), merged in order: it reads about as many rows as it returns. */
-void store_format_due(Buf *sql, const int *parts, int n);
+/* Due heads: parameterised statement with $1 (timestamptz text) and $2
+ * (job id) the scan position (rows after it, '-infinity' and 0 at first),
+ * $3 destinations to leave out (text[]), $4 the page size, $5 the
+ * partitions to read (int[]), $6 the most rows read per partition. Ordered
+ * by (next_retry_at, job_id); column STORE_DUE_AT_COL is next_retry_at as
+ * text. One index range per partition (sql/008), so it reads at most $5
+ * times $6 rows; use store_due_take for the rows that form the page. */
+extern const char STORE_SQL_DUE[];
+#define STORE_DUE_MIN_PER_PARTITION 16
+/* $6 for a page of limit rows over nparts partitions: twice a fair share,
+ * at least STORE_DUE_MIN_PER_PARTITION, at most limit. */
+int store_due_per_partition(int limit, int nparts);
+/* The rows of a due scan result that form the page: the leading rows up to
+ * and including the first one with which a partition read its whole share
+ * (after it, that partition may hold rows not read). *more: the scan goes on
+ * at once from the last row taken (else the table was read to the end). */
+int store_due_take(const PGresult *res, int limit, int per_partition, bool *more);
 #define STORE_DUE_AT_COL 11
 
 /* Pages of parked rows: $1 destinations (text[]), $2 users (text[]), $3 job

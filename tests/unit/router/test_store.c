@@ -276,16 +276,11 @@ static void exec_ok(PGconn *pg, const char *sql)
     PQclear(r);
 }
 
-static PGresult *due_scan(PGconn *pg, const int *parts, int n, const char *at, const char *after,
-                          const char *skip, const char *limit)
+static PGresult *due_scan(PGconn *pg, const char *parts, const char *at, const char *after,
+                          const char *skip, const char *limit, const char *per)
 {
-    Buf q;
-    buf_init(&q);
-    store_format_due(&q, parts, n);
-    const char *params[] = {at, after, skip, limit};
-    PGresult *r = exec_params(pg, q.data, 4, params);
-    buf_deinit(&q);
-    return r;
+    const char *params[] = {at, after, skip, limit, parts, per};
+    return exec_params(pg, STORE_SQL_DUE, 6, params);
 }
 
 /* The due scan reads only the partitions it is given, in (next_retry_at,
@@ -303,51 +298,78 @@ static void test_due_scan_pages_over_given_partitions(void **state)
                 " CASE WHEN i = 8 THEN now() + interval '1 hour'"
                 " ELSE to_timestamp(10 - i) END FROM generate_series(1, 8) i");
     /* partitions 1 and 3: jobs 1, 3, 5, 7 (parked); due order 5, 3, 1 */
-    int odd[] = {1, 3};
-    PGresult *r = due_scan(pg, odd, 2, "-infinity", "0", "{}", "2");
+    PGresult *r = due_scan(pg, "{1,3}", "-infinity", "0", "{}", "2", "2");
     assert_int_equal(PQntuples(r), 2);
     assert_string_equal(PQgetvalue(r, 0, 0), "5");
     assert_string_equal(PQgetvalue(r, 1, 0), "3");
+    bool more;
+    assert_int_equal(store_due_take(r, 2, 2, &more), 2);
+    assert_true(more);
     char at[64];
     snprintf(at, sizeof at, "%s", PQgetvalue(r, 1, STORE_DUE_AT_COL));
     PQclear(r);
-    r = due_scan(pg, odd, 2, at, "3", "{}", "2");
+    r = due_scan(pg, "{1,3}", at, "3", "{}", "2", "2");
     assert_int_equal(PQntuples(r), 1);
     assert_string_equal(PQgetvalue(r, 0, 0), "1");
+    assert_int_equal(store_due_take(r, 2, 2, &more), 1);
+    assert_false(more); /* read to the end */
     PQclear(r);
     /* partitions 0 and 2 (jobs 2, 4, 6; 8 not due), then destination d left out */
-    int even[] = {0, 2};
-    r = due_scan(pg, even, 2, "-infinity", "0", "{}", "10");
+    r = due_scan(pg, "{0,2}", "-infinity", "0", "{}", "10", "10");
     assert_int_equal(PQntuples(r), 3);
     assert_string_equal(PQgetvalue(r, 0, 0), "6");
     PQclear(r);
-    int all[] = {0, 1, 2, 3};
-    r = due_scan(pg, all, 4, "-infinity", "0", "{d}", "10");
+    r = due_scan(pg, "{0,1,2,3}", "-infinity", "0", "{d}", "10", "10");
     assert_int_equal(PQntuples(r), 0);
     PQclear(r);
     PQfinish(pg);
 }
 
-/* With a backlog of due heads in every partition, a page reads about a
- * page of rows: the partitions' index ranges are merged in order, not read
- * a page each. */
-static void test_due_scan_reads_one_page_not_one_per_partition(void **state)
+/* A partition with a backlog reads its share, not the whole page, and the
+ * page ends where that share ends, so paging skips none of its rows; the
+ * statement reads at most partitions x share rows. */
+static void test_due_scan_cuts_the_page_at_a_partition_share(void **state)
 {
     PGconn *pg = db_open();
     if (pg == NULL)
         skip();
-    exec_ok(pg, "INSERT INTO rt_retries (job_id, partition, workspace_id, source_id,"
-                " destination_id, user_id, payload, parked, attempts, next_retry_at)"
-                " SELECT i, i % 4, 'ws', 's', 'd', 'u' || i, '{}', false, 1,"
-                " to_timestamp(i) FROM generate_series(1, 4000) i");
-    exec_ok(pg, "ANALYZE rt_retries");
-    int all[] = {0, 1, 2, 3};
+    assert_int_equal(store_due_per_partition(256, 64), STORE_DUE_MIN_PER_PARTITION);
+    assert_int_equal(store_due_per_partition(256, 4), 128);
+    assert_int_equal(store_due_per_partition(10, 1), 10);
+    /* partition 0: 100 heads due at 1..100 s; partition 1: one at 50.5 s,
+     * partition 2: one at 200 s */
+    exec_ok(pg,
+            "INSERT INTO rt_retries (job_id, partition, workspace_id, source_id,"
+            " destination_id, user_id, payload, parked, attempts, next_retry_at)"
+            " SELECT i, 0, 'ws', 's', 'd', 'u' || i, '{}', false, 1, to_timestamp(i)"
+            " FROM generate_series(1, 100) i UNION ALL"
+            " SELECT 1000, 1, 'ws', 's', 'd', 'x', '{}', false, 1, to_timestamp(50.5)"
+            " UNION ALL SELECT 1001, 2, 'ws', 's', 'd', 'y', '{}', false, 1, to_timestamp(200)");
+    int64_t seen = 0, pages = 0;
+    char at[64] = "-infinity", after[32] = "0";
+    for (bool more = true; more; pages++) {
+        PGresult *r = due_scan(pg, "{0,1,2}", at, after, "{}", "64", "16");
+        assert_true(PQntuples(r) <= 64);
+        int n = store_due_take(r, 64, 16, &more);
+        /* every page ends at partition 0's 16th row, until it has no more */
+        if (more) {
+            assert_string_equal(PQgetvalue(r, n - 1, 1), "0");
+            snprintf(at, sizeof at, "%s", PQgetvalue(r, n - 1, STORE_DUE_AT_COL));
+            snprintf(after, sizeof after, "%s", PQgetvalue(r, n - 1, 0));
+        }
+        seen += n;
+        PQclear(r);
+        assert_true(pages < 20);
+    }
+    assert_int_equal(seen, 102); /* every head once, none skipped */
+    /* one index range per partition, each cut at its share */
+    exec_ok(pg, "SET enable_seqscan = off");
+    const char *params[] = {"-infinity", "0", "{}", "64", "{0,1,2}", "16"};
     Buf q;
     buf_init(&q);
     buf_puts(&q, "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ");
-    store_format_due(&q, all, 4);
-    const char *params[] = {"-infinity", "0", "{}", "50"};
-    PGresult *r = exec_params(pg, q.data, 4, params);
+    buf_puts(&q, STORE_SQL_DUE);
+    PGresult *r = exec_params(pg, q.data, 6, params);
     Buf plan;
     buf_init(&plan);
     for (int i = 0; i < PQntuples(r); i++) {
@@ -355,15 +377,14 @@ static void test_due_scan_reads_one_page_not_one_per_partition(void **state)
         buf_putc(&plan, '\n');
     }
     PQclear(r);
-    if (strstr(plan.data, "Merge Append") == NULL ||
-        strstr(plan.data, "rt_retries_part_due") == NULL)
-        fail_msg("the due scan does not merge the per-partition index ranges:\n%s", plan.data);
-    /* every branch stops right after the page: at most ~50 / 4 + 1 rows each */
-    for (const char *p = plan.data; (p = strstr(p, "(actual rows=")) != NULL; p++) {
-        int rows = atoi(p + strlen("(actual rows="));
-        if (rows > 60)
-            fail_msg("a plan node read %d rows for a page of 50:\n%s", rows, plan.data);
+    if (strstr(plan.data, "rt_retries_part_due") == NULL)
+        fail_msg("the due scan does not use rt_retries_part_due:\n%s", plan.data);
+    for (const char *p = plan.data; (p = strstr(p, "Index Scan")) != NULL; p++) {
+        const char *a = strstr(p, "(actual rows=");
+        if (a && atoi(a + strlen("(actual rows=")) > 16)
+            fail_msg("an index range read more than its share:\n%s", plan.data);
     }
+    exec_ok(pg, "RESET enable_seqscan");
     buf_deinit(&plan);
     buf_deinit(&q);
     PQfinish(pg);
@@ -421,7 +442,7 @@ int main(void)
         cmocka_unit_test(test_flush_keeps_one_head_per_user),
         cmocka_unit_test(test_claim_sees_rows_before_and_after),
         cmocka_unit_test(test_due_scan_pages_over_given_partitions),
-        cmocka_unit_test(test_due_scan_reads_one_page_not_one_per_partition),
+        cmocka_unit_test(test_due_scan_cuts_the_page_at_a_partition_share),
         cmocka_unit_test(test_load_reads_the_users_partition),
         cmocka_unit_test(test_cursors_only_of_leases_held),
     };
