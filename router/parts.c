@@ -49,6 +49,7 @@ struct Parts {
     int nparts;
     PartState *s;
     int probe;   /* an open, working partition, for parts_fresh; -1: none */
+    int stale;   /* an open partition paused for a late renewal; -1: none */
     int ngiving; /* open and being given back */
     Buf params;
     int *load_parts;
@@ -65,7 +66,7 @@ Parts *parts_create(Lease *l, Order *o)
     ps->s = xcalloc((size_t)ps->nparts, sizeof(*ps->s));
     ps->load_parts = xmalloc(sizeof(int) * (size_t)ps->nparts);
     ps->load_epochs = xmalloc(sizeof(int64_t) * (size_t)ps->nparts);
-    ps->probe = -1;
+    ps->probe = ps->stale = -1;
     buf_init(&ps->params);
     return ps;
 }
@@ -95,7 +96,7 @@ static void close_part(Parts *ps, int p)
 PartsChange parts_follow(Parts *ps, bool stopping, int64_t now)
 {
     PartsChange ch = {0, 0, 0};
-    ps->probe = -1;
+    ps->probe = ps->stale = -1;
     for (int p = 0; p < ps->nparts; p++) {
         PartState *s = &ps->s[p];
         int64_t epoch = lease_epoch(ps->lease, p);
@@ -126,6 +127,8 @@ PartsChange parts_follow(Parts *ps, bool stopping, int64_t now)
             }
             if (!s->giving && !s->stale)
                 ps->probe = p;
+            if (!s->giving && s->stale)
+                ps->stale = p;
             break;
         case P_WANTED:
         case P_SENT:
@@ -145,7 +148,11 @@ PartsChange parts_follow(Parts *ps, bool stopping, int64_t now)
 
 bool parts_fresh(const Parts *ps)
 {
-    return ps->probe < 0 || lease_usable(ps->lease, ps->probe);
+    /* the lease's clock ran out for the working ones, or a renewal made the
+     * paused ones usable again (a renewal that ends a lapse the expiry
+     * timer had not seen yet may not call changed()) */
+    return (ps->probe < 0 || lease_usable(ps->lease, ps->probe)) &&
+           (ps->stale < 0 || !lease_usable(ps->lease, ps->stale));
 }
 
 bool parts_load_wanted(const Parts *ps)
@@ -254,7 +261,7 @@ void parts_reset(Parts *ps)
         s->giving = s->stale = s->spilled = false;
     }
     ps->nload = 0;
-    ps->probe = -1;
+    ps->probe = ps->stale = -1;
     ps->ngiving = 0;
 }
 

@@ -40,7 +40,8 @@ typedef struct PartsChange {
  * and asks for the cursors of what was gained (not while stopping). */
 PartsChange parts_follow(Parts *ps, bool stopping, int64_t now_ms);
 /* Cheap test, for every pump: false when the lease's clock ran out since
- * the last parts_follow (renewal is per instance, so one partition tells). */
+ * the last parts_follow, or partitions paused because it had are usable
+ * again (renewal is per instance, so one partition tells each). */
 bool parts_fresh(const Parts *ps);
 
 /* Partitions gained wait for their cursors. */

@@ -121,12 +121,12 @@ describe('routers sharing partitions by leases', () => {
   }));
 });
 
-describe('fencing: a paused router whose partitions were taken over', () => {
+describe('a router paused past its lease TTL (SIGSTOP)', () => {
   let st;
   const S = () => st;
   after(async () => { await stopRouterStack(st); });
 
-  it('cannot commit its flush after SIGCONT (lease_fenced), and nothing it wrote is in the database', withLogs(S, async () => {
+  it('whose partitions were taken over cannot commit its flush after SIGCONT (lease_fenced), and nothing it wrote is in the database', withLogs(S, async () => {
     // the first attempt of "doomed" is refused (a dead letter, pending in
     // the paused router's flush); every later one succeeds
     let doomedSeen = 0;
@@ -173,6 +173,41 @@ describe('fencing: a paused router whose partitions were taken over', () => {
       await waitEvenSpread(st, [a, b], { timeoutMs: 15000, what: 'A rejoins' });
       checkDelivered('dst-hook', sent, sink.ok());
       for (const r of [a, b]) assert.equal((await r.stop()).code, 0);
+      assert.deepEqual(a.errors(), []);
+    } finally {
+      if (a.running) a.child.kill('SIGCONT');
+    }
+  }));
+
+  it('alone (nobody took over) keeps its state: resumed, its flush commits and it goes on', withLogs(S, async () => {
+    await stopRouterStack(st);
+    const sink = await startSink();
+    st = await leaseStack({ 'dst-hook': sink }, { partitions: 8 });
+    const users = ['v0', 'v1', 'v2', 'v3'];
+    const sent = userEvents(users, 5);
+    await sendAll(st.gw.url, sent);
+    await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_jobs'))[0].n === sent.length, { what: 'rt jobs written' });
+    const a = await addRouter(st, { PINTLE_ROUTER_FLUSH_INTERVAL_MS: '4000', PINTLE_ROUTER_POLL_INTERVAL_MS: '4000' });
+    await waitFor(() => sink.received.length === sent.length, { what: 'A delivered every event' });
+    a.child.kill('SIGSTOP');
+    const stoppedAt = Date.now();
+    try {
+      while (Date.now() - stoppedAt < TTL_MS + 1500) await new Promise((r) => setTimeout(r, 100));
+      const from = a.log.length;
+      a.child.kill('SIGCONT');
+      const maxIds = await st.pg.query('SELECT partition, max(job_id)::text AS id FROM pintle.rt_jobs GROUP BY 1');
+      await waitFor(async () => {
+        const cur = new Map((await st.pg.query("SELECT partition, last_job_id::text AS id FROM pintle.cursors WHERE stage = 'router'")).map((r) => [r.partition, r.id]));
+        return maxIds.every((m) => cur.get(m.partition) === m.id);
+      }, { what: "A's cursors past every job" });
+      assert.doesNotMatch(a.log.slice(from), /event=lease_fenced|event=partitions_dropped/);
+      const more = userEvents(users, 3, 5);
+      await sendAll(st.gw.url, more);
+      sent.push(...more);
+      await allDelivered(sink, sent);
+      const { repeats } = checkDelivered('dst-hook', sent, sink.ok());
+      assert.equal(repeats, 0, 'nothing is delivered twice');
+      assert.equal((await a.stop()).code, 0);
       assert.deepEqual(a.errors(), []);
     } finally {
       if (a.running) a.child.kill('SIGCONT');
