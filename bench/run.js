@@ -10,8 +10,10 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { Stack, Proc, freePort, sleep, waitFor } = require('../tests/e2e/lib/stack');
+const { startNginx } = require('../tests/e2e/lib/nginx');
 
 const QUICK = process.argv.includes('--quick');
+const NO_SCALED = process.argv.includes('--no-scaled'); // e.g. for a commit without leases
 const DUR = QUICK ? 10 : 30;
 const E2E_N = QUICK ? 20000 : 100000;
 const CONNS = 50;
@@ -111,8 +113,10 @@ async function main() {
   const st = new Stack();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pintle-bench-'));
   let nginx;
+  let lb;
   // Ctrl-C or a timeout still stops everything this run started
   const onSignal = async () => {
+    if (lb) await lb.stop();
     try { await st.stopAll(); } catch (e) { /* best effort */ }
     if (nginx) nginx.kill('SIGTERM');
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -207,28 +211,51 @@ http { access_log off; client_body_temp_path ${tmp}; proxy_temp_path ${tmp}; fas
     await scenario('ingest_b_batch10', '/v1/batch', 10);
 
     // end to end: N single-event requests, then until the sink has them all
-    await drain('drained before e2e');
-    const s0 = sample(groups);
-    const stored0 = await stored();
-    const delivered0 = await delivered();
-    const t0 = Date.now();
-    const w = await wrk(gw.url, '/v1/track', 600, Math.ceil(E2E_N / 2), 1, async () => (await stored()) - stored0 >= E2E_N);
-    const wrkEnd = Date.now();
-    const sent = (await stored()) - stored0;
-    let lastChange = Date.now();
-    let last = await delivered();
-    await waitFor(async () => {
-      const d = await delivered();
-      if (d !== last) { last = d; lastChange = Date.now(); }
-      return d - delivered0 >= sent;
-    }, { timeoutMs: 600000, intervalMs: 50, what: 'e2e delivered' });
-    const secs = (lastChange - t0) / 1000;
-    const cpu = cpuDelta(s0, sample(groups));
-    results.scenarios.end_to_end = {
-      requests: w.requests, seconds: secs, req_per_s: w.requests / ((wrkEnd - t0) / 1000), events: sent, events_per_s: sent / secs,
-      p50_ms: w.p50_us / 1000, p90_ms: w.p90_us / 1000, p99_ms: w.p99_us / 1000, non2xx: w.non2xx, socket_errors: w.socket_errors,
-      cpu_s_per_1k: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, (v / sent) * 1000])),
+    const endToEnd = async (name, url, storedFn, deliveredFn) => {
+      const s0 = sample(groups);
+      const stored0 = await storedFn();
+      const delivered0 = await deliveredFn();
+      const t0 = Date.now();
+      const w = await wrk(url, '/v1/track', 600, Math.ceil(E2E_N / 2), 1, async () => (await storedFn()) - stored0 >= E2E_N);
+      const wrkEnd = Date.now();
+      const sent = (await storedFn()) - stored0;
+      let lastChange = Date.now();
+      let last = await deliveredFn();
+      await waitFor(async () => {
+        const d = await deliveredFn();
+        if (d !== last) { last = d; lastChange = Date.now(); }
+        return d - delivered0 >= sent;
+      }, { timeoutMs: 600000, intervalMs: 50, what: `${name} delivered` });
+      const secs = (lastChange - t0) / 1000;
+      const cpu = cpuDelta(s0, sample(groups));
+      results.scenarios[name] = {
+        requests: w.requests, seconds: secs, req_per_s: w.requests / ((wrkEnd - t0) / 1000), events: sent, events_per_s: sent / secs,
+        p50_ms: w.p50_us / 1000, p90_ms: w.p90_us / 1000, p99_ms: w.p99_us / 1000, non2xx: w.non2xx, socket_errors: w.socket_errors,
+        cpu_s_per_1k: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, (v / sent) * 1000])),
+      };
     };
+    await drain('drained before e2e');
+    await endToEnd('end_to_end', gw.url, stored, delivered);
+
+    // Scaled: a second gateway, processor and router, nginx in front of the
+    // two gateways (deploy/nginx/). On two cores this is not about more
+    // throughput but about what leases, fencing and the proxy cost.
+    if (!NO_SCALED) {
+      const gw2 = await st.startGateway({ ...env });
+      const proc2 = await st.startProcessor({ ...env, PINTLE_PROCESSOR_POLL_INTERVAL_MS: '300' });
+      const router2 = await st.startRouter({ ...env, PINTLE_ROUTER_POLL_INTERVAL_MS: '300' });
+      lb = await startNginx([gw.port, gw2.port]);
+      Object.assign(groups, { gateway2: gw2.child.pid, processor2: proc2.child.pid, router2: router2.child.pid, lb_nginx: lb.proc.child.pid });
+      cGroups.push('gateway2', 'processor2', 'router2');
+      const half = async (stage) => {
+        const r = await st.pg.query('SELECT count(DISTINCT owner)::int AS owners, count(*)::int AS n FROM pintle.leases WHERE stage = $1 AND owner IS NOT NULL AND expires_at > now()', [stage]);
+        return r[0].owners === 2 && r[0].n === 64;
+      };
+      await waitFor(async () => (await half('processor')) && (await half('router')), { timeoutMs: 60000, intervalMs: 200, what: 'partitions spread over two processors and two routers' });
+      const stored2 = async () => (await stored()) + (await metric(`${gw2.url}/metrics`, 'pintle_gateway_events_stored_total'));
+      const delivered2 = async () => (await delivered()) + (await metric(`http://127.0.0.1:${router2.port}/metrics`, 'pintle_router_delivered_total'));
+      await endToEnd('end_to_end_scaled_2x2x2_nginx', lb.url, stored2, delivered2);
+    }
 
     const end = sample(groups);
     for (const [k, v] of Object.entries(end)) results.rss[k] = { peak_mb: v.hwmKb / 1024, now_mb: v.rssKb / 1024 };
@@ -254,8 +281,11 @@ http { access_log off; client_body_temp_path ${tmp}; proxy_temp_path ${tmp}; fas
     for (const [name, s] of Object.entries(results.scenarios)) {
       lines.push(`| ${name} | ${f(s.req_per_s)} | ${f(s.events_per_s)} | ${f(s.p50_ms, 2)} | ${f(s.p90_ms, 2)} | ${f(s.p99_ms, 2)} | ${s.non2xx} | ` + procs.map((p) => f(s.cpu_s_per_1k[p], 4)).join(' | ') + ' |');
     }
-    const cSum = (s) => cGroups.reduce((t, k) => t + s.cpu_s_per_1k[k], 0);
-    lines.push('', `C processes together: ${f(cSum(results.scenarios.end_to_end), 4)} CPU s per 1,000 delivered events (end to end); peak RSS ${f(results.c_processes_peak_rss_mb, 1)} MB.`, '');
+    const cSum = (s) => cGroups.reduce((t, k) => t + (s.cpu_s_per_1k[k] || 0), 0);
+    lines.push('', `C processes together: ${f(cSum(results.scenarios.end_to_end), 4)} CPU s per 1,000 delivered events (end to end); peak RSS ${f(results.c_processes_peak_rss_mb, 1)} MB.`);
+    const sc = results.scenarios.end_to_end_scaled_2x2x2_nginx;
+    if (sc) lines.push(`Scaled (2 gateways behind nginx, 2 processors, 2 routers): ${f(sc.events_per_s)} events/s end to end, ${f(100 * sc.events_per_s / results.scenarios.end_to_end.events_per_s, 1)} % of the single-instance run; C processes together ${f(cSum(sc), 4)} CPU s per 1,000 events.`);
+    lines.push('');
     lines.push('| process | peak RSS MB | idle CPU s over 10 s |', '|---|---|---|');
     for (const p of procs) lines.push(`| ${p} | ${f(results.rss[p].peak_mb, 1)} | ${f(results.idle[p], 2)} |`);
     lines.push('', `Postgres bytes per stored event: gw ${f(results.pg_bytes_per_event.gw)}, rt ${f(results.pg_bytes_per_event.rt)}.`);
@@ -271,6 +301,7 @@ http { access_log off; client_body_temp_path ${tmp}; proxy_temp_path ${tmp}; fas
     for (const p of st.procs) process.stderr.write(`\n----- ${p.name} (exit ${JSON.stringify(p.exit)}) last log lines -----\n${p.log.split('\n').slice(-15).join('\n')}\n`);
     throw e;
   } finally {
+    if (lb) await lb.stop();
     await st.stopAll();
     if (nginx) nginx.kill('SIGTERM');
     fs.rmSync(tmp, { recursive: true, force: true });

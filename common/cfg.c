@@ -78,7 +78,8 @@ static const CfgKey keys[] = {
       "how often an instance heartbeats, renews its leases and rebalances (at most a third of"
       " ttl_ms)"),
     I("lease", "rebalance_max_moves", lease.rebalance_max_moves, "8", 1, 4096,
-      "partitions an instance takes or gives back per renewal when the spread is uneven"),
+      "partitions an instance gives back per renewal when another instance needs them"
+      " (free ones are taken at once)"),
 
     S("workspace", "path", workspace.path, "workspaceConfig.json",
       "RudderStack workspace-config JSON export; polled and reloaded when it changes"),

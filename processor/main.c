@@ -67,8 +67,8 @@ static void *create(const StageEnv *env, Err *err)
             goto fail;
     }
     p->http = httpc_create(env->base, cfg->processor.max_inflight);
-    p->pipeline = pipeline_create(env->base, cfg, env->pool, p->http, p->rt_hints, p->batch_hints,
-                                  p->ws, env->metrics);
+    p->pipeline = pipeline_create(env->base, cfg, env->pool, env->lease, p->http, p->rt_hints,
+                                  p->batch_hints, p->ws, env->metrics);
     return p;
 fail:
     destroy(p);
@@ -84,7 +84,7 @@ static void kick(void *work)
 static void leases_changed(void *work)
 {
     Processor *p = work;
-    pipeline_kick(p->pipeline);
+    pipeline_leases_changed(p->pipeline);
 }
 
 static void stop(void *work, int deadline_ms, void (*done)(void *), void *arg)

@@ -54,8 +54,9 @@ FROM (VALUES ('processor'), ('router'), ('batchrouter')) AS v(s),
 --  4. computes its fair share: P / live instances, one more for the first
 --     P mod n of them by instance_id;
 --  5. above its share: names the partitions to give back (the highest
---     numbered, at most p_max_moves) without freeing them; below it: takes
---     up to p_max_moves free or expired leases (epoch + 1).
+--     numbered, at most p_max_moves per tick) without freeing them; below
+--     it: takes free or expired leases up to its share (epoch + 1), at
+--     once, so a start or a takeover after a crash takes one tick.
 -- Returns the partitions it owns after the tick: epoch, and give = true
 -- for those it should hand back at a later tick.
 CREATE FUNCTION lease_tick(p_stage text, p_owner text, p_ttl_ms int, p_max_moves int,
@@ -104,7 +105,7 @@ BEGIN
             SELECT l.partition FROM leases l
             WHERE l.stage = p_stage AND (l.owner IS NULL OR l.expires_at < clock_timestamp())
             ORDER BY l.partition
-            LIMIT least(target - held, p_max_moves)
+            LIMIT target - held
             FOR UPDATE SKIP LOCKED)
         UPDATE leases l
         SET owner = p_owner, epoch = l.epoch + 1, expires_at = clock_timestamp() + ttl,

@@ -1,0 +1,54 @@
+/* Routing of one claimed batch: turns the claim's rows into gw jobs and
+ * sends each to the destinations it goes to, under one workspace snapshot:
+ * transformer chunks (processor/transform.c), batch_rt outputs, or dead
+ * letters (processor/outputs.h names the reasons).
+ * Owns the batch's jobs (their ids and normalised texts), its outputs and
+ * its reference to the snapshot, all until route_batch_reset. Borrows the
+ * transform batch it adds chunks to. Used by the pipeline (claim) and the
+ * commit (which reads the jobs and outputs). */
+#ifndef PROCESSOR_ROUTE_H
+#define PROCESSOR_ROUTE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#include "common/wsconfig.h"
+#include "processor/outputs.h"
+#include "processor/transform.h"
+
+/* One claimed gw job. Strings are owned by the batch. */
+typedef struct Job {
+    int64_t job_id;
+    int partition;
+    char *workspace_id, *source_id, *user_id;
+    char *dest_id; /* a replayed job's one destination, else NULL */
+    char *text;    /* normalised event, serialised; the tree is freed after routing */
+    size_t text_len;
+    char *type;
+    char *message_id;
+} Job;
+
+typedef struct Batch {
+    Job *jobs;
+    int njobs;
+    const Workspace *snap; /* held (ws_watcher_ref) until route_batch_reset */
+    OutputList outs;
+} Batch;
+
+void route_batch_init(Batch *b);
+void route_batch_deinit(Batch *b);
+/* Forgets the jobs and outputs and drops the snapshot. A transform batch
+ * that borrows them must be destroyed first. */
+void route_batch_reset(Batch *b);
+
+/* Loads the rows of a claim (columns of jobq_format_claim) into the empty
+ * batch b and routes each job with snapshot snap (b takes that reference):
+ * events for destination transforms go to tf, which keeps pointers into b
+ * until it is destroyed. Parses one event at a time, so only one JSON tree
+ * is alive whatever the batch size. now_ms: the time normalisation's "now". */
+void route_batch_load(Batch *b, const PGresult *res, const Workspace *snap, TfBatch *tf,
+                      int64_t now_ms);
+
+#endif
