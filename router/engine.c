@@ -1,49 +1,65 @@
-/* Router engine (see engine.h): the database side of the router.
+/* Router engine (see engine.h): schedules the router's database work on
+ * its one connection and its deliveries, on the partitions it leases.
  *
- * A term starts when the stage lock is taken: the cursors are read and
- * nothing else (rt_retries is never read whole). Then, one operation at a
- * time on the one connection, in this order of need:
- *  - flush (store.c): outcomes, parked rows and cursor moves, in batches of
- *    at least router.flush_interval_ms, sooner when a load waits for it;
- *  - load: the next page of parked rows of users whose head is done
- *    (order_take_loads), and the due scan: heads whose retry time came,
- *    paged by (next_retry_at, job_id) over an index. Both run only when
- *    nothing is left to flush, so what they read is complete;
- *  - claim: rt jobs beyond the cursors, while fewer than
- *    router.max_pending_jobs are in memory; loads and claims take turns so
- *    a destination catching up never holds back the others;
+ * The partitions (parts.c) follow the lease: a partition gained has its
+ * cursor loaded first (nothing else of rt_retries is read then). Then, one
+ * operation at a time on the one connection, in this order of need:
+ *  - flush (flush.c): outcomes, parked rows and cursor moves, fenced by the
+ *    leases they belong to, in batches of at least router.flush_interval_ms,
+ *    sooner when a load waits for it or a partition is being given back;
+ *  - cursors of partitions gained (parts.c);
+ *  - reload (reload.c): the next page of parked rows of users whose head is
+ *    done, and the due scan of heads whose retry time came, of the leased
+ *    partitions. Both run only when nothing is left to flush, so what they
+ *    read is complete;
+ *  - claim (claim.c): rt jobs beyond the cursors, while fewer than
+ *    router.max_pending_jobs are in memory; reloads and claims take turns
+ *    so a destination catching up never holds back the others;
  *  - maintenance of the rt datasets.
  * What to deliver, park, load and flush is decided by order.c; deliveries
  * are sender.c's. Every tick parks the users of jobs that kept a cursor
  * waiting too long (router.spill_after_ms).
  *
- * Mutual exclusion: the stage holds pg_try_advisory_lock('pintle.stage.
- * router') on its only connection; any database error drops all in-memory
- * state (after deliveries in flight return, their answers unrecorded) and
- * the engine starts over from the database: lock, cursors. */
+ * Leases: engine_leases_changed (after a lease tick) drops the state of
+ * partitions lost at once, pauses those given back (handed back once idle)
+ * and loads those gained; every pump first checks that the lease's clock
+ * has not run out, so no delivery starts on a partition another instance
+ * may own. A flush refused by the fence (lease_fenced) drops the state of
+ * the partitions it wrote to; their next owner delivers that work again (at
+ * least once). Limits (router.max_concurrency_per_destination, memory
+ * budgets) are this instance's, whatever the number of instances.
+ *
+ * Any other database error drops all in-memory state (after deliveries in
+ * flight return, their answers unrecorded) and the engine starts over from
+ * the database after a backoff: the cursors of the partitions it leases. */
 #include "router/engine.h"
 
 #include <event2/event.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/time.h>
 
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "router/claim.h"
+#include "router/flush.h"
 #include "router/order.h"
+#include "router/parts.h"
+#include "router/reload.h"
 #include "router/sender.h"
 #include "router/store.h"
 
-/* Rows of one due scan, users per page load, rows per user and page. */
-#define DUE_PAGE          256
-#define LOAD_USERS        32
-#define LOAD_PAGE         100
 #define TICK_MS           50
 #define SPILL_EVERY_TICKS 5
 
-typedef enum State { ST_DOWN, ST_LOCKING, ST_LOADING, ST_UP, ST_RESET } State;
+typedef enum State {
+    ST_UP,    /* working on the leased partitions */
+    ST_RESET, /* a database error: state goes once deliveries return */
+    ST_DOWN,  /* state dropped: starts over after next_db_try */
+} State;
+
+/* The operation running on the connection. */
+typedef enum Op { OP_NONE, OP_CURSORS, OP_CLAIM, OP_RELOAD, OP_FLUSH, OP_MAINTAIN } Op;
 
 struct Engine {
     struct event_base *base;
@@ -53,9 +69,15 @@ struct Engine {
     Metrics *m;
     Order *order;
     Sender *sender;
+    Lease *lease;
+    Parts *parts;
+    Claim *claim;
+    Reload *reload;
+    Flusher *flusher;
     State state;
-    unsigned long lock_gen;
-    bool db_busy; /* an operation is running on the connection */
+    Op op; /* OP_NONE: the connection is free for the next operation */
+    StoreStmt stmt;
+    char maintain_sql[160];
     bool stopping;
     bool spilled_at_stop; /* order_spill_all ran once deliveries ended */
     void (*stopped)(void *);
@@ -63,25 +85,9 @@ struct Engine {
     struct event *tick, *kick_ev, *cancel_ev;
     int64_t ticks;
     int backoff_ms;
-    struct timeval next_db_try, maintained_at, flushed_at;
-    bool want_claim;
-    bool claim_turn; /* claims go before loads next time */
-    int nparts;
-    Buf sql, params;
-    StoreFlush sf;
-    OrderFlush fl;
-    /* the due scan's position: rows after (due_at_text, due_after_id) */
-    int64_t due_next_ms;
-    char due_at_text[64];
-    int64_t due_after_id;
-    int due_limit;
-    /* the page load in flight */
-    OrderUser *load_users[LOAD_USERS];
-    int64_t load_after[LOAD_USERS];
-    int nload;
-    OrderJob **load_jobs;
-    int cap_load_jobs;
-    MetricSeries *m_pending, *m_inflight, *m_active, *m_users;
+    struct timeval next_db_try, maintained_at;
+    bool claim_turn; /* claims go before reloads next time */
+    MetricSeries *m_pending, *m_inflight, *m_partitions, *m_users, *m_fenced;
     MetricSeries *m_parked, *m_spilled_budget, *m_spilled_cursor;
 };
 
@@ -101,276 +107,33 @@ static double since_ms(const struct timeval *t)
     return (double)(now.tv_sec - t->tv_sec) * 1000 + (double)(now.tv_usec - t->tv_usec) / 1000;
 }
 
-static void due_rewind(Engine *e)
+static void retry_after(Engine *e, int ms)
 {
-    snprintf(e->due_at_text, sizeof e->due_at_text, "-infinity");
-    e->due_after_id = 0;
+    gettimeofday(&e->next_db_try, NULL);
+    e->next_db_try.tv_usec += (long)ms * 1000;
+    e->next_db_try.tv_sec += e->next_db_try.tv_usec / 1000000;
+    e->next_db_try.tv_usec %= 1000000;
 }
 
+/* Deliveries in flight are not recorded, the state is dropped once they
+ * returned, and the engine starts over after a backoff. */
 static void db_failed(Engine *e, const char *step, const Err *err)
 {
     char q[1100];
     log_warn("db_error", "step=%s error=%s", step, log_quote(q, sizeof q, err ? err->msg : "?"));
-    e->db_busy = false;
+    e->op = OP_NONE;
     e->state = ST_RESET;
-    /* answers still coming are not recorded: the next term reads them again */
+    /* answers still coming are not recorded: they are read again */
     sender_discard(e->sender, true);
-    metrics_set(e->m_active, 0);
     e->backoff_ms = e->backoff_ms ? e->backoff_ms * 2 : 200;
     if (e->backoff_ms > 5000)
         e->backoff_ms = 5000;
-    gettimeofday(&e->next_db_try, NULL);
-    e->next_db_try.tv_usec += (long)e->backoff_ms * 1000;
-    e->next_db_try.tv_sec += e->next_db_try.tv_usec / 1000000;
-    e->next_db_try.tv_usec %= 1000000;
+    retry_after(e, e->backoff_ms);
     pump(e);
 }
 
-/* Sends an operation; on a send failure the term ends. */
-static void send_op(Engine *e, DbConn *c, const char *step, const char *sql, int nparams,
-                    const char *const *params, const DbCopy *copies, int ncopies, DbDoneCb cb)
+static void on_maintained(Engine *e, const PGresult *res, const Err *err)
 {
-    e->db_busy = true;
-    if (db_exec(c, sql, nparams, params, copies, ncopies, cb, e) < 0) {
-        Err er;
-        err_set(&er, ERR_DB, "could not send the %s statement", step);
-        db_failed(e, step, &er);
-    }
-}
-
-/* ---- claims ---- */
-
-static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
-{
-    Engine *e = arg;
-    e->db_busy = false;
-    if (err != NULL) {
-        db_failed(e, "claim", err);
-        return;
-    }
-    int n = res ? PQntuples(res) : 0;
-    int per = e->cfg->router.claim_batch / e->nparts + 8;
-    int *got = xcalloc((size_t)e->nparts, sizeof(int));
-    int64_t now = now_ms();
-    bool full = false;
-    for (int i = 0; i < n; i++) {
-        OrderRows rows;
-        OrderJob *j = store_claimed_job(res, i, &rows);
-        if (j->partition < 0 || j->partition >= e->nparts) {
-            order_job_free(j);
-            continue;
-        }
-        if (++got[j->partition] >= per)
-            full = true;
-        order_push_claimed(e->order, j, rows, now);
-    }
-    free(got);
-    e->want_claim = full;
-    e->backoff_ms = 0;
-    pump(e);
-}
-
-static void claim(Engine *e, DbConn *c)
-{
-    int64_t *cur = xmalloc(sizeof(int64_t) * (size_t)e->nparts);
-    order_read_cursors(e->order, cur);
-    buf_reset(&e->sql);
-    store_format_claim(&e->sql, cur, e->nparts, e->cfg->router.claim_batch / e->nparts + 8);
-    free(cur);
-    e->want_claim = false;
-    e->claim_turn = false;
-    send_op(e, c, "claim", e->sql.data, -1, NULL, NULL, 0, on_claimed);
-}
-
-/* ---- rows coming back from rt_retries ---- */
-
-static void on_due(void *arg, DbConn *c, PGresult *res, const Err *err)
-{
-    Engine *e = arg;
-    e->db_busy = false;
-    if (err != NULL) {
-        db_failed(e, "due_scan", err);
-        return;
-    }
-    int n = PQntuples(res);
-    int64_t now = now_ms();
-    for (int i = 0; i < n; i++)
-        order_push_due(e->order, store_retry_job(res, i), now);
-    order_due_end(e->order, now);
-    if (n == e->due_limit) {
-        /* a full page: go on from its last row at once */
-        snprintf(e->due_at_text, sizeof e->due_at_text, "%s",
-                 PQgetvalue(res, n - 1, STORE_DUE_AT_COL));
-        e->due_after_id = strtoll(PQgetvalue(res, n - 1, 0), NULL, 10);
-        e->due_next_ms = now;
-    } else {
-        due_rewind(e);
-        e->due_next_ms = now + e->cfg->router.poll_interval_ms;
-    }
-    e->backoff_ms = 0;
-    pump(e);
-}
-
-static bool due_scan(Engine *e, DbConn *c)
-{
-    int room = e->cfg->router.max_pending_jobs - order_jobs(e->order);
-    if (room <= 0)
-        return false;
-    e->due_limit = room < DUE_PAGE ? room : DUE_PAGE;
-    const char *full[64];
-    int nfull = order_full_dests(e->order, full, 64);
-    buf_reset(&e->params);
-    store_put_text_array(&e->params, full, nfull);
-    char id[32], lim[16];
-    snprintf(id, sizeof id, "%" PRId64, e->due_after_id);
-    snprintf(lim, sizeof lim, "%d", e->due_limit);
-    const char *params[4] = {e->due_at_text, id, e->params.data, lim};
-    e->claim_turn = true;
-    order_due_begin(e->order);
-    send_op(e, c, "due_scan", STORE_SQL_DUE, 4, params, NULL, 0, on_due);
-    return true;
-}
-
-static void on_loaded(void *arg, DbConn *c, PGresult *res, const Err *err)
-{
-    Engine *e = arg;
-    e->db_busy = false;
-    if (err != NULL) {
-        db_failed(e, "load_retries", err); /* the users are dropped with the state */
-        return;
-    }
-    int n = PQntuples(res);
-    int64_t now = now_ms();
-    int row = 0;
-    for (int k = 0; k < e->nload; k++) {
-        int m = 0;
-        while (row < n && atoi(PQgetvalue(res, row, STORE_LOAD_INDEX_COL)) == k + 1) {
-            if (m == e->cap_load_jobs) {
-                e->cap_load_jobs = e->cap_load_jobs ? e->cap_load_jobs * 2 : LOAD_PAGE;
-                e->load_jobs =
-                    xrealloc(e->load_jobs, sizeof(OrderJob *) * (size_t)e->cap_load_jobs);
-            }
-            e->load_jobs[m++] = store_retry_job(res, row++);
-        }
-        order_push_loaded(e->order, e->load_users[k], e->load_jobs, m, m == LOAD_PAGE, now);
-    }
-    e->nload = 0;
-    e->backoff_ms = 0;
-    pump(e);
-}
-
-static bool load(Engine *e, DbConn *c)
-{
-    e->nload = order_take_loads(e->order, e->load_users, e->load_after, LOAD_USERS, LOAD_PAGE);
-    if (e->nload == 0)
-        return false;
-    const char *dests[LOAD_USERS], *users[LOAD_USERS];
-    for (int i = 0; i < e->nload; i++) {
-        dests[i] = order_user_dest(e->load_users[i]);
-        users[i] = order_user_id(e->load_users[i]);
-    }
-    buf_reset(&e->params);
-    store_put_text_array(&e->params, dests, e->nload);
-    size_t off_users = e->params.len + 1;
-    buf_putc(&e->params, '\0');
-    store_put_text_array(&e->params, users, e->nload);
-    size_t off_after = e->params.len + 1;
-    buf_putc(&e->params, '\0');
-    store_put_int64_array(&e->params, e->load_after, e->nload);
-    char page[16];
-    snprintf(page, sizeof page, "%d", LOAD_PAGE);
-    const char *params[4] = {e->params.data, e->params.data + off_users, e->params.data + off_after,
-                             page};
-    e->claim_turn = true;
-    send_op(e, c, "load_retries", STORE_SQL_LOAD, 4, params, NULL, 0, on_loaded);
-    return true;
-}
-
-/* ---- flush ---- */
-
-static void on_flushed(void *arg, DbConn *c, PGresult *res, const Err *err)
-{
-    Engine *e = arg;
-    e->db_busy = false;
-    if (err != NULL) {
-        db_failed(e, "flush", err); /* everything this flush held goes with the state */
-        return;
-    }
-    order_flush_done(e->order, &e->fl, now_ms());
-    e->backoff_ms = 0;
-    pump(e);
-}
-
-static void flush(Engine *e, DbConn *c)
-{
-    gettimeofday(&e->flushed_at, NULL);
-    order_flush_begin(e->order, &e->fl);
-    store_format_flush(&e->sf, &e->fl);
-    send_op(e, c, "flush", e->sf.sql.data, -1, NULL, e->sf.copies, e->sf.ncopies, on_flushed);
-}
-
-/* ---- term ---- */
-
-static void on_cursors(void *arg, DbConn *c, PGresult *res, const Err *err)
-{
-    Engine *e = arg;
-    e->db_busy = false;
-    if (err != NULL) {
-        db_failed(e, "load_cursors", err);
-        return;
-    }
-    int n = PQntuples(res);
-    if (n == 0) {
-        Err er;
-        err_set(&er, ERR_DB, "no cursors for stage router (run `pintlectl migrate`)");
-        db_failed(e, "load_cursors", &er);
-        return;
-    }
-    int64_t *cur = xcalloc((size_t)n, sizeof(int64_t));
-    for (int i = 0; i < n; i++) {
-        int p = atoi(PQgetvalue(res, i, 0));
-        if (p >= 0 && p < n)
-            cur[p] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
-    }
-    e->nparts = n;
-    order_start(e->order, cur, n);
-    free(cur);
-    sender_discard(e->sender, false);
-    due_rewind(e);
-    e->due_next_ms = 0;
-    e->state = ST_UP;
-    e->backoff_ms = 0;
-    e->want_claim = true;
-    metrics_set(e->m_active, 1);
-    log_info("leader", "stage=router partitions=%d", n);
-    pump(e);
-}
-
-static void on_locked(void *arg, DbConn *c, PGresult *res, const Err *err)
-{
-    Engine *e = arg;
-    e->db_busy = false;
-    if (err != NULL) {
-        db_failed(e, "lock", err);
-        return;
-    }
-    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-        e->state = ST_DOWN; /* standby: another router is active */
-        gettimeofday(&e->next_db_try, NULL);
-        e->next_db_try.tv_sec += 1;
-        return;
-    }
-    e->lock_gen = db_conn_generation(c);
-    e->state = ST_LOADING;
-    send_op(e, c, "load_cursors",
-            "SELECT partition, last_job_id FROM cursors WHERE stage = 'router' ORDER BY partition",
-            -1, NULL, NULL, 0, on_cursors);
-}
-
-static void on_maintained(void *arg, DbConn *c, PGresult *res, const Err *err)
-{
-    Engine *e = arg;
-    e->db_busy = false;
     gettimeofday(&e->maintained_at, NULL);
     if (err != NULL) {
         char q[1100];
@@ -378,65 +141,166 @@ static void on_maintained(void *arg, DbConn *c, PGresult *res, const Err *err)
     } else if (res && atoi(PQgetvalue(res, 0, 0)) > 0) {
         log_info("datasets_dropped", "queue=rt count=%s", PQgetvalue(res, 0, 0));
     }
+}
+
+static void count_partitions(Engine *e)
+{
+    metrics_set(e->m_partitions, parts_open(e->parts));
+}
+
+/* Takes the lease's view of the partitions. */
+static void follow(Engine *e)
+{
+    if (e->state != ST_UP)
+        return; /* starting over follows it then */
+    PartsChange ch = parts_follow(e->parts, e->stopping, now_ms());
+    if (ch.dropped > 0)
+        log_info("partitions_dropped", "reason=lease_lost count=%d open=%d", ch.dropped,
+                 parts_open(e->parts));
+    if (ch.resumed > 0)
+        claim_want(e->claim);
+    count_partitions(e);
+}
+
+static void on_cursors(Engine *e, const PGresult *res)
+{
+    PartsChange ch = parts_push_load(e->parts, res, now_ms());
+    if (ch.opened == 0)
+        return;
+    /* new partitions: claim them, and scan their due rows from the start */
+    reload_rewind(e->reload);
+    claim_want(e->claim);
+    count_partitions(e);
+    log_info("partitions_opened", "count=%d open=%d", ch.opened, parts_open(e->parts));
+}
+
+/* The fence refused the flush: another instance owns one of its
+ * partitions now. Nothing of it was written. */
+static void on_fenced(Engine *e, const Err *err)
+{
+    const int *touched;
+    int n = flusher_touched(e->flusher, &touched);
+    char list[512], q[1100];
+    parts_format_list(list, sizeof list, touched, n);
+    log_warn("lease_fenced", "partitions=%s error=%s", list, log_quote(q, sizeof q, err->msg));
+    metrics_inc(e->m_fenced, 1);
+    parts_fenced(e->parts, touched, n);
+    follow(e);
+}
+
+/* One result handler for every operation: what ran decides who gets it. */
+static void on_done(void *arg, DbConn *c, PGresult *res, const Err *err)
+{
+    Engine *e = arg;
+    Op op = e->op;
+    e->op = OP_NONE;
+    if (op == OP_MAINTAIN) {
+        on_maintained(e, res, err);
+        pump(e);
+        return;
+    }
+    if (err != NULL && op == OP_FLUSH && lease_is_fenced(err)) {
+        on_fenced(e, err);
+        pump(e);
+        return;
+    }
+    if (err != NULL) {
+        /* a failed flush's writes, a claim's or load's rows: all go with the state */
+        db_failed(e, e->stmt.step, err);
+        return;
+    }
+    int64_t now = now_ms();
+    switch (op) {
+    case OP_CURSORS:
+        on_cursors(e, res);
+        break;
+    case OP_CLAIM:
+        claim_push(e->claim, res, now);
+        break;
+    case OP_RELOAD:
+        reload_push(e->reload, res, now);
+        break;
+    case OP_FLUSH:
+        flusher_done(e->flusher, now);
+        break;
+    default:
+        ASSERT(!"unexpected operation");
+    }
+    e->backoff_ms = 0;
     pump(e);
 }
 
-/* Loads and due scans first when it is their turn or claims have nothing
- * to do; either waits for pending writes to be flushed first. */
-static bool retries_step(Engine *e, DbConn *c, int64_t now)
+/* Sends e->stmt; a send failure is a database error. */
+static void send_op(Engine *e, DbConn *c, Op op)
 {
-    if (order_jobs(e->order) >= e->cfg->router.max_pending_jobs)
-        return false; /* memory is full: what is in it goes first */
-    bool want_load = order_loads_wanted(e->order);
-    bool want_due = now >= e->due_next_ms;
-    if (!want_load && !want_due)
+    const StoreStmt *st = &e->stmt;
+    e->op = op;
+    if (db_exec(c, st->sql, st->nparams, st->nparams >= 0 ? st->params : NULL, st->copies,
+                st->ncopies, on_done, e) < 0) {
+        Err er;
+        err_set(&er, ERR_DB, "could not send the %s statement", st->step);
+        db_failed(e, st->step, &er);
+    }
+}
+
+static void flush(Engine *e, DbConn *c)
+{
+    flusher_format(e->flusher, &e->stmt);
+    send_op(e, c, OP_FLUSH);
+}
+
+static bool claim(Engine *e, DbConn *c)
+{
+    e->claim_turn = false;
+    if (!claim_format(e->claim, &e->stmt))
+        return false;
+    send_op(e, c, OP_CLAIM);
+    return true;
+}
+
+/* Reloads first when it is their turn or claims have nothing to do;
+ * either waits for pending writes to be flushed first. */
+static bool reload_step(Engine *e, DbConn *c, int64_t now)
+{
+    if (!reload_wanted(e->reload, now))
         return false;
     if (order_has_writes(e->order)) {
         flush(e, c);
         return true;
     }
-    if (want_load && load(e, c))
-        return true;
-    return want_due && due_scan(e, c);
+    if (!reload_format(e->reload, now, &e->stmt))
+        return false;
+    e->claim_turn = true;
+    send_op(e, c, OP_RELOAD);
+    return true;
 }
 
 /* Decides the next database operation (one at a time on the connection). */
 static void db_step(Engine *e)
 {
-    if (e->db_busy)
+    if (e->op != OP_NONE)
         return;
     if (e->state == ST_RESET) {
         if (sender_inflight(e->sender) > 0)
             return; /* wait for deliveries to come back before dropping state */
         order_reset(e->order);
+        parts_reset(e->parts);
+        reload_rewind(e->reload);
+        count_partitions(e);
         e->state = ST_DOWN;
     }
-    if (e->state == ST_DOWN && e->stopping)
-        return;
-    struct timeval now;
-    gettimeofday(&now, NULL);
-    if (e->state == ST_DOWN && timercmp(&now, &e->next_db_try, <))
-        return;
+    if (e->state == ST_DOWN) {
+        struct timeval now;
+        gettimeofday(&now, NULL);
+        if (e->stopping || timercmp(&now, &e->next_db_try, <))
+            return;
+        e->state = ST_UP;
+        sender_discard(e->sender, false);
+        follow(e);
+    }
     DbConn *c = db_pool_acquire(e->pool);
     if (c == NULL)
         return;
-    if (e->state == ST_UP && db_conn_generation(c) != e->lock_gen) {
-        db_conn_release(c);
-        Err er;
-        err_set(&er, ERR_DB, "database connection was re-established; the stage lock is gone");
-        db_failed(e, "lock", &er);
-        return;
-    }
-    if (e->state == ST_DOWN) {
-        e->state = ST_LOCKING;
-        send_op(e, c, "lock", "SELECT pg_try_advisory_lock(hashtext('pintle.stage.router'))", -1,
-                NULL, NULL, 0, on_locked);
-        return;
-    }
-    if (e->state != ST_UP) {
-        db_conn_release(c);
-        return;
-    }
     if (e->stopping && !e->spilled_at_stop && sender_inflight(e->sender) == 0) {
         /* deliveries have ended: every claimed job without a row gets one,
          * so the final flush moves the cursors past all that was claimed
@@ -446,8 +310,7 @@ static void db_step(Engine *e)
         if (n > 0)
             log_info("users_spilled_at_stop", "count=%d", n);
     }
-    if (order_flush_needed(e->order) &&
-        (e->stopping || since_ms(&e->flushed_at) >= e->cfg->router.flush_interval_ms)) {
+    if (flusher_due(e->flusher, e->stopping || parts_flush_wanted(e->parts))) {
         flush(e, c);
         return;
     }
@@ -455,35 +318,52 @@ static void db_step(Engine *e)
         db_conn_release(c);
         return;
     }
+    if (parts_load_wanted(e->parts)) {
+        parts_format_load(e->parts, &e->stmt);
+        send_op(e, c, OP_CURSORS);
+        return;
+    }
     int64_t t = now_ms();
-    bool can_claim = e->want_claim && order_jobs(e->order) < e->cfg->router.max_pending_jobs;
-    if (can_claim && e->claim_turn) {
-        claim(e, c);
+    bool can_claim = claim_wanted(e->claim);
+    if (can_claim && e->claim_turn && claim(e, c))
         return;
-    }
-    if (retries_step(e, c, t))
+    if (reload_step(e, c, t))
         return;
-    if (can_claim) {
-        claim(e, c);
+    if (can_claim && claim(e, c))
         return;
-    }
     if (since_ms(&e->maintained_at) >= e->cfg->queue.maintenance_interval_ms) {
-        char sql[160];
-        snprintf(sql, sizeof sql, "SELECT maintain_queue('rt', %lld, %d)",
+        snprintf(e->maintain_sql, sizeof e->maintain_sql, "SELECT maintain_queue('rt', %lld, %d)",
                  (long long)e->cfg->queue.dataset_max_mb << 20, e->cfg->queue.dataset_max_age_s);
-        send_op(e, c, "maintain", sql, -1, NULL, NULL, 0, on_maintained);
+        e->stmt = (StoreStmt){.step = "maintain", .sql = e->maintain_sql, .nparams = -1};
+        send_op(e, c, OP_MAINTAIN);
         return;
     }
     db_conn_release(c);
 }
 
+static bool is_up(const Engine *e)
+{
+    return e->state == ST_UP;
+}
+
 static void pump(Engine *e)
 {
-    if (e->state == ST_UP && !e->stopping)
+    /* after a pause (SIGSTOP, swap) the lease's clock may have run out
+     * before its expiry timer ran: nothing new starts on it then */
+    if (is_up(e) && !parts_fresh(e->parts))
+        follow(e);
+    if (is_up(e) && !e->stopping)
         sender_dispatch(e->sender);
+    if (is_up(e)) {
+        int n = parts_hand_back(e->parts, now_ms());
+        if (n > 0) {
+            log_info("partitions_handed_back", "count=%d open=%d", n, parts_open(e->parts));
+            count_partitions(e);
+        }
+    }
     db_step(e);
-    if (e->stopping && sender_inflight(e->sender) == 0 && !e->db_busy &&
-        (e->state != ST_UP || !order_flush_needed(e->order)) && e->stopped) {
+    if (e->stopping && sender_inflight(e->sender) == 0 && e->op == OP_NONE &&
+        (!is_up(e) || !order_flush_needed(e->order)) && e->stopped) {
         void (*cb)(void *) = e->stopped;
         e->stopped = NULL;
         cb(e->stopped_arg);
@@ -500,14 +380,14 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     Engine *e = arg;
     e->ticks++;
-    if (e->state == ST_UP && !e->stopping && e->ticks % SPILL_EVERY_TICKS == 0) {
+    if (is_up(e) && !e->stopping && e->ticks % SPILL_EVERY_TICKS == 0) {
         int n = order_spill_blockers(e->order, now_ms());
         if (n > 0)
             log_debug("users_spilled", "count=%d", n);
     }
     /* poll for new jobs even without hints */
     if (e->ticks * TICK_MS % e->cfg->router.poll_interval_ms < TICK_MS)
-        e->want_claim = true;
+        claim_want(e->claim);
     metrics_set(e->m_pending, order_jobs(e->order));
     metrics_set(e->m_inflight, sender_inflight(e->sender));
     metrics_set(e->m_users, order_users(e->order));
@@ -521,7 +401,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
     Engine *e = arg;
-    e->want_claim = true;
+    claim_want(e->claim);
     pump(e);
 }
 
@@ -536,24 +416,8 @@ static void on_cancel(evutil_socket_t fd, short what, void *arg)
     pump(e);
 }
 
-Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Httpc *http,
-                      Metrics *m)
+static void create_metrics(Engine *e, Metrics *m)
 {
-    Engine *e = xcalloc(1, sizeof(*e));
-    e->base = base;
-    e->cfg = cfg;
-    e->pool = pool;
-    e->http = http;
-    e->m = m;
-    OrderLimits lim = {cfg->router.max_pending_jobs, cfg->router.max_concurrency_per_destination,
-                       cfg->router.max_pending_jobs_per_destination, cfg->router.spill_after_ms};
-    e->order = order_create(&lim);
-    e->sender = sender_create(cfg, http, m, e->order, after_delivery, e);
-    buf_init(&e->sql);
-    buf_init(&e->params);
-    store_flush_init(&e->sf);
-    due_rewind(e);
-    gettimeofday(&e->maintained_at, NULL);
     e->m_pending =
         metrics_series(m, "pintle_router_pending_jobs", "rt jobs held in memory", METRIC_GAUGE, "");
     e->m_inflight = metrics_series(m, "pintle_router_inflight_requests", "Deliveries in flight",
@@ -571,8 +435,34 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
         metrics_series(m, "pintle_router_spilled_users_total",
                        "Users whose jobs were moved from memory to rt_retries, by reason",
                        METRIC_COUNTER, "reason=\"cursor_wait\"");
-    e->m_active = metrics_series(m, "pintle_router_active",
-                                 "1 when this instance holds the router lock", METRIC_GAUGE, "");
+    e->m_partitions =
+        metrics_series(m, "pintle_router_partitions_open",
+                       "Leased partitions whose work this instance holds", METRIC_GAUGE, "");
+    e->m_fenced =
+        metrics_series(m, "pintle_router_fenced_flushes_total",
+                       "Status flushes refused because a lease was lost", METRIC_COUNTER, "");
+}
+
+Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Lease *lease,
+                      Httpc *http, Metrics *m)
+{
+    Engine *e = xcalloc(1, sizeof(*e));
+    e->base = base;
+    e->cfg = cfg;
+    e->pool = pool;
+    e->http = http;
+    e->m = m;
+    OrderLimits lim = {cfg->router.max_pending_jobs, cfg->router.max_concurrency_per_destination,
+                       cfg->router.max_pending_jobs_per_destination, cfg->router.spill_after_ms};
+    e->order = order_create(&lim, lease_partitions(lease));
+    e->sender = sender_create(cfg, http, m, e->order, after_delivery, e);
+    e->lease = lease;
+    e->parts = parts_create(lease, e->order);
+    e->claim = claim_create(&cfg->router, e->order);
+    e->reload = reload_create(&cfg->router, e->order);
+    e->flusher = flusher_create(&cfg->router, e->order, lease);
+    gettimeofday(&e->maintained_at, NULL);
+    create_metrics(e, m);
     e->tick = event_new(base, -1, EV_PERSIST, on_tick, e);
     struct timeval tv = {0, TICK_MS * 1000};
     event_add(e->tick, &tv);
@@ -587,11 +477,11 @@ void engine_destroy(Engine *e)
     if (e == NULL)
         return;
     sender_destroy(e->sender);
+    flusher_destroy(e->flusher);
+    reload_destroy(e->reload);
+    claim_destroy(e->claim);
+    parts_destroy(e->parts);
     order_destroy(e->order);
-    buf_deinit(&e->sql);
-    buf_deinit(&e->params);
-    store_flush_deinit(&e->sf);
-    free(e->load_jobs);
     event_free(e->tick);
     event_free(e->kick_ev);
     event_free(e->cancel_ev);
@@ -603,9 +493,16 @@ void engine_kick(Engine *e)
     event_active(e->kick_ev, 0, 0);
 }
 
+void engine_leases_changed(Engine *e)
+{
+    follow(e);
+    pump(e);
+}
+
 void engine_stop(Engine *e, int cancel_after_ms, void (*done)(void *), void *arg)
 {
     e->stopping = true;
+    follow(e); /* nothing more is opened */
     e->stopped = done;
     e->stopped_arg = arg;
     struct timeval tv = {cancel_after_ms / 1000, (cancel_after_ms % 1000) * 1000};
@@ -616,8 +513,10 @@ void engine_stop(Engine *e, int cancel_after_ms, void (*done)(void *), void *arg
 bool engine_ready(const Engine *e, char *detail, size_t size)
 {
     bool db = db_pool_connected(e->pool) > 0;
-    snprintf(detail, size, "{\"db\":\"%s\",\"active\":%s,\"pending\":%d,\"inflight\":%d}",
-             db ? "UP" : "DOWN", e->state == ST_UP ? "true" : "false", order_jobs(e->order),
+    int n = is_up(e) ? parts_open(e->parts) : 0;
+    snprintf(detail, size,
+             "{\"db\":\"%s\",\"active\":%s,\"partitions\":%d,\"pending\":%d,\"inflight\":%d}",
+             db ? "UP" : "DOWN", n > 0 ? "true" : "false", n, order_jobs(e->order),
              sender_inflight(e->sender));
     return db;
 }

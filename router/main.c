@@ -30,7 +30,7 @@ static void *create(const StageEnv *env, Err *err)
 {
     Router *r = xcalloc(1, sizeof *r);
     r->http = httpc_create(env->base, env->cfg->router.max_concurrency_per_destination);
-    r->engine = engine_create(env->base, env->cfg, env->pool, r->http, env->metrics);
+    r->engine = engine_create(env->base, env->cfg, env->pool, env->lease, r->http, env->metrics);
     return r;
 }
 
@@ -51,7 +51,7 @@ static void kick(void *work)
 static void leases_changed(void *work)
 {
     Router *r = work;
-    engine_kick(r->engine);
+    engine_leases_changed(r->engine);
 }
 
 /* Deliveries in flight may finish until shortly before the deadline; then

@@ -42,7 +42,17 @@
  * is durable: delivered without a row, or its row or dead letter committed,
  * or written by the flush that moves the cursor. Memory is authoritative for
  * the users it holds; for others the claim says whether rt_retries holds
- * rows of the user, and then the job is parked behind them. */
+ * rows of the user, and then the job is parked behind them.
+ *
+ * Partitions (leases, DESIGN §4): every job, user and cursor belongs to one
+ * partition (users are keyed by partition too), so a partition's state can
+ * be dropped on its own when its lease is lost: what was not flushed is
+ * claimed or loaded again by the next owner (at least once), and the rule
+ * above still holds for what was. Deliveries in flight of a dropped
+ * partition become orphans: they keep their destination's in-flight slot
+ * until they return, and their outcome is thrown away. A paused partition
+ * (being given back) starts nothing new; once idle (nothing in flight,
+ * written or uncovered by its cursor) the engine drops it. */
 #include "router/order.h"
 
 #include <stdint.h>
@@ -70,8 +80,9 @@ typedef struct OrderDest {
 } OrderDest;
 
 struct OrderUser {
-    char *key; /* destination \x1f user */
+    char *key; /* partition \x1f destination \x1f user */
     const char *user_id;
+    int partition;
     OrderDest *dest;
     OrderJob *head, *tail; /* the window: rows, then memory-only jobs */
     int64_t load_after;    /* rows with job_id > load_after are not in memory */
@@ -79,7 +90,8 @@ struct OrderUser {
     bool parked_in_load;   /* jobs were parked while a load was in flight */
     LoadState load;
     bool ready;    /* in the destination's ready list */
-    bool detached; /* released while in the ready list: freed when popped */
+    bool detached; /* released while in the ready list or loading (partition
+                    * dropped): freed when popped and its load returned */
     bool deferred; /* released while a due scan was in flight: kept until it ends */
     OrderUser *next_ready;
     OrderUser *next_load;
@@ -90,6 +102,10 @@ typedef struct OrderPart {
     OrderJob *head, *tail; /* claimed jobs the cursor has not passed, in job order */
     int64_t read_cursor;   /* last job id claimed */
     int64_t durable_cursor;
+    bool open;    /* its state is held here (order_add_partition) */
+    bool paused;  /* no new work */
+    int inflight; /* deliveries in flight of its jobs (orphans not counted) */
+    int writing;  /* its jobs with a write pending or in the flush in progress */
 } OrderPart;
 
 struct Order {
@@ -104,15 +120,19 @@ struct Order {
     OrderUser *loads_head, *loads_tail; /* LOAD_WANTED, in order */
     bool due_open;                      /* a due scan is in flight */
     OrderUser *deferred;                /* users released meanwhile */
+    OrderUser *zombies;                 /* dropped while their load is in flight */
     OrderJob *all;
     int njobs, inflight;
     OrderJob **dirty;
     int ndirty, capdirty;
     int gen;
-    OrderJob **fl_jobs;
-    int capfl;
-    int *fl_parts;
+    OrderJob **fl_jobs; /* the flush in progress: NULL where a job was dropped */
+    int capfl, fl_njobs;
+    int *fl_parts; /* its cursor moves: -1 where a partition was dropped */
     int64_t *fl_old, *fl_new;
+    int fl_nmoves;
+    int *fl_touched;
+    char *fl_mark;
     Buf key;
     OrderStats stats;
 };
@@ -163,6 +183,17 @@ static void update_held(OrderJob *j)
     }
 }
 
+/* A partition is idle only with none of its jobs waiting to be written or
+ * in the flush in progress. */
+static void update_writing(Order *o, OrderJob *j)
+{
+    bool w = j->dirty || j->flush_gen != 0;
+    if (w != j->writing) {
+        o->parts[j->partition].writing += w ? 1 : -1;
+        j->writing = w;
+    }
+}
+
 static void all_add(Order *o, OrderJob *j)
 {
     j->prev_all = NULL;
@@ -202,6 +233,7 @@ static void mark_dirty(Order *o, OrderJob *j)
         j->dirty = true;
     }
     update_held(j);
+    update_writing(o, j);
 }
 
 /* j (not in a window) becomes a row written at the next flush. */
@@ -259,25 +291,40 @@ static bool over_budget(const Order *o, const OrderDest *d, int64_t now)
     return false;
 }
 
-static const char *user_key(Order *o, const char *dest, const char *user)
+/* The user id is last, so it can be read from the key. */
+static const char *user_key(Order *o, int partition, const char *dest, const char *user,
+                            size_t *user_off)
 {
+    /* the partition in decimal, without printf (once per job coming in) */
+    char num[16];
+    int i = (int)sizeof num;
+    unsigned v = (unsigned)partition;
+    do
+        num[--i] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
     buf_reset(&o->key);
+    buf_append(&o->key, num + i, sizeof num - (size_t)i);
+    buf_putc(&o->key, '\x1f');
     buf_puts(&o->key, dest);
     buf_putc(&o->key, '\x1f');
+    if (user_off)
+        *user_off = o->key.len;
     buf_puts(&o->key, user);
     return o->key.data;
 }
 
-static OrderUser *user_find(Order *o, const char *dest, const char *user)
+static OrderUser *user_find(Order *o, const OrderJob *j)
 {
-    return hmap_get(&o->users, user_key(o, dest, user));
+    return hmap_get(&o->users, user_key(o, j->partition, j->dest_id, j->user_id, NULL));
 }
 
-static OrderUser *user_add(Order *o, OrderDest *d, const char *user)
+static OrderUser *user_add(Order *o, OrderDest *d, const OrderJob *j)
 {
     OrderUser *u = xcalloc(1, sizeof(*u));
-    u->key = xstrdup(user_key(o, d->id, user));
-    u->user_id = u->key + strlen(d->id) + 1;
+    size_t off;
+    u->key = xstrdup(user_key(o, j->partition, d->id, j->user_id, &off));
+    u->user_id = u->key + off;
+    u->partition = j->partition;
     u->dest = d;
     hmap_put(&o->users, u->key, u);
     o->nusers++;
@@ -464,8 +511,9 @@ static void spill_user(Order *o, OrderUser *u, int64_t now)
 
 /* ---- lifecycle ---- */
 
-Order *order_create(const OrderLimits *lim)
+Order *order_create(const OrderLimits *lim, int nparts)
 {
+    ASSERT(nparts > 0);
     Order *o = xcalloc(1, sizeof(*o));
     o->lim = *lim;
     if (o->lim.max_inflight_per_dest < 1)
@@ -475,7 +523,20 @@ Order *order_create(const OrderLimits *lim)
     hmap_init(&o->dests);
     hmap_init(&o->users);
     buf_init(&o->key);
+    o->nparts = nparts;
+    o->parts = xcalloc((size_t)nparts, sizeof(*o->parts));
+    o->fl_parts = xmalloc(sizeof(int) * (size_t)nparts);
+    o->fl_old = xmalloc(sizeof(int64_t) * (size_t)nparts);
+    o->fl_new = xmalloc(sizeof(int64_t) * (size_t)nparts);
+    o->fl_touched = xmalloc(sizeof(int) * (size_t)nparts);
+    o->fl_mark = xcalloc((size_t)nparts, 1);
     return o;
+}
+
+static void user_free(OrderUser *u)
+{
+    free(u->key);
+    free(u);
 }
 
 void order_reset(Order *o)
@@ -489,24 +550,25 @@ void order_reset(Order *o)
     o->njobs = 0;
     for (int i = 0; i < o->ndests; i++) {
         OrderDest *d = o->dest_list[i];
-        /* users detached while ready are only in these lists */
+        /* users detached while ready are only in these lists (or also in
+         * the zombie list, which frees them below) */
         for (OrderUser *u = d->ready_head, *n; u; u = n) {
             n = u->next_ready;
-            if (u->detached) {
-                free(u->key);
-                free(u);
-            }
+            if (u->detached && u->load != LOAD_SENT)
+                user_free(u);
         }
         d->ready_head = d->ready_tail = NULL;
         d->held = d->loading = d->loads_sent = d->inflight = 0;
     }
+    while (o->zombies) {
+        OrderUser *u = o->zombies;
+        o->zombies = u->next_load;
+        user_free(u);
+    }
     size_t it = 0;
     HMapEntry *e;
-    while (hmap_next(&o->users, &it, &e)) {
-        OrderUser *u = e->value;
-        free(u->key);
-        free(u);
-    }
+    while (hmap_next(&o->users, &it, &e))
+        user_free(e->value);
     hmap_deinit(&o->users);
     hmap_init(&o->users);
     o->nusers = 0;
@@ -514,26 +576,9 @@ void order_reset(Order *o)
     o->due_open = false;
     o->deferred = NULL;
     o->ndirty = 0;
-    for (int p = 0; p < o->nparts; p++) {
-        o->parts[p].head = o->parts[p].tail = NULL;
-        o->parts[p].read_cursor = o->parts[p].durable_cursor;
-    }
-}
-
-void order_start(Order *o, const int64_t *cursors, int nparts)
-{
-    order_reset(o);
-    free(o->parts);
-    free(o->fl_parts);
-    free(o->fl_old);
-    free(o->fl_new);
-    o->nparts = nparts;
-    o->parts = xcalloc((size_t)nparts, sizeof(*o->parts));
-    o->fl_parts = xmalloc(sizeof(int) * (size_t)nparts);
-    o->fl_old = xmalloc(sizeof(int64_t) * (size_t)nparts);
-    o->fl_new = xmalloc(sizeof(int64_t) * (size_t)nparts);
-    for (int p = 0; p < nparts; p++)
-        o->parts[p].read_cursor = o->parts[p].durable_cursor = cursors[p];
+    o->fl_njobs = o->fl_nmoves = 0;
+    for (int p = 0; p < o->nparts; p++)
+        memset(&o->parts[p], 0, sizeof(o->parts[p]));
 }
 
 void order_destroy(Order *o)
@@ -554,15 +599,211 @@ void order_destroy(Order *o)
     free(o->fl_parts);
     free(o->fl_old);
     free(o->fl_new);
+    free(o->fl_touched);
+    free(o->fl_mark);
     buf_deinit(&o->key);
     free(o);
 }
 
+/* ---- partitions ---- */
+
+void order_add_partition(Order *o, int p, int64_t cursor)
+{
+    ASSERT(p >= 0 && p < o->nparts && !o->parts[p].open);
+    OrderPart *pt = &o->parts[p];
+    memset(pt, 0, sizeof(*pt));
+    pt->open = true;
+    pt->read_cursor = pt->durable_cursor = cursor;
+}
+
+bool order_partition_open(const Order *o, int p)
+{
+    return p >= 0 && p < o->nparts && o->parts[p].open;
+}
+
+/* Open and not paused: it takes new work. */
+static bool part_live(const Order *o, int p)
+{
+    return p >= 0 && p < o->nparts && o->parts[p].open && !o->parts[p].paused;
+}
+
+int order_partition_inflight(const Order *o, int p)
+{
+    return o->parts[p].inflight;
+}
+
+bool order_partition_idle(const Order *o, int p)
+{
+    const OrderPart *pt = &o->parts[p];
+    return pt->inflight == 0 && pt->writing == 0 && pt->head == NULL &&
+           pt->read_cursor == pt->durable_cursor;
+}
+
+/* The users of partition p (caller frees the array): collected, because
+ * the map cannot change while it is walked. */
+static OrderUser **part_users(Order *o, int p, int *n)
+{
+    int cap = 0;
+    OrderUser **users = NULL;
+    *n = 0;
+    size_t it = 0;
+    HMapEntry *e;
+    while (hmap_next(&o->users, &it, &e)) {
+        OrderUser *u = e->value;
+        if (u->partition != p)
+            continue;
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 64;
+            users = xrealloc(users, sizeof(*users) * (size_t)cap);
+        }
+        users[(*n)++] = u;
+    }
+    return users;
+}
+
+void order_pause_partition(Order *o, int p, bool paused, int64_t now)
+{
+    OrderPart *pt = &o->parts[p];
+    if (!pt->open || pt->paused == paused)
+        return;
+    pt->paused = paused;
+    if (paused)
+        return; /* its users leave the ready lists as order_take_ready meets them */
+    /* work goes on: its users are taken to their next state again */
+    int n;
+    OrderUser **users = part_users(o, p, &n);
+    for (int i = 0; i < n; i++)
+        settle(o, users[i], now);
+    free(users);
+}
+
+int order_claim_cursors(const Order *o, int *parts, int64_t *cursors)
+{
+    int n = 0;
+    for (int p = 0; p < o->nparts; p++)
+        if (part_live(o, p)) {
+            parts[n] = p;
+            cursors[n] = o->parts[p].read_cursor;
+            n++;
+        }
+    return n;
+}
+
+/* Users of partition p leave the load list and the deferred list (one
+ * pass over each). */
+static void unlink_part_users(Order *o, int p)
+{
+    OrderUser **x = &o->loads_head;
+    o->loads_tail = NULL;
+    while (*x) {
+        OrderUser *u = *x;
+        if (u->partition == p) {
+            *x = u->next_load;
+            u->next_load = NULL;
+            u->load = LOAD_NONE;
+            u->dest->loading--;
+        } else {
+            o->loads_tail = u;
+            x = &u->next_load;
+        }
+    }
+    for (x = &o->deferred; *x;) {
+        OrderUser *u = *x;
+        if (u->partition == p) {
+            *x = u->next_deferred;
+            u->next_deferred = NULL;
+            u->deferred = false;
+        } else {
+            x = &u->next_deferred;
+        }
+    }
+}
+
+/* The user leaves with its partition: it is no longer known; it is freed
+ * now unless a ready list or the load in flight still refers to it. */
+static void user_drop(Order *o, OrderUser *u)
+{
+    OrderDest *d = u->dest;
+    hmap_del(&o->users, u->key);
+    o->nusers--;
+    u->head = u->tail = NULL;
+    ASSERT(u->load != LOAD_WANTED && !u->deferred); /* unlink_part_users ran */
+    if (u->load == LOAD_SENT) {
+        d->loading--;
+        d->loads_sent--;
+        u->next_load = o->zombies; /* order_push_loaded frees it */
+        o->zombies = u;
+    }
+    if (u->ready || u->load == LOAD_SENT)
+        u->detached = true;
+    else
+        user_free(u);
+}
+
+void order_drop_partition(Order *o, int p)
+{
+    ASSERT(p >= 0 && p < o->nparts);
+    OrderPart *pt = &o->parts[p];
+    if (!pt->open)
+        return;
+    unlink_part_users(o, p);
+    int n;
+    OrderUser **users = part_users(o, p, &n);
+    for (int i = 0; i < n; i++)
+        user_drop(o, users[i]);
+    free(users);
+    /* no write and no part of the flush in progress refers to its jobs */
+    int k = 0;
+    for (int i = 0; i < o->ndirty; i++)
+        if (o->dirty[i]->partition != p)
+            o->dirty[k++] = o->dirty[i];
+    o->ndirty = k;
+    for (int i = 0; i < o->fl_njobs; i++)
+        if (o->fl_jobs[i] && o->fl_jobs[i]->partition == p)
+            o->fl_jobs[i] = NULL;
+    for (int i = 0; i < o->fl_nmoves; i++)
+        if (o->fl_parts[i] == p)
+            o->fl_parts[i] = -1;
+    /* then its jobs: freed, or orphans while in flight */
+    for (OrderJob *j = o->all, *next; j; j = next) {
+        next = j->next_all;
+        if (j->partition != p)
+            continue;
+        if (j->prev_all)
+            j->prev_all->next_all = j->next_all;
+        else
+            o->all = j->next_all;
+        if (j->next_all)
+            j->next_all->prev_all = j->prev_all;
+        o->njobs--;
+        if (j->held)
+            j->dest->held--;
+        if (j->inflight) {
+            j->orphan = true;
+            j->in_win = j->in_part = j->dirty = j->held = j->writing = false;
+            j->flush_gen = 0;
+            j->user = NULL;
+            j->next_win = j->next_part = j->prev_all = j->next_all = NULL;
+            continue;
+        }
+        order_job_free(j);
+    }
+    memset(pt, 0, sizeof(*pt));
+}
+
+bool order_job_dropped(const OrderJob *j)
+{
+    return j->orphan;
+}
+
 /* ---- jobs coming in ---- */
 
-void order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now)
+bool order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now)
 {
-    ASSERT(j->partition >= 0 && j->partition < o->nparts);
+    if (!part_live(o, j->partition)) {
+        order_job_free(j);
+        return false;
+    }
     OrderPart *p = &o->parts[j->partition];
     p->read_cursor = j->job_id;
     j->in_part = true;
@@ -578,20 +819,20 @@ void order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now)
     all_add(o, j);
     if (rows == ORDER_ROWS_OWN) {
         j->durable = true; /* the cursor may pass it; the row is loaded like any other */
-        return;
+        return true;
     }
-    OrderUser *u = user_find(o, j->dest_id, j->user_id);
+    OrderUser *u = user_find(o, j);
     if ((u == NULL && rows == ORDER_ROWS_USER) ||
         (u != NULL && u->deferred && u->head == NULL && u->load == LOAD_NONE && u->more)) {
         park(o, j); /* behind rows that only rt_retries holds (the user was evicted) */
-        return;
+        return true;
     }
     if (u == NULL) {
-        u = user_add(o, j->dest, j->user_id);
+        u = user_add(o, j->dest, j);
     } else if (u->head && is_waiting(u->head, now)) {
         park(o, j); /* behind a failed head: it leaves memory */
         u->more = true;
-        return;
+        return true;
     }
     /* Otherwise the job waits in memory behind the user's rows, loaded or
      * not: a user that is catching up gets back to memory-only as soon as
@@ -602,13 +843,18 @@ void order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now)
         o->stats.spilled_budget++;
     }
     settle(o, u, now);
+    return true;
 }
 
 bool order_push_due(Order *o, OrderJob *j, int64_t now)
 {
+    if (!part_live(o, j->partition)) {
+        order_job_free(j);
+        return false;
+    }
     OrderDest *d = dest_get(o, j->dest_id);
     d->seen_ms = now;
-    if (user_find(o, j->dest_id, j->user_id) != NULL || dest_full(o, d)) {
+    if (user_find(o, j) != NULL || dest_full(o, d)) {
         order_job_free(j);
         return false;
     }
@@ -619,7 +865,7 @@ bool order_push_due(Order *o, OrderJob *j, int64_t now)
     if (j->next_retry_ms > now)
         j->next_retry_ms = now; /* due by the database's clock */
     all_add(o, j);
-    OrderUser *u = user_add(o, d, j->user_id);
+    OrderUser *u = user_add(o, d, j);
     win_append(u, j);
     u->load_after = j->job_id;
     u->more = true; /* its parked rows, if any, follow */
@@ -661,7 +907,8 @@ int order_take_loads(Order *o, OrderUser **users, int64_t *after, int max, int p
          * nothing else to deliver (all it holds may be jobs waiting for
          * rows to be loaded before them), one load at a time */
         bool stuck = d->loads_sent == 0 && d->inflight == 0 && d->ready_head == NULL;
-        if (!stuck && d->held + d->loads_sent * page >= o->lim.max_held_per_dest) {
+        if (o->parts[u->partition].paused ||
+            (!stuck && d->held + d->loads_sent * page >= o->lim.max_held_per_dest)) {
             prev = u;
             continue;
         }
@@ -696,9 +943,30 @@ const char *order_user_id(const OrderUser *u)
     return u->user_id;
 }
 
+int order_user_partition(const OrderUser *u)
+{
+    return u->partition;
+}
+
 void order_push_loaded(Order *o, OrderUser *u, OrderJob **jobs, int n, bool full, int64_t now)
 {
-    ASSERT(u->load == LOAD_SENT && (u->head == NULL || !u->head->row));
+    ASSERT(u->load == LOAD_SENT);
+    if (u->detached) {
+        /* its partition was dropped while the page was read */
+        for (int i = 0; i < n; i++)
+            order_job_free(jobs[i]);
+        for (OrderUser **x = &o->zombies; *x; x = &(*x)->next_load)
+            if (*x == u) {
+                *x = u->next_load;
+                break;
+            }
+        u->next_load = NULL;
+        u->load = LOAD_NONE;
+        if (!u->ready)
+            user_free(u);
+        return;
+    }
+    ASSERT(u->head == NULL || !u->head->row);
     OrderDest *d = u->dest;
     u->load = LOAD_NONE;
     d->loading--;
@@ -754,10 +1022,12 @@ OrderJob *order_take_ready(Order *o, int64_t now)
             u->next_ready = NULL;
             u->ready = false;
             if (u->detached) {
-                free(u->key);
-                free(u);
+                if (u->load != LOAD_SENT)
+                    user_free(u);
                 continue;
             }
+            if (o->parts[u->partition].paused)
+                continue; /* settled again when it goes on */
             if (!head_ready(u, now)) {
                 settle(o, u, now);
                 continue;
@@ -766,6 +1036,7 @@ OrderJob *order_take_ready(Order *o, int64_t now)
             j->inflight = true;
             d->inflight++;
             o->inflight++;
+            o->parts[u->partition].inflight++;
             o->rr = (i + 1) % o->ndests;
             return j;
         }
@@ -779,6 +1050,19 @@ static void end_inflight(Order *o, OrderJob *j)
     j->inflight = false;
     j->dest->inflight--;
     o->inflight--;
+    o->parts[j->partition].inflight--;
+}
+
+/* An orphan came back: whatever its outcome, it only frees its slot. */
+static bool orphan_done(Order *o, OrderJob *j)
+{
+    if (!j->orphan)
+        return false;
+    ASSERT(j->inflight);
+    j->dest->inflight--;
+    o->inflight--;
+    order_job_free(j);
+    return true;
 }
 
 /* The head is done or dead: the next job of the user (if any) is head. */
@@ -794,6 +1078,8 @@ static void head_finished(Order *o, OrderJob *j, int64_t now)
 
 void order_ok(Order *o, OrderJob *j, int64_t now)
 {
+    if (orphan_done(o, j))
+        return;
     end_inflight(o, j);
     j->fate = ORDER_DONE;
     if (j->row)
@@ -818,6 +1104,8 @@ static char *dup_text(const char *s, size_t n)
 void order_abort(Order *o, OrderJob *j, int status, const char *reason, const char *response,
                  size_t response_len, int64_t now)
 {
+    if (orphan_done(o, j))
+        return;
     end_inflight(o, j);
     j->fate = ORDER_DEAD;
     j->last_status = status;
@@ -832,6 +1120,8 @@ void order_abort(Order *o, OrderJob *j, int status, const char *reason, const ch
 void order_retry(Order *o, OrderJob *j, int status, const char *error, int64_t next_retry_ms,
                  int64_t now)
 {
+    if (orphan_done(o, j))
+        return;
     end_inflight(o, j);
     OrderUser *u = j->user;
     j->row = true;
@@ -867,30 +1157,38 @@ void order_retry(Order *o, OrderJob *j, int status, const char *error, int64_t n
 
 void order_lost(Order *o, OrderJob *j, int64_t now)
 {
+    if (orphan_done(o, j))
+        return;
     end_inflight(o, j);
     settle(o, j->user, now);
 }
 
 /* ---- cursors ---- */
 
+static int spill_part_before(Order *o, int p, int64_t th, int64_t now)
+{
+    int n = 0;
+    for (OrderJob *j = o->parts[p].head; j; j = j->next_part) {
+        if (j->durable || j->dirty || j->flush_gen != 0)
+            continue; /* the cursor may pass it, or will after this flush */
+        if (now - j->claimed_ms < th)
+            break; /* later jobs were claimed later */
+        if (j->in_win) {
+            OrderUser *u = j->user;
+            spill_user(o, u, now);
+            o->stats.spilled_cursor++;
+            n++;
+            settle(o, u, now);
+        }
+    }
+    return n;
+}
+
 static int spill_claimed_before(Order *o, int64_t th, int64_t now)
 {
     int n = 0;
-    for (int p = 0; p < o->nparts; p++) {
-        for (OrderJob *j = o->parts[p].head; j; j = j->next_part) {
-            if (j->durable || j->dirty || j->flush_gen != 0)
-                continue; /* the cursor may pass it, or will after this flush */
-            if (now - j->claimed_ms < th)
-                break; /* later jobs were claimed later */
-            if (j->in_win) {
-                OrderUser *u = j->user;
-                spill_user(o, u, now);
-                o->stats.spilled_cursor++;
-                n++;
-                settle(o, u, now);
-            }
-        }
-    }
+    for (int p = 0; p < o->nparts; p++)
+        n += spill_part_before(o, p, th, now);
     return n;
 }
 
@@ -903,6 +1201,12 @@ int order_spill_all(Order *o, int64_t now)
 {
     ASSERT(o->inflight == 0);
     return spill_claimed_before(o, INT64_MIN / 2, now);
+}
+
+int order_spill_partition(Order *o, int p, int64_t now)
+{
+    ASSERT(p >= 0 && p < o->nparts && o->parts[p].inflight == 0);
+    return spill_part_before(o, p, INT64_MIN / 2, now);
 }
 
 bool order_has_writes(const Order *o)
@@ -930,14 +1234,17 @@ void order_flush_begin(Order *o, OrderFlush *f)
         o->capfl = o->ndirty;
         o->fl_jobs = xrealloc(o->fl_jobs, sizeof(*o->fl_jobs) * (size_t)o->capfl);
     }
+    memset(o->fl_mark, 0, (size_t)o->nparts);
     for (int i = 0; i < o->ndirty; i++) {
         OrderJob *j = o->dirty[i];
         j->dirty = false;
         j->flush_gen = o->gen;
+        update_writing(o, j);
         o->fl_jobs[i] = j;
+        o->fl_mark[j->partition] = 1;
     }
     f->jobs = o->fl_jobs;
-    f->njobs = o->ndirty;
+    f->njobs = o->fl_njobs = o->ndirty;
     o->ndirty = 0;
     /* each cursor passes the jobs whose fate is durable or written now */
     int n = 0;
@@ -960,32 +1267,43 @@ void order_flush_begin(Order *o, OrderFlush *f)
             o->fl_parts[n] = p;
             o->fl_old[n] = pt->durable_cursor;
             o->fl_new[n] = upto;
+            o->fl_mark[p] = 1;
             n++;
         }
     }
     f->parts = o->fl_parts;
     f->old_ids = o->fl_old;
     f->new_ids = o->fl_new;
-    f->nparts = n;
+    f->nparts = o->fl_nmoves = n;
+    f->ntouched = 0;
+    for (int p = 0; p < o->nparts; p++)
+        if (o->fl_mark[p])
+            o->fl_touched[f->ntouched++] = p;
+    f->touched = o->fl_touched;
     f->gen = o->gen;
 }
 
 void order_flush_done(Order *o, OrderFlush *f, int64_t now)
 {
-    ASSERT(f->gen == o->gen);
-    for (int i = 0; i < f->nparts; i++)
-        o->parts[f->parts[i]].durable_cursor = f->new_ids[i];
-    for (int i = 0; i < f->njobs; i++) {
-        OrderJob *j = f->jobs[i];
+    ASSERT(f->gen == o->gen && f->jobs == o->fl_jobs && f->parts == o->fl_parts);
+    for (int i = 0; i < o->fl_nmoves; i++)
+        if (o->fl_parts[i] >= 0) /* not dropped since */
+            o->parts[o->fl_parts[i]].durable_cursor = o->fl_new[i];
+    for (int i = 0; i < o->fl_njobs; i++) {
+        OrderJob *j = o->fl_jobs[i];
+        if (j == NULL)
+            continue; /* its partition was dropped */
         j->flush_gen = 0;
         j->durable = true;
         update_held(j);
+        update_writing(o, j);
         if (j->in_win)
             settle(o, j->user, now); /* may evict the user, freeing j */
         else
             maybe_free(o, j);
     }
-    f->njobs = 0;
+    f->njobs = o->fl_njobs = 0;
+    f->nparts = o->fl_nmoves = 0;
 }
 
 /* ---- figures ---- */
@@ -999,15 +1317,14 @@ int order_full_dests(const Order *o, const char **ids, int max)
     return n;
 }
 
-void order_read_cursors(const Order *o, int64_t *cursors)
-{
-    for (int p = 0; p < o->nparts; p++)
-        cursors[p] = o->parts[p].read_cursor;
-}
-
 const OrderStats *order_stats(const Order *o)
 {
     return &o->stats;
+}
+
+int order_partitions(const Order *o)
+{
+    return o->nparts;
 }
 
 int order_jobs(const Order *o)

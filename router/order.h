@@ -4,7 +4,10 @@
  * computed from. It decides what is delivered next, what must be written to
  * rt_retries or dead_letters at the next flush, how far each cursor may move,
  * and which users' parked rows must be loaded back; the engine (engine.c)
- * does the SQL and the HTTP and reports results here. Unit-tested. */
+ * does the SQL and the HTTP and reports results here. State is owned per
+ * partition (a user's jobs are all in one partition): the engine opens the
+ * partitions it leases, pauses those it gives back and drops those it lost.
+ * Unit-tested. */
 #ifndef ROUTER_ORDER_H
 #define ROUTER_ORDER_H
 
@@ -45,7 +48,8 @@ typedef struct OrderJob {
     struct OrderDest *dest;
     int64_t claimed_ms;
     int flush_gen; /* the flush that last wrote it, until that flush ends */
-    bool in_win, in_part, dirty, durable, inflight, held;
+    bool in_win, in_part, dirty, durable, inflight, held, writing;
+    bool orphan; /* in flight when its partition was dropped: freed when it returns */
 } OrderJob;
 
 typedef struct OrderLimits {
@@ -62,22 +66,47 @@ typedef struct OrderFlush {
     int *parts; /* cursors to advance from old to new */
     int64_t *old_ids, *new_ids;
     int nparts;
+    int *touched; /* every partition the flush writes to, ascending (for the fence) */
+    int ntouched;
     int gen;
 } OrderFlush;
 
-/* Creates an empty state; order_start begins a term. Never fails. */
-Order *order_create(const OrderLimits *lim);
-/* Frees every job, user and destination. NULL is a no-op. */
+/* Creates an empty state for partitions 0..nparts-1, none of them open.
+ * Never fails. */
+Order *order_create(const OrderLimits *lim, int nparts);
+/* Frees every job, user and destination. NULL is a no-op. No delivery may
+ * be in flight. */
 void order_destroy(Order *o);
 
-/* Drops every job and user (after a database error or a lost lock: the next
- * term starts over from the database), then takes the stored cursors of
- * partitions 0..nparts-1. No delivery may be in flight. */
-void order_start(Order *o, const int64_t *cursors, int nparts);
-/* Drops every job and user, including those a flush in progress refers to
- * (that flush's OrderFlush must not be used again). No delivery may be in
- * flight. */
+/* Drops every job and user and closes every partition (after a database
+ * error: the engine starts over from the database), including those a
+ * flush in progress refers to (that flush's OrderFlush must not be used
+ * again). No delivery may be in flight. */
 void order_reset(Order *o);
+
+/* Opens partition p (closed) with its stored cursor: claims, due rows and
+ * deliveries of it are taken from now on. */
+void order_add_partition(Order *o, int p, int64_t cursor);
+/* Drops everything of partition p at once (its lease is lost): jobs, users,
+ * pending writes, its part of a flush in progress (order_flush_done skips
+ * it) and of a load in flight (order_push_loaded drops it). Deliveries in
+ * flight stay counted against their destination until they return, and
+ * their outcome is not recorded (order_job_dropped). p is closed. */
+void order_drop_partition(Order *o, int p);
+/* Paused: partition p takes no new work (no claimed or due jobs, no loads,
+ * no deliveries started), while deliveries in flight return and its writes
+ * are flushed (its lease is being given back or could not be renewed).
+ * Unpaused: work goes on. */
+void order_pause_partition(Order *o, int p, bool paused, int64_t now_ms);
+bool order_partition_open(const Order *o, int p);
+/* Deliveries in flight of partition p. */
+int order_partition_inflight(const Order *o, int p);
+/* Partition p has nothing in progress: no delivery in flight, nothing to
+ * write or being written, and its cursor passed every job claimed. */
+bool order_partition_idle(const Order *o, int p);
+/* The last job id claimed per open, unpaused partition: the next claim
+ * reads beyond them. Returns how many (parts and cursors need room for P). */
+int order_claim_cursors(const Order *o, int *parts, int64_t *cursors);
 
 /* What rt_retries held for a claimed job when it was claimed. */
 typedef enum OrderRows {
@@ -92,8 +121,10 @@ typedef enum OrderRows {
  * the claim saw them (memory overrides ORDER_ROWS_USER for users it holds).
  * Takes ownership of j (from order_job_create). Parks the job when its user
  * has rows, and spills its user when the destination holds too much. A job
- * with its own row is only counted for the cursor: the row stands for it. */
-void order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now_ms);
+ * with its own row is only counted for the cursor: the row stands for it.
+ * Returns false and frees j when its partition is not open or is paused
+ * (the claim was sent before: its cursor does not move). */
+bool order_push_claimed(Order *o, OrderJob *j, OrderRows rows, int64_t now_ms);
 /* A due scan is sent / its rows were all pushed. Between the two, users
  * whose last rows are delivered stay in memory, so that rows the scan read
  * before their deletes were written are not delivered again. */
@@ -101,7 +132,8 @@ void order_due_begin(Order *o);
 void order_due_end(Order *o, int64_t now_ms);
 /* A head row due for retry, from a due scan (row and parked unset, attempts
  * and times as stored). Takes ownership; returns false and frees j when the
- * user is in memory (memory knows better) or its destination is full. */
+ * user is in memory (memory knows better), its destination is full, or its
+ * partition is not open or paused. */
 bool order_push_due(Order *o, OrderJob *j, int64_t now_ms);
 
 /* Users with no rows left in memory while rt_retries holds more of them:
@@ -116,8 +148,10 @@ int order_take_loads(Order *o, OrderUser **users, int64_t *after, int max, int p
 bool order_loads_wanted(const Order *o);
 const char *order_user_dest(const OrderUser *u);
 const char *order_user_id(const OrderUser *u);
+int order_user_partition(const OrderUser *u);
 /* The rows loaded for u (job order, at most the page asked for; full: the
- * page was full, so more may follow). Takes ownership of the jobs. */
+ * page was full, so more may follow). Takes ownership of the jobs. When u's
+ * partition was dropped meanwhile, the jobs and u are freed. */
 void order_push_loaded(Order *o, OrderUser *u, OrderJob **jobs, int n, bool full, int64_t now_ms);
 
 /* Next job to deliver, round-robin over destinations within their in-flight
@@ -135,8 +169,12 @@ void order_retry(Order *o, OrderJob *j, int status, const char *error, int64_t n
 void order_abort(Order *o, OrderJob *j, int status, const char *reason, const char *response,
                  size_t response_len, int64_t now_ms);
 /* The attempt ended without an outcome (cancelled at shutdown, or state is
- * being dropped): nothing is recorded, the job stays as it was. */
+ * being dropped): nothing is recorded, the job stays as it was. Any outcome
+ * of a job whose partition was dropped is taken like this one, and frees it. */
 void order_lost(Order *o, OrderJob *j, int64_t now_ms);
+/* The job's partition was dropped while it was in flight: its outcome must
+ * not be recorded or reported as one (hand it to order_lost). */
+bool order_job_dropped(const OrderJob *j);
 /* Counts the attempt and the first failure time, without deciding. */
 void order_note_failure(OrderJob *j, int64_t now_ms);
 
@@ -149,6 +187,9 @@ int order_spill_blockers(Order *o, int64_t now_ms);
  * everything claimed and no job already delivered is delivered again after
  * a restart. Returns the number of users. */
 int order_spill_all(Order *o, int64_t now_ms);
+/* The same for partition p alone (given back), with none of its deliveries
+ * in flight. */
+int order_spill_partition(Order *o, int p, int64_t now_ms);
 
 /* True when a flush would write something or move a cursor. */
 bool order_flush_needed(const Order *o);
@@ -165,9 +206,6 @@ void order_flush_done(Order *o, OrderFlush *f, int64_t now_ms);
 /* Destinations holding as many undelivered jobs as they may: up to max ids
  * (borrowed, valid until the next change) into ids[]. */
 int order_full_dests(const Order *o, const char **ids, int max);
-/* The last job id claimed per partition (nparts values): the next claim
- * reads beyond them. */
-void order_read_cursors(const Order *o, int64_t *cursors);
 /* Counters since order_create. */
 typedef struct OrderStats {
     unsigned long long parked;         /* jobs written behind an earlier row of their user */
@@ -175,9 +213,10 @@ typedef struct OrderStats {
     unsigned long long spilled_cursor; /* users moved to rt_retries: a cursor waited too long */
 } OrderStats;
 const OrderStats *order_stats(const Order *o);
-int order_jobs(const Order *o);     /* jobs in memory */
-int order_inflight(const Order *o); /* deliveries in flight */
-int order_users(const Order *o);    /* users in memory */
+int order_partitions(const Order *o); /* P */
+int order_jobs(const Order *o);       /* jobs in memory */
+int order_inflight(const Order *o);   /* deliveries in flight */
+int order_users(const Order *o);      /* users in memory */
 
 /* A job in one allocation with copies of its strings; caller gives it to an
  * order_push_* function or frees it with order_job_free. */

@@ -169,7 +169,11 @@ static void on_delivered(void *arg, const HttpcResponse *r)
     int64_t now = now_ms();
     DestStats *st = stats_get(s, j->dest_id);
     metrics_observe(st->latency, r->seconds);
-    if (s->discard) {
+    if (s->discard || order_job_dropped(j)) {
+        /* state is being dropped, or its partition was (lease lost): the
+         * answer is not recorded, the job's next owner delivers it again */
+        log_debug("delivery_ignored", "job_id=%" PRId64 " destination_id=%s status=%ld", j->job_id,
+                  j->dest_id, r->status);
         order_lost(s->order, j, now);
     } else if (delivery_classify(r->status) == DELIVERY_OK) {
         metrics_inc(st->ok, 1);

@@ -6,9 +6,10 @@
  * state machine describes them (order.c writes heads unparked and later
  * jobs parked), deletes the rows of finished jobs, then, for every user
  * that got a parked row or lost a row, makes its smallest remaining row the
- * head (unparked, due now unless it has a retry time). Index use (sql/002, sql/005): (destination_id, user_id, job_id) for
- * the claim's probe, the promotion and the page loads; (next_retry_at,
- * job_id) WHERE NOT parked for the due scan and the claim's emptiness test. */
+ * head (unparked, due now unless it has a retry time). Index use (sql/002, sql/008):
+ * (destination_id, user_id, job_id) for the claim's probe, the promotion and
+ * the page loads; (partition, next_retry_at, job_id) WHERE NOT parked for the
+ * due scan and the claim's emptiness test, per leased partition. */
 #include "router/store.h"
 
 #include <inttypes.h>
@@ -18,8 +19,18 @@
 #include <time.h>
 
 #include "common/jobq.h"
+#include "common/xalloc.h"
 
-void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partition)
+void store_put_int_array(Buf *b, const int *v, int n)
+{
+    buf_putc(b, '{');
+    for (int i = 0; i < n; i++)
+        buf_printf(b, i ? ",%d" : "%d", v[i]);
+    buf_putc(b, '}');
+}
+
+void store_format_claim(Buf *sql, const int *parts, const int64_t *cursors, int n,
+                        int per_partition)
 {
     /* The CASE skips the per-job probes while no user has rows at all, the
      * usual case: the emptiness test is one probe of the due index. Rows of
@@ -35,11 +46,12 @@ void store_format_claim(Buf *sql, const int64_t *cursors, int n, int per_partiti
                   " CASE WHEN r.any THEN EXISTS (SELECT 1 FROM rt_retries y"
                   " WHERE y.destination_id = j.destination_id AND y.user_id = j.user_id"
                   " AND y.job_id >= j.job_id) ELSE false END"
-                  " FROM (SELECT EXISTS (SELECT 1 FROM rt_retries WHERE NOT parked) AS any) r,"
-                  " unnest('{");
-    for (int i = 0; i < n; i++)
-        buf_printf(sql, i ? ",%d" : "%d", i);
-    buf_puts(sql, "}'::int[], '");
+                  " FROM (SELECT EXISTS (SELECT 1 FROM rt_retries WHERE NOT parked"
+                  " AND partition = ANY ('");
+    store_put_int_array(sql, parts, n);
+    buf_puts(sql, "'::int[])) AS any) r, unnest('");
+    store_put_int_array(sql, parts, n);
+    buf_puts(sql, "'::int[], '");
     store_put_int64_array(sql, cursors, n);
     buf_printf(sql,
                "'::bigint[]) AS c(p, last) CROSS JOIN LATERAL (SELECT * FROM rt_jobs j"
@@ -66,18 +78,69 @@ OrderJob *store_claimed_job(const PGresult *res, int i, OrderRows *rows)
       " coalesce((extract(epoch FROM " p "next_retry_at) * 1000)::bigint, 0),"                     \
       " coalesce(" p "last_status, 0)"
 
+const char STORE_SQL_CURSORS[] =
+    "SELECT c.partition, c.last_job_id FROM unnest($2::int[], $3::bigint[]) AS k(p, epoch)"
+    " JOIN leases l ON l.stage = 'router' AND l.partition = k.p AND l.epoch = k.epoch"
+    " AND l.owner = $1"
+    " JOIN cursors c ON c.stage = 'router' AND c.partition = k.p";
+
+/* Each partition's range is one index range (the partition is a constant
+ * in the lateral subquery) cut at $6 rows; the outer ORDER BY is qualified
+ * because the output column next_retry_at is text. */
 const char STORE_SQL_DUE[] =
-    "SELECT " RETRY_COLS("") ", next_retry_at::text FROM rt_retries"
-                             " WHERE NOT parked AND next_retry_at <= now()"
-                             " AND (next_retry_at, job_id) > ($1::timestamptz, $2::bigint)"
-                             " AND destination_id <> ALL ($3::text[])"
-                             " ORDER BY next_retry_at, job_id LIMIT $4";
+    "SELECT " RETRY_COLS("r.") ", r.next_retry_at::text FROM unnest($5::int[]) AS k(p)"
+                               " CROSS JOIN LATERAL (SELECT * FROM rt_retries x"
+                               " WHERE x.partition = k.p AND NOT x.parked"
+                               " AND x.next_retry_at <= now()"
+                               " AND (x.next_retry_at, x.job_id) > ($1::timestamptz, $2::bigint)"
+                               " AND x.destination_id <> ALL ($3::text[])"
+                               " ORDER BY x.next_retry_at, x.job_id LIMIT $6) r"
+                               " ORDER BY r.next_retry_at, r.job_id LIMIT $4";
+
+int store_due_per_partition(int limit, int nparts)
+{
+    int per = (2 * limit + nparts - 1) / nparts;
+    if (per < STORE_DUE_MIN_PER_PARTITION)
+        per = STORE_DUE_MIN_PER_PARTITION;
+    return per < limit ? per : limit;
+}
+
+int store_due_take(const PGresult *res, int limit, int per_partition, bool *more)
+{
+    int n = PQntuples(res);
+    /* rows come in (next_retry_at, job_id) order; the first partition to
+     * read its whole share marks the cut: beyond that row it may hold rows
+     * this page did not read. Without a cut, a short page means every
+     * partition was read to its end. */
+    int take = n, cap = 0, *count = NULL;
+    *more = n >= limit;
+    for (int i = 0; i < n; i++) {
+        int p = atoi(PQgetvalue(res, i, 1));
+        if (p < 0)
+            continue;
+        if (p >= cap) {
+            int ncap = p + 64;
+            count = xrealloc(count, sizeof(int) * (size_t)ncap);
+            memset(count + cap, 0, sizeof(int) * (size_t)(ncap - cap));
+            cap = ncap;
+        }
+        if (++count[p] >= per_partition) {
+            take = i + 1;
+            *more = true;
+            break;
+        }
+    }
+    free(count);
+    return take;
+}
 
 const char STORE_SQL_LOAD[] = "SELECT " RETRY_COLS(
     "r.") ", k.i"
-          " FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS k(d, u, after, i)"
+          " FROM unnest($1::text[], $2::text[], $3::bigint[], $5::int[])"
+          " WITH ORDINALITY AS k(d, u, after, p, i)"
           " CROSS JOIN LATERAL (SELECT * FROM rt_retries x WHERE x.destination_id = k.d"
-          " AND x.user_id = k.u AND x.job_id > k.after ORDER BY x.job_id LIMIT $4) r"
+          " AND x.user_id = k.u AND x.job_id > k.after AND x.partition = k.p"
+          " ORDER BY x.job_id LIMIT $4) r"
           " ORDER BY k.i, r.job_id";
 
 OrderJob *store_retry_job(const PGresult *res, int i)
@@ -177,7 +240,7 @@ static void put_retry_row(Buf *b, const OrderJob *j)
     buf_putc(b, '\n');
 }
 
-void store_format_flush(StoreFlush *s, const OrderFlush *f)
+void store_format_flush(StoreFlush *s, const OrderFlush *f, const char *fence)
 {
     buf_reset(&s->retry_rows);
     buf_reset(&s->dead_rows);
@@ -206,6 +269,7 @@ void store_format_flush(StoreFlush *s, const OrderFlush *f)
      * again - the at-least-once delivery the router promises anyway. It
      * saves a WAL flush per status batch. */
     buf_puts(q, "BEGIN; SET LOCAL synchronous_commit = off;");
+    buf_puts(q, fence);
     s->ncopies = 0;
     if (s->retry_rows.len > 0 || ndone > 0)
         buf_puts(q, "CREATE TEMP TABLE IF NOT EXISTS rt_retries_touched (destination_id text,"

@@ -1,7 +1,8 @@
 'use strict';
 // Helpers for the router's end-to-end tests: a workspace with several
 // webhook destinations, a destination that accepts requests and never
-// answers, a paced event sender, RSS sampling and per-user order checks.
+// answers, a paced event sender, RSS sampling and per-user order checks;
+// stacks of several routers sharing the partitions by leases.
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const http = require('node:http');
@@ -147,6 +148,10 @@ function checkDelivered(name, sent, okRecords) {
   return { repeats, examples };
 }
 
+// Lease timings for tests: a lease lapses 3 s after its last renewal, and
+// a starting instance takes every free partition at its first renewal.
+const FAST_LEASES = { PINTLE_LEASE_TTL_MS: '3000', PINTLE_LEASE_RENEW_INTERVAL_MS: '500', PINTLE_LEASE_REBALANCE_MAX_MOVES: '4096' };
+
 // A stack whose one source sends to the given sinks ({destination id:
 // sink}); st.sinks are closed by stopRouterStack. If it cannot be started,
 // whatever was started is stopped (sinks included) before the error goes up.
@@ -158,8 +163,8 @@ async function routerStack(sinks, routerEnv = {}) {
     st.writeWorkspace(workspace(Object.entries(sinks).map(([id, s]) => ({ id, url: s.url }))));
     st.migrate();
     await st.startTransformer();
-    await st.startProcessor();
-    st.router = await st.startRouter(routerEnv);
+    await st.startProcessor(FAST_LEASES);
+    st.router = await st.startRouter({ ...FAST_LEASES, ...routerEnv });
     st.gw = await st.startGateway();
     // the gateway may log ready before its first database connection exists
     await waitFor(async () => (await fetch(`${st.gw.url}/health`)).status === 200, { what: 'gateway healthy' });
@@ -177,4 +182,101 @@ async function stopRouterStack(st) {
   for (const s of st.sinks || []) await s.close();
 }
 
-module.exports = { KEY, sendBatch, workspace, routerStack, stopRouterStack, startHangingSink, rssBytes, percentile, paceEvents, checkDelivered };
+// ---- several routers (partition leases) ----
+
+// A stack with `partitions` partitions and no router yet: Postgres, the
+// transformer, a processor and a gateway, all with FAST_LEASES. Add routers
+// with addRouter. st.sinks are closed by stopRouterStack.
+async function leaseStack(sinks, { partitions = 8 } = {}) {
+  const st = new Stack();
+  st.sinks = Object.values(sinks);
+  st.routers = [];
+  st.common = { PINTLE_QUEUE_PARTITIONS: String(partitions), ...FAST_LEASES };
+  st.partitions = partitions;
+  try {
+    await st.startPostgres();
+    st.writeWorkspace(workspace(Object.entries(sinks).map(([id, s]) => ({ id, url: s.url }))));
+    st.migrate(st.common);
+    await st.startTransformer();
+    await st.startProcessor(st.common);
+    st.gw = await st.startGateway(st.common);
+    await waitFor(async () => (await fetch(`${st.gw.url}/health`)).status === 200, { what: 'gateway healthy' });
+  } catch (e) {
+    st.dumpLogs();
+    await stopRouterStack(st);
+    throw e;
+  }
+  return st;
+}
+
+// Starts one more router; r.instance is its lease owner id.
+async function addRouter(st, env = {}) {
+  const r = await st.startRouter({ ...st.common, PINTLE_LOG_LEVEL: 'debug', ...env });
+  r.instance = /event=ready .*instance=(\S+)/.exec(r.log)[1];
+  st.routers.push(r);
+  return r;
+}
+
+// The router leases: [{ partition, owner, epoch, live }] (live: not expired).
+async function routerLeases(st) {
+  return st.pg.query("SELECT partition, owner, epoch::int AS epoch, owner IS NOT NULL AND expires_at > now() AS live FROM pintle.leases WHERE stage = 'router' ORDER BY partition");
+}
+
+// Partitions held per owner among `owners` when every partition is held by
+// one of them, else null.
+function spreadOf(leases, owners) {
+  const counts = new Map(owners.map((o) => [o, 0]));
+  for (const l of leases) {
+    if (!l.live || !counts.has(l.owner)) return null;
+    counts.set(l.owner, counts.get(l.owner) + 1);
+  }
+  return counts;
+}
+
+// Waits until the routers (Procs) hold every partition between them, each
+// within one of the others; returns { counts, ms } (ms: time waited).
+async function waitEvenSpread(st, routers, { timeoutMs = 20000, what = 'an even spread' } = {}) {
+  const t0 = Date.now();
+  const owners = routers.map((r) => r.instance);
+  let counts;
+  await waitFor(async () => {
+    counts = spreadOf(await routerLeases(st), owners);
+    if (!counts) return false;
+    const v = [...counts.values()];
+    return Math.max(...v) - Math.min(...v) <= 1;
+  }, { timeoutMs, intervalMs: 50, what: `${what} over ${owners.join(', ')}` });
+  return { counts, ms: Date.now() - t0 };
+}
+
+// job_id -> partition of every rt job.
+async function jobPartitions(st) {
+  const rows = await st.pg.query('SELECT job_id::text AS id, partition FROM pintle.rt_jobs');
+  return new Map(rows.map((r) => [r.id, r.partition]));
+}
+
+// The job ids a router logged as delivered (debug log), from offset `from`
+// of its log.
+function deliveredJobIds(r, from = 0) {
+  const ids = [];
+  for (const m of r.log.slice(from).matchAll(/event=job_delivered job_id=(\d+)/g)) ids.push(m[1]);
+  return ids;
+}
+
+// Events numbered per user, `perUser` for each user, in rounds (one event
+// per user and batch), with seq numbers continuing from `start`.
+function userEvents(users, perUser, start = 0) {
+  const out = [];
+  for (let s = start; s < start + perUser; s++) {
+    for (const u of users) out.push({ type: 'track', userId: u, event: 'E', messageId: `${u}-${s}`, properties: { seq: s } });
+  }
+  return out;
+}
+
+async function sendAll(url, events, size = 100) {
+  for (let i = 0; i < events.length; i += size) await sendBatch(url, events.slice(i, i + size));
+}
+
+module.exports = {
+  KEY, FAST_LEASES, sendBatch, workspace, routerStack, stopRouterStack, startHangingSink, rssBytes, percentile, paceEvents, checkDelivered,
+  leaseStack, addRouter, routerLeases, spreadOf, waitEvenSpread, jobPartitions, deliveredJobIds, userEvents, sendAll,
+};

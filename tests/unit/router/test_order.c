@@ -21,9 +21,9 @@ static const OrderLimits LIMITS = {
 
 static Order *new_order(const OrderLimits *lim)
 {
-    Order *o = order_create(lim ? lim : &LIMITS);
-    int64_t cur[NPARTS] = {0, 0, 0, 0};
-    order_start(o, cur, NPARTS);
+    Order *o = order_create(lim ? lim : &LIMITS, NPARTS);
+    for (int p = 0; p < NPARTS; p++)
+        order_add_partition(o, p, 0);
     return o;
 }
 
@@ -401,7 +401,8 @@ static void test_failed_flush_reset_frees_everything(void **state)
     assert_int_equal(order_users(o), 0);
     assert_false(order_flush_needed(o) && order_has_writes(o));
     int64_t cur[NPARTS] = {5, 6, 7, 8};
-    order_start(o, cur, NPARTS);
+    for (int p = 0; p < NPARTS; p++)
+        order_add_partition(o, p, cur[p]);
     claim(o, 30, 1, "d", "a", false, 0);
     OrderJob *j = take(o, 0);
     assert_int_equal(j->job_id, 30);
@@ -656,7 +657,9 @@ static void test_due_scan_racing_the_last_row(void **state)
  * claimed meanwhile is parked behind its rows. */
 static void test_user_evicted_during_due_scan_leaves(void **state)
 {
-    OrderLimits lim = {.max_jobs = 8, .max_inflight_per_dest = 4, .max_held_per_dest = 2,
+    OrderLimits lim = {.max_jobs = 8,
+                       .max_inflight_per_dest = 4,
+                       .max_held_per_dest = 2,
                        .spill_after_ms = 100000};
     Order *o = new_order(&lim);
     assert_true(order_push_due(o, row(10, 0, "d", "u", 1), 0));
@@ -678,7 +681,7 @@ static void test_user_evicted_during_due_scan_leaves(void **state)
         claim(o, 100 + i, 1, "e", u, false, 0);
     }
     order_due_begin(o);
-    order_ok(o, r, 0); /* head 12 is next; over budget, the user is evicted */
+    order_ok(o, r, 0);                    /* head 12 is next; over budget, the user is evicted */
     claim(o, 200, 0, "d", "u", false, 0); /* the claim saw no rows: stale */
     order_due_end(o, 0);
     assert_false(order_loads_wanted(o));
@@ -724,6 +727,202 @@ static void test_spill_all_at_stop_moves_cursors_past_everything(void **state)
     order_destroy(o);
 }
 
+/* ---- partitions (leases) ---- */
+
+/* A lost lease: everything of the partition goes at once, its delivery in
+ * flight becomes an orphan whose answer records nothing, and the other
+ * partitions go on untouched. */
+static void test_drop_partition_forgets_it_and_keeps_others(void **state)
+{
+    Order *o = new_order(NULL);
+    claim(o, 1, 0, "d", "a", false, 0);
+    claim(o, 2, 0, "d", "a", false, 0);
+    claim(o, 3, 0, "d", "b", false, 0);
+    claim(o, 4, 1, "d", "c", false, 0);
+    OrderJob *a1 = take(o, 0), *b = take(o, 0), *c = take(o, 0);
+    assert_int_equal(a1->job_id, 1);
+    assert_int_equal(b->job_id, 3);
+    assert_int_equal(c->job_id, 4);
+    order_note_failure(b, 0);
+    order_retry(o, b, 500, "later", 5000, 0); /* a write pending for partition 0 */
+    assert_true(order_has_writes(o));
+    assert_int_equal(order_partition_inflight(o, 0), 1);
+
+    order_drop_partition(o, 0);
+    assert_false(order_partition_open(o, 0));
+    assert_true(order_partition_open(o, 1));
+    assert_false(order_has_writes(o));  /* b's row is not written */
+    assert_int_equal(order_jobs(o), 1); /* c, in flight */
+    assert_int_equal(order_users(o), 1);
+    assert_int_equal(order_inflight(o), 2); /* a1 keeps its destination slot */
+    assert_int_equal(order_partition_inflight(o, 0), 0);
+    assert_true(order_job_dropped(a1));
+    assert_false(order_job_dropped(c));
+    /* its jobs are refused now: the claim was sent before the drop */
+    assert_false(order_push_claimed(o, job(5, 0, "d", "a"), ORDER_ROWS_NONE, 0));
+    assert_false(order_push_due(o, row(9, 0, "d", "z", 1), 0));
+    int parts[NPARTS];
+    int64_t cur[NPARTS];
+    assert_int_equal(order_claim_cursors(o, parts, cur), NPARTS - 1);
+    assert_int_equal(parts[0], 1);
+
+    order_ok(o, a1, 0); /* the orphan's answer: nothing recorded */
+    assert_int_equal(order_inflight(o), 1);
+    order_ok(o, c, 0);
+    Written w = flush(o, 0);
+    assert_int_equal(w.n, 0);
+    assert_int_equal(w.nmoved, 1);
+    assert_int_equal(w.cursor[1], 4);
+    assert_int_equal(w.cursor[0], -1);
+
+    /* taken again (at the next owner's cursor): it starts from there */
+    order_add_partition(o, 0, 0);
+    claim(o, 1, 0, "d", "a", false, 0);
+    OrderJob *j = take(o, 0);
+    assert_int_equal(j->job_id, 1);
+    order_ok(o, j, 0);
+    w = flush(o, 0);
+    assert_int_equal(w.cursor[0], 1);
+    assert_int_equal(order_jobs(o), 0);
+    assert_int_equal(order_users(o), 0);
+    order_destroy(o);
+}
+
+/* An orphan's failure or abort writes no row and no dead letter. */
+static void test_dropped_partition_records_no_failure(void **state)
+{
+    Order *o = new_order(NULL);
+    claim(o, 1, 2, "d", "a", false, 0);
+    claim(o, 2, 2, "d", "b", false, 0);
+    OrderJob *a = take(o, 0), *b = take(o, 0);
+    order_drop_partition(o, 2);
+    order_note_failure(a, 0);
+    order_retry(o, a, 503, "busy", 1000, 0);
+    order_note_failure(b, 0);
+    order_abort(o, b, 400, "bad", "no", 2, 0);
+    assert_int_equal(order_inflight(o), 0);
+    assert_false(order_flush_needed(o));
+    assert_int_equal(order_jobs(o), 0);
+    order_destroy(o);
+}
+
+/* Dropped while a flush runs: the flush's other partitions become durable,
+ * the dropped one's part of it is forgotten (its cursor too). */
+static void test_drop_during_flush_in_progress(void **state)
+{
+    Order *o = new_order(NULL);
+    claim(o, 1, 0, "d", "a", false, 0);
+    claim(o, 2, 1, "d", "b", false, 0);
+    claim(o, 3, 1, "d", "b", false, 0);
+    OrderJob *a = take(o, 0), *b = take(o, 0);
+    order_note_failure(a, 0);
+    order_retry(o, a, 500, "x", 5000, 0);
+    order_note_failure(b, 0);
+    order_retry(o, b, 500, "x", 5000, 0);
+    OrderFlush f;
+    order_flush_begin(o, &f);
+    assert_int_equal(f.njobs, 3); /* a's head; b's head and its parked follower */
+    assert_int_equal(f.ntouched, 2);
+    assert_int_equal(f.touched[0], 0);
+    assert_int_equal(f.touched[1], 1);
+    order_drop_partition(o, 0);
+    order_flush_done(o, &f, 0);
+    assert_int_equal(order_jobs(o), 0); /* b's rows durable and evicted; a gone */
+    assert_int_equal(order_users(o), 0);
+    assert_false(order_flush_needed(o));
+    order_add_partition(o, 0, 7);
+    int parts[NPARTS];
+    int64_t cur[NPARTS];
+    assert_int_equal(order_claim_cursors(o, parts, cur), NPARTS);
+    assert_int_equal(cur[0], 7); /* the flush did not move it */
+    assert_int_equal(cur[1], 3);
+    order_destroy(o);
+}
+
+/* Dropped while its user's next page is read, while it waits in a ready
+ * list, or while a due scan runs: nothing dangles (ASan). */
+static void test_drop_with_load_ready_and_due_scan_in_flight(void **state)
+{
+    Order *o = new_order(NULL);
+    assert_true(order_push_due(o, row(1, 3, "d", "a", 1), 0));
+    order_ok(o, take(o, 0), 0);
+    flush(o, 0);
+    OrderUser *users[2];
+    int64_t after[2];
+    assert_int_equal(order_take_loads(o, users, after, 2, 10), 1);
+    claim(o, 5, 3, "d", "r", false, 0); /* ready, not taken */
+    claim(o, 6, 3, "d", "s", false, 0);
+    OrderJob *s = take(o, 0);
+    assert_int_equal(s->job_id, 5);
+    order_ok(o, s, 0);
+    order_due_begin(o); /* s's user is released while the scan runs: kept */
+    order_drop_partition(o, 3);
+    assert_int_equal(order_users(o), 0);
+    OrderJob *page[2] = {row(2, 3, "d", "a", 0), row(3, 3, "d", "a", 0)};
+    order_push_loaded(o, users[0], page, 2, false, 0); /* freed with the user */
+    order_due_end(o, 0);
+    assert_null(take(o, 0)); /* frees r's user from the ready list */
+    assert_int_equal(order_jobs(o), 0);
+    assert_false(order_loads_wanted(o));
+    order_destroy(o);
+}
+
+/* Given back: no new work starts, in-flight deliveries return, claimed
+ * jobs are spilled so the cursor passes them, and once flushed the
+ * partition is idle; other partitions flow meanwhile. */
+static void test_paused_partition_drains_to_idle(void **state)
+{
+    Order *o = new_order(NULL);
+    claim(o, 1, 0, "d", "a", false, 0);
+    claim(o, 2, 0, "d", "a", false, 0);
+    claim(o, 3, 0, "d", "b", false, 0);
+    OrderJob *a1 = take(o, 0);
+    assert_int_equal(a1->job_id, 1);
+    order_pause_partition(o, 0, true, 0);
+    assert_null(take(o, 0)); /* b is not started */
+    assert_false(order_push_claimed(o, job(4, 0, "d", "c"), ORDER_ROWS_NONE, 0));
+    claim(o, 10, 1, "d", "x", false, 0);
+    OrderJob *x = take(o, 0);
+    assert_int_equal(x->job_id, 10); /* another partition goes on */
+    order_ok(o, x, 0);
+    assert_false(order_partition_idle(o, 0));
+    order_ok(o, a1, 0);
+    assert_null(take(o, 0)); /* a2 is not started either */
+    assert_int_equal(order_partition_inflight(o, 0), 0);
+    assert_int_equal(order_spill_partition(o, 0, 0), 2);
+    assert_false(order_partition_idle(o, 0));
+    Written w = flush(o, 0);
+    assert_int_equal(written(&w, 2), 'H');
+    assert_int_equal(written(&w, 3), 'H');
+    assert_int_equal(w.cursor[0], 3); /* past everything claimed */
+    assert_int_equal(w.cursor[1], 10);
+    assert_true(order_partition_idle(o, 0));
+    order_drop_partition(o, 0);
+    assert_int_equal(order_jobs(o), 0);
+    assert_int_equal(order_users(o), 0);
+    order_destroy(o);
+}
+
+/* A pause that ends (the lease was renewed after all): work goes on. */
+static void test_unpaused_partition_goes_on(void **state)
+{
+    Order *o = new_order(NULL);
+    claim(o, 1, 2, "d", "a", false, 0);
+    order_pause_partition(o, 2, true, 0);
+    assert_null(take(o, 0));
+    int parts[NPARTS];
+    int64_t cur[NPARTS];
+    assert_int_equal(order_claim_cursors(o, parts, cur), NPARTS - 1);
+    order_pause_partition(o, 2, false, 0);
+    OrderJob *j = take(o, 0);
+    assert_non_null(j);
+    assert_int_equal(j->job_id, 1);
+    order_ok(o, j, 0);
+    Written w = flush(o, 0);
+    assert_int_equal(w.cursor[2], 1);
+    order_destroy(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -747,6 +946,12 @@ int main(void)
         cmocka_unit_test(test_due_scan_racing_the_last_row),
         cmocka_unit_test(test_user_evicted_during_due_scan_leaves),
         cmocka_unit_test(test_spill_all_at_stop_moves_cursors_past_everything),
+        cmocka_unit_test(test_drop_partition_forgets_it_and_keeps_others),
+        cmocka_unit_test(test_dropped_partition_records_no_failure),
+        cmocka_unit_test(test_drop_during_flush_in_progress),
+        cmocka_unit_test(test_drop_with_load_ready_and_due_scan_in_flight),
+        cmocka_unit_test(test_paused_partition_drains_to_idle),
+        cmocka_unit_test(test_unpaused_partition_goes_on),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
