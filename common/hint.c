@@ -24,10 +24,13 @@
 #define DISCOVERY_RETRY_MS 200
 
 /* Live consumers of a stage that receive hints. expires_at is the lease
- * heartbeat's: a killed instance drops out within lease.ttl_ms. */
+ * heartbeat's: a killed instance drops out within lease.ttl_ms. An ipc://
+ * endpoint is a path on its own host: only those of this host ($2, the
+ * instances.host the lease module writes) are reachable. */
 static const char DISCOVERY_SQL[] = "SELECT DISTINCT hint_endpoint FROM instances"
                                     " WHERE stage = $1 AND expires_at > now()"
-                                    " AND hint_endpoint <> ''";
+                                    " AND hint_endpoint <> ''"
+                                    " AND (hint_endpoint NOT LIKE 'ipc://%' OR host = $2)";
 
 /* ---- endpoint templates ---- */
 
@@ -231,8 +234,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         arm(p, DISCOVERY_RETRY_MS); /* all busy or connecting: the owner's work goes first */
         return;
     }
-    const char *params[1] = {p->stage};
-    if (db_exec(c, DISCOVERY_SQL, 1, params, NULL, 0, on_lookup, p) < 0) {
+    char host[64] = "";
+    if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
+        snprintf(host, sizeof host, "unknown"); /* as common/lease.c records it */
+    const char *params[2] = {p->stage, host};
+    if (db_exec(c, DISCOVERY_SQL, 2, params, NULL, 0, on_lookup, p) < 0) {
         db_conn_release(c);
         arm(p, p->interval_ms);
     }

@@ -125,10 +125,27 @@ void lease_quiesced(Lease *l, int p)
     }
 }
 
+void lease_drain(Lease *l)
+{
+    size_t n = strlen(l->info_json);
+    if (l->leaving || strstr(l->info_json, "\"stopping\"") != NULL || n == 0)
+        return;
+    char *info = xmalloc(n + 32);
+    snprintf(info, n + 32, "%.*s,\"stopping\":true}", (int)(n - 1), l->info_json);
+    free(l->info_json);
+    l->info_json = info;
+    l->due = true;
+    event_active(l->tick_ev, 0, 0);
+}
+
 void lease_format_fence(const Lease *l, Buf *sql, const int *parts, int n)
 {
     if (n <= 0)
         return;
+    /* A consuming transaction never holds its lease rows locked for long
+     * (e.g. a client paused in the middle of its COPY): a takeover skips
+     * locked rows, so each statement is bounded by the lease TTL. */
+    buf_printf(sql, "SET LOCAL statement_timeout = %d;", l->cfg->lease.ttl_ms);
     /* partitions in ascending order without duplicates, at their epochs */
     char *seen = xcalloc((size_t)l->nparts, 1);
     for (int i = 0; i < n; i++)

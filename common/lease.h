@@ -68,6 +68,11 @@ void lease_format_fence(const Lease *l, Buf *sql, const int *parts, int n);
 /* The error of a transaction refused by the fence (SQLSTATE PL409). */
 bool lease_is_fenced(const Err *err);
 
+/* The instance is draining (graceful stop): from the next tick on it takes
+ * no partition and no longer counts in the others' fair share, so they take
+ * at once whatever it gives back (lease_giving, lease_quiesced). */
+void lease_drain(Lease *l);
+
 /* Stops ticking, frees every lease and removes the instance row; done(arg)
  * runs on the loop when that finished or failed (logged), at most after
  * lease.ttl_ms. Nothing is usable afterwards. */

@@ -29,8 +29,10 @@ typedef struct Stage {
     Admin *admin;
     void *work;
     struct event *sig_term, *sig_int, *deadline;
+    struct event *exit_ev;
     SvcFatal fatal;
     bool stopping;
+    bool leaving; /* lease_leave was called */
 } Stage;
 
 static void on_left(void *arg)
@@ -62,6 +64,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     s->stopping = true;
     int ms = s->set.shutdown_timeout_ms;
     log_info("draining", "signal=%d shutdown_timeout_ms=%d", (int)sig, ms);
+    lease_drain(s->lease); /* takes nothing more; others take what it gives back */
     int hard = ms + LEAVE_MS;
     struct timeval tv = {hard / 1000, (hard % 1000) * 1000};
     s->deadline = evtimer_new(s->base, on_deadline, s);
@@ -157,6 +160,8 @@ static void teardown(Stage *s)
         event_free(s->sig_int);
     if (s->deadline)
         event_free(s->deadline);
+    if (s->exit_ev)
+        event_free(s->exit_ev);
     if (s->base)
         event_base_free(s->base);
 }

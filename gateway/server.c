@@ -331,10 +331,9 @@ static void handle_ingest(Server *s, struct evhttp_request *req, const Route *r,
         reply_text(s, req, 405, "method not allowed");
         return;
     }
-    if (s->draining) {
-        reply_text(s, req, 503, "shutting down");
-        return;
-    }
+    /* Draining: a request on a connection that was busy when the drain
+     * began is still stored (its answer closes the connection, see above);
+     * no new connection is accepted, so this ends. */
     char write_key[256] = "";
     if (r->how == ROUTE_POST) {
         const char *auth =

@@ -18,6 +18,7 @@ CREATE TABLE instances (
     expires_at    timestamptz NOT NULL,
     acquired      bigint      NOT NULL DEFAULT 0, -- partitions taken, since start
     released      bigint      NOT NULL DEFAULT 0, -- partitions given back, since start
+    stopping      boolean     NOT NULL DEFAULT false, -- draining: takes nothing, not in the share
     PRIMARY KEY (stage, instance_id)
 );
 
@@ -51,8 +52,10 @@ FROM (VALUES ('processor'), ('router'), ('batchrouter')) AS v(s),
 --     stopped working on them);
 --  3. renews every lease it owns (an expired one it still owns too: nobody
 --     took it, so its epoch stays);
---  4. computes its fair share: P / live instances, one more for the first
---     P mod n of them by instance_id;
+--  4. computes its fair share: P / live instances that are not draining,
+--     one more for the first P mod n of them by instance_id; a draining
+--     instance (p_info.stopping) has a share of 0: it takes nothing and
+--     gives back what it can;
 --  5. above its share: names the partitions to give back (the highest
 --     numbered, at most p_max_moves per tick) without freeing them; below
 --     it: takes free or expired leases up to its share (epoch + 1), at
@@ -76,14 +79,19 @@ BEGIN
     -- a tick never waits long behind another: it fails and runs again
     PERFORM set_config('lock_timeout', (p_ttl_ms / 4)::text, true);
     INSERT INTO instances AS i (stage, instance_id, host, pid, admin_address, hint_endpoint,
-                                expires_at)
+                                stopping, expires_at)
     VALUES (p_stage, p_owner, coalesce(p_info->>'host', ''), coalesce((p_info->>'pid')::int, 0),
             coalesce(p_info->>'admin_address', ''), coalesce(p_info->>'hint_endpoint', ''),
-            clock_timestamp() + ttl)
+            coalesce((p_info->>'stopping')::boolean, false), clock_timestamp() + ttl)
     ON CONFLICT (stage, instance_id) DO UPDATE
         SET heartbeat_at = clock_timestamp(), expires_at = clock_timestamp() + ttl,
-            admin_address = excluded.admin_address, hint_endpoint = excluded.hint_endpoint;
-    DELETE FROM instances d WHERE d.stage = p_stage AND d.expires_at < clock_timestamp();
+            admin_address = excluded.admin_address, hint_endpoint = excluded.hint_endpoint,
+            stopping = excluded.stopping;
+    -- dead instances; one another tick is busy with is left to it (no deadlock)
+    DELETE FROM instances d
+    WHERE d.ctid IN (SELECT x.ctid FROM instances x
+                     WHERE x.stage = p_stage AND x.expires_at < clock_timestamp()
+                     FOR UPDATE SKIP LOCKED);
 
     IF cardinality(p_release) > 0 THEN
         UPDATE leases l SET owner = NULL, expires_at = '-infinity'
@@ -95,10 +103,16 @@ BEGIN
     WHERE l.stage = p_stage AND l.owner = p_owner;
     GET DIAGNOSTICS held = ROW_COUNT;
 
+    -- the share counts live instances that are not draining
     SELECT count(*), count(*) FILTER (WHERE i.instance_id < p_owner)
     INTO nlive, rank
-    FROM instances i WHERE i.stage = p_stage AND i.expires_at >= clock_timestamp();
-    target := nparts / nlive + CASE WHEN rank < nparts % nlive THEN 1 ELSE 0 END;
+    FROM instances i
+    WHERE i.stage = p_stage AND i.expires_at >= clock_timestamp() AND NOT i.stopping;
+    IF coalesce((p_info->>'stopping')::boolean, false) OR nlive = 0 THEN
+        target := 0;
+    ELSE
+        target := nparts / nlive + CASE WHEN rank < nparts % nlive THEN 1 ELSE 0 END;
+    END IF;
 
     IF held < target THEN
         WITH free AS (

@@ -177,14 +177,22 @@ describe('nginx in front of two gateways', { skip: !fs.existsSync(NGINX) && `no 
       const loops = Array.from({ length: 8 }, loop);
       const c0 = await ingested(gwC);
       await waitFor(async () => (await ingested(gwC)) - c0 > 100, { what: 'load through both gateways' });
-      // C holds idle keep-alive connections from nginx; without closing
-      // them, requests sent on them while it drains get 503 "shutting down"
+      // C holds idle keep-alive connections from nginx: they are closed at
+      // once, and a request already on a busy one is still stored, its
+      // answer closing the connection
       const exit = await gwC.stop('SIGTERM');
       const after = acked.length;
       await waitFor(() => acked.length > after + 200, { what: 'load continuing on A' });
       stop = true;
       await Promise.all(loops);
-      assert.deepEqual(Object.keys(statuses), ['200'], JSON.stringify(statuses));
+      // No 503: nothing is refused for draining. A 502 remains possible (and
+      // was seen about once in 600 requests under load): nginx can send a
+      // request on an idle connection at the instant the gateway closes it,
+      // and never resends a POST; such a request was not stored (checked
+      // below: stored == acked), so the client's retry is safe.
+      const other = Object.keys(statuses).filter((k) => k !== '200' && k !== '502');
+      assert.deepEqual(other, [], JSON.stringify(statuses));
+      assert.ok((statuses['502'] || 0) <= Math.max(2, statuses['200'] / 100), JSON.stringify(statuses));
       assert.equal(exit.code, 0, gwC.log);
       assert.match(gwC.log, /event=idle_connections_closed count=[1-9]/);
       const stored = await storedCounts(st.pg, 'drain-');

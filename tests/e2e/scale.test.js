@@ -137,7 +137,7 @@ describe('scale-out: leases and fencing with several instances', () => {
         chaos.termProc = instanceOf(procs[1]);
         chaos.termAt = Date.now();
         chaos.termExit = await procs[1].stop('SIGTERM');
-        chaos.termTake = takenOver(st.pg, 'processor', chaos.termProc, Date.now());
+        chaos.termTake = takenOver(st.pg, 'processor', chaos.termProc, chaos.termAt);
       },
       100: async () => { // a fourth router joins
         routers.push(await st.startRouter({ ...leaseEnv, PINTLE_ROUTER_FLUSH_INTERVAL_MS: '50' }));
@@ -159,6 +159,7 @@ describe('scale-out: leases and fencing with several instances', () => {
     await flush();
     await Promise.all(pending);
     assert.equal(chaos.termExit.code, 0, 'SIGTERM: the processor stopped cleanly');
+    assert.match(procs[1].log, /event=leases_released stage=processor owner=\S+ partitions=[1-9]/, 'SIGTERM: the processor freed its leases itself');
 
     const killTakeProc = await chaos.procTake;
     const killTakeRouter = await chaos.routerTake;
@@ -187,7 +188,7 @@ describe('scale-out: leases and fencing with several instances', () => {
     const fenced = [...procs, ...routers].reduce((n, p) => n + (p.log.match(/event=lease_fenced/g) || []).length, 0);
     process.stderr.write(`# scale: ${sent.length} events, ${repeats} redelivered by the router; ` +
       `takeover after kill -9: processor ${killTakeProc} ms, router ${killTakeRouter} ms (ttl ${TTL_MS} ms); ` +
-      `SIGTERM hand-over ${termHandover} ms after exit; spread processor ${procCounts} router ${routerCounts}; ` +
+      `SIGTERM hand-over ${termHandover} ms after the signal; spread processor ${procCounts} router ${routerCounts}; ` +
       `fenced commits ${fenced}\n`);
     assert.ok(killTakeProc <= TTL_MS + 5000, `processor takeover ${killTakeProc} ms`);
     assert.ok(killTakeRouter <= TTL_MS + 5000, `router takeover ${killTakeRouter} ms`);

@@ -59,12 +59,14 @@ static PGconn *fresh_schema(void)
 static void register_instance(PGconn *pg, const char *stage, const char *id, const char *endpoint,
                               const char *expires)
 {
-    const char *params[4] = {stage, id, endpoint, expires};
-    PGresult *r =
-        PQexecParams(pg,
-                     "INSERT INTO instances (stage, instance_id, hint_endpoint, expires_at)"
-                     " VALUES ($1, $2, $3, now() + $4::interval)",
-                     4, NULL, params, NULL, NULL, 0);
+    char host[64] = "";
+    if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
+        snprintf(host, sizeof host, "unknown");
+    const char *params[5] = {stage, id, endpoint, expires, host};
+    PGresult *r = PQexecParams(pg,
+                               "INSERT INTO instances (stage, instance_id, hint_endpoint, expires_at,"
+                               " host) VALUES ($1, $2, $3, now() + $4::interval, $5)",
+                               5, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
         fail_msg("insert instance: %s", PQresultErrorMessage(r));
     PQclear(r);
