@@ -277,6 +277,11 @@ void parts_reset(Parts *ps)
     ps->ngiving = 0;
 }
 
+int64_t parts_epoch(const Parts *ps, int p)
+{
+    return p >= 0 && p < ps->nparts && ps->s[p].st == P_OPEN ? ps->s[p].epoch : 0;
+}
+
 int parts_open(const Parts *ps)
 {
     int n = 0;

@@ -71,6 +71,10 @@ void parts_fenced(Parts *ps, const int *parts, int n);
  * the usable ones get their cursors again at the next parts_follow. */
 void parts_reset(Parts *ps);
 
+/* The epoch partition p's state was opened under (the fence of a flush
+ * that writes to it checks that one, not the lease's epoch now); 0 when
+ * it is not open. */
+int64_t parts_epoch(const Parts *ps, int p);
 /* Partitions open (working or paused). */
 int parts_open(const Parts *ps);
 /* Appends the partitions in parts (ascending) as "1,2,5" to out. */
