@@ -108,7 +108,7 @@ unit: $(UNIT_BINS)
 
 # Unit tests with database cases (skipped without PINTLE_DB_DSN) also run
 # here, against the private Postgres, so those cases never go unrun.
-DB_UNIT_BINS := $(BUILD)/tests/unit/router/test_store
+DB_UNIT_BINS := $(BUILD)/tests/unit/router/test_store $(BUILD)/tests/unit/router/test_parts
 integration: all $(INTEG_BINS) $(DB_UNIT_BINS)
 	@tests/integration/run.sh $(INTEG_BINS) $(DB_UNIT_BINS)
 

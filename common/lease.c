@@ -169,6 +169,20 @@ void lease_format_fence(const Lease *l, Buf *sql, const int *parts, int n)
     free(seen);
 }
 
+void lease_format_fence_epochs(const Lease *l, Buf *sql, const int *parts, const int64_t *epochs,
+                               int n)
+{
+    if (n <= 0)
+        return;
+    buf_printf(sql, "SELECT lease_fence('%s','%s','{", l->stage, l->owner);
+    for (int i = 0; i < n; i++)
+        buf_printf(sql, i ? ",%d" : "%d", parts[i]);
+    buf_puts(sql, "}','{");
+    for (int i = 0; i < n; i++)
+        buf_printf(sql, i ? ",%" PRId64 : "%" PRId64, epochs[i]);
+    buf_puts(sql, "}');");
+}
+
 bool lease_is_fenced(const Err *err)
 {
     return err != NULL && strstr(err->msg, "sqlstate=PL409") != NULL;

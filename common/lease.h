@@ -65,6 +65,11 @@ void lease_quiesced(Lease *l, int partition);
 /* Appends "SELECT lease_fence(...);" for the given partitions (sorted or
  * not, duplicates allowed) at the epochs held now. Nothing for n == 0. */
 void lease_format_fence(const Lease *l, Buf *sql, const int *parts, int n);
+/* The same at the caller's epochs (those its state of each partition was
+ * opened under; epochs[i] for parts[i]); parts ascending without
+ * duplicates. Nothing for n == 0. */
+void lease_format_fence_epochs(const Lease *l, Buf *sql, const int *parts, const int64_t *epochs,
+                               int n);
 /* The error of a transaction refused by the fence (SQLSTATE PL409). */
 bool lease_is_fenced(const Err *err);
 

@@ -460,7 +460,7 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
     e->parts = parts_create(lease, e->order);
     e->claim = claim_create(&cfg->router, e->order);
     e->reload = reload_create(&cfg->router, e->order);
-    e->flusher = flusher_create(&cfg->router, e->order, lease);
+    e->flusher = flusher_create(&cfg->router, e->order, lease, e->parts);
     gettimeofday(&e->maintained_at, NULL);
     create_metrics(e, m);
     e->tick = event_new(base, -1, EV_PERSIST, on_tick, e);

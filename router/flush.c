@@ -19,18 +19,22 @@ struct Flusher {
     const RouterConfig *rc;
     Order *order;
     const Lease *lease;
+    const Parts *parts;
+    int64_t *epochs; /* of the flush's touched partitions */
     StoreFlush sf;
     OrderFlush fl;
     Buf fence;
     struct timeval began_at;
 };
 
-Flusher *flusher_create(const RouterConfig *rc, Order *o, const Lease *l)
+Flusher *flusher_create(const RouterConfig *rc, Order *o, const Lease *l, const Parts *ps)
 {
     Flusher *f = xcalloc(1, sizeof(*f));
     f->rc = rc;
     f->order = o;
     f->lease = l;
+    f->parts = ps;
+    f->epochs = xmalloc(sizeof(int64_t) * (size_t)order_partitions(o));
     store_flush_init(&f->sf);
     buf_init(&f->fence);
     gettimeofday(&f->began_at, NULL);
@@ -43,6 +47,7 @@ void flusher_destroy(Flusher *f)
         return;
     store_flush_deinit(&f->sf);
     buf_deinit(&f->fence);
+    free(f->epochs);
     free(f);
 }
 
@@ -65,7 +70,10 @@ void flusher_format(Flusher *f, StoreStmt *st)
     order_flush_begin(f->order, &f->fl);
     buf_reset(&f->fence);
     buf_puts(&f->fence, "");
-    lease_format_fence(f->lease, &f->fence, f->fl.touched, f->fl.ntouched);
+    /* touched: ascending, open partitions only (dropped ones' writes are gone) */
+    for (int i = 0; i < f->fl.ntouched; i++)
+        f->epochs[i] = parts_epoch(f->parts, f->fl.touched[i]);
+    lease_format_fence_epochs(f->lease, &f->fence, f->fl.touched, f->epochs, f->fl.ntouched);
     store_format_flush(&f->sf, &f->fl, f->fence.data);
     *st = (StoreStmt){.step = "flush",
                       .sql = f->sf.sql.data,

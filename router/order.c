@@ -106,6 +106,7 @@ typedef struct OrderPart {
     bool paused;  /* no new work */
     int inflight; /* deliveries in flight of its jobs (orphans not counted) */
     int writing;  /* its jobs with a write pending or in the flush in progress */
+    int orphans;  /* deliveries in flight since it was last dropped (kept across the drop) */
 } OrderPart;
 
 struct Order {
@@ -123,6 +124,7 @@ struct Order {
     OrderUser *zombies;                 /* dropped while their load is in flight */
     OrderJob *all;
     int njobs, inflight;
+    int orphans; /* every partition's */
     OrderJob **dirty;
     int ndirty, capdirty;
     int gen;
@@ -609,7 +611,9 @@ void order_destroy(Order *o)
 
 void order_add_partition(Order *o, int p, int64_t cursor)
 {
-    ASSERT(p >= 0 && p < o->nparts && !o->parts[p].open);
+    /* an orphan of its last term could still land after the same job
+     * delivered again, or at the same time (parts.c waits for them) */
+    ASSERT(p >= 0 && p < o->nparts && !o->parts[p].open && o->parts[p].orphans == 0);
     OrderPart *pt = &o->parts[p];
     memset(pt, 0, sizeof(*pt));
     pt->open = true;
@@ -780,6 +784,8 @@ void order_drop_partition(Order *o, int p)
             j->dest->held--;
         if (j->inflight) {
             j->orphan = true;
+            pt->orphans++;
+            o->orphans++;
             j->in_win = j->in_part = j->dirty = j->held = j->writing = false;
             j->flush_gen = 0;
             j->user = NULL;
@@ -788,7 +794,19 @@ void order_drop_partition(Order *o, int p)
         }
         order_job_free(j);
     }
+    int orphans = pt->orphans;
     memset(pt, 0, sizeof(*pt));
+    pt->orphans = orphans;
+}
+
+int order_partition_orphans(const Order *o, int p)
+{
+    return p >= 0 && p < o->nparts ? o->parts[p].orphans : 0;
+}
+
+int order_orphans(const Order *o)
+{
+    return o->orphans;
 }
 
 bool order_job_dropped(const OrderJob *j)
@@ -1058,9 +1076,11 @@ static bool orphan_done(Order *o, OrderJob *j)
 {
     if (!j->orphan)
         return false;
-    ASSERT(j->inflight);
+    ASSERT(j->inflight && o->parts[j->partition].orphans > 0);
     j->dest->inflight--;
     o->inflight--;
+    o->parts[j->partition].orphans--;
+    o->orphans--;
     order_job_free(j);
     return true;
 }

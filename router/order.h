@@ -175,6 +175,12 @@ void order_lost(Order *o, OrderJob *j, int64_t now_ms);
 /* The job's partition was dropped while it was in flight: its outcome must
  * not be recorded or reported as one (hand it to order_lost). */
 bool order_job_dropped(const OrderJob *j);
+/* Deliveries of partition p in flight since it was dropped (orphans). It
+ * must not be opened again before they returned: the same job would be
+ * delivered twice at once, and an orphan could land after a later job of
+ * its user delivered again. order_orphans: every partition's. */
+int order_partition_orphans(const Order *o, int p);
+int order_orphans(const Order *o);
 /* Counts the attempt and the first failure time, without deciding. */
 void order_note_failure(OrderJob *j, int64_t now_ms);
 

@@ -16,7 +16,14 @@
  * deliveries is in flight, every job claimed and not durable is written to
  * rt_retries (spilled), so the flush moves its cursor past everything
  * claimed and the next owner does not deliver again what was delivered
- * here; once that flush committed (idle) it is dropped and handed back. */
+ * here; once that flush committed (idle) it is dropped and handed back.
+ *
+ * A partition dropped while deliveries of it were in flight (lost, or in a
+ * fenced flush) is not opened again before they all returned: opened from
+ * its cursor, it would deliver those jobs again while the first attempts
+ * may still land, twice at once, and a slow first attempt of a user's job
+ * could land after its later job was delivered again (out of order). Each
+ * return of an orphan makes parts_fresh false, so the engine follows again. */
 #include "router/parts.h"
 
 #include <inttypes.h>
@@ -51,6 +58,7 @@ struct Parts {
     int probe;   /* an open, working partition, for parts_fresh; -1: none */
     int stale;   /* an open partition paused for a late renewal; -1: none */
     int ngiving; /* open and being given back */
+    int orphans; /* order_orphans when a partition last waited for its orphans; -1: none waits */
     Buf params;
     int *load_parts;
     int64_t *load_epochs;
@@ -66,7 +74,7 @@ Parts *parts_create(Lease *l, Order *o)
     ps->s = xcalloc((size_t)ps->nparts, sizeof(*ps->s));
     ps->load_parts = xmalloc(sizeof(int) * (size_t)ps->nparts);
     ps->load_epochs = xmalloc(sizeof(int64_t) * (size_t)ps->nparts);
-    ps->probe = ps->stale = -1;
+    ps->probe = ps->stale = ps->orphans = -1;
     buf_init(&ps->params);
     return ps;
 }
@@ -96,7 +104,7 @@ static void close_part(Parts *ps, int p)
 PartsChange parts_follow(Parts *ps, bool stopping, int64_t now)
 {
     PartsChange ch = {0, 0, 0};
-    ps->probe = ps->stale = -1;
+    ps->probe = ps->stale = ps->orphans = -1;
     for (int p = 0; p < ps->nparts; p++) {
         PartState *s = &ps->s[p];
         int64_t epoch = lease_epoch(ps->lease, p);
@@ -136,7 +144,10 @@ PartsChange parts_follow(Parts *ps, bool stopping, int64_t now)
                 s->st = P_CLOSED; /* a result in flight for it is ignored */
             break;
         case P_CLOSED:
-            if (usable && !stopping && epoch != s->blocked) {
+            if (usable && !stopping && epoch != s->blocked &&
+                order_partition_orphans(ps->order, p) > 0) {
+                ps->orphans = order_orphans(ps->order); /* not before they returned */
+            } else if (usable && !stopping && epoch != s->blocked) {
                 s->st = P_WANTED;
                 s->epoch = epoch;
             }
@@ -152,7 +163,8 @@ bool parts_fresh(const Parts *ps)
      * paused ones usable again (a renewal that ends a lapse the expiry
      * timer had not seen yet may not call changed()) */
     return (ps->probe < 0 || lease_usable(ps->lease, ps->probe)) &&
-           (ps->stale < 0 || !lease_usable(ps->lease, ps->stale));
+           (ps->stale < 0 || !lease_usable(ps->lease, ps->stale)) &&
+           (ps->orphans < 0 || order_orphans(ps->order) == ps->orphans);
 }
 
 bool parts_load_wanted(const Parts *ps)
@@ -261,8 +273,13 @@ void parts_reset(Parts *ps)
         s->giving = s->stale = s->spilled = false;
     }
     ps->nload = 0;
-    ps->probe = ps->stale = -1;
+    ps->probe = ps->stale = ps->orphans = -1;
     ps->ngiving = 0;
+}
+
+int64_t parts_epoch(const Parts *ps, int p)
+{
+    return p >= 0 && p < ps->nparts && ps->s[p].st == P_OPEN ? ps->s[p].epoch : 0;
 }
 
 int parts_open(const Parts *ps)

@@ -37,11 +37,14 @@ typedef struct PartsChange {
 
 /* Takes the lease's view: drops what was lost (a new epoch or none),
  * pauses what is given back or not usable, resumes what is usable again,
- * and asks for the cursors of what was gained (not while stopping). */
+ * and asks for the cursors of what was gained (not while stopping, and not
+ * while deliveries of it from before a drop are in flight: see
+ * order_partition_orphans). */
 PartsChange parts_follow(Parts *ps, bool stopping, int64_t now_ms);
 /* Cheap test, for every pump: false when the lease's clock ran out since
  * the last parts_follow, or partitions paused because it had are usable
- * again (renewal is per instance, so one partition tells each). */
+ * again (renewal is per instance, so one partition tells each), or an
+ * orphaned delivery returned while a partition waited for its orphans. */
 bool parts_fresh(const Parts *ps);
 
 /* Partitions gained wait for their cursors. */
@@ -61,13 +64,17 @@ bool parts_flush_wanted(const Parts *ps);
 
 /* A flush that wrote to these partitions was refused by the fence: they
  * are dropped; those the database still shows as ours are opened again at
- * the next parts_follow (the cursor query checks), the others once the
- * lease shows them again at a new epoch. */
+ * a parts_follow once their orphaned deliveries returned (the cursor query
+ * checks), the others once the lease shows them again at a new epoch. */
 void parts_fenced(Parts *ps, const int *parts, int n);
 /* The order state was reset (database error): every partition is closed;
  * the usable ones get their cursors again at the next parts_follow. */
 void parts_reset(Parts *ps);
 
+/* The epoch partition p's state was opened under (the fence of a flush
+ * that writes to it checks that one, not the lease's epoch now); 0 when
+ * it is not open. */
+int64_t parts_epoch(const Parts *ps, int p);
 /* Partitions open (working or paused). */
 int parts_open(const Parts *ps);
 /* Appends the partitions in parts (ascending) as "1,2,5" to out. */

@@ -788,6 +788,50 @@ static void test_drop_partition_forgets_it_and_keeps_others(void **state)
     order_destroy(o);
 }
 
+/* Deliveries in flight when their partition is dropped are counted per
+ * partition until they return, across the drop (a fenced flush drops
+ * partitions still owned: they must not be opened again meanwhile), whatever
+ * their outcome. */
+static void test_orphans_counted_until_they_return(void **state)
+{
+    Order *o = new_order(NULL);
+    claim(o, 1, 0, "d", "a", false, 0);
+    claim(o, 2, 0, "d", "b", false, 0);
+    claim(o, 3, 0, "d", "c", false, 0);
+    claim(o, 4, 1, "d", "e", false, 0);
+    OrderJob *a = take(o, 0), *b = take(o, 0), *c = take(o, 0), *e = take(o, 0);
+    assert_int_equal(order_orphans(o), 0);
+    order_drop_partition(o, 0);
+    assert_int_equal(order_partition_orphans(o, 0), 3);
+    assert_int_equal(order_partition_orphans(o, 1), 0);
+    assert_int_equal(order_orphans(o), 3);
+    assert_int_equal(order_partition_inflight(o, 0), 0);
+    order_drop_partition(o, 0); /* closed already: nothing changes */
+    assert_int_equal(order_partition_orphans(o, 0), 3);
+    order_ok(o, a, 0);
+    assert_int_equal(order_partition_orphans(o, 0), 2);
+    order_note_failure(b, 0);
+    order_retry(o, b, 503, "busy", 1000, 0);
+    assert_int_equal(order_partition_orphans(o, 0), 1);
+    assert_int_equal(order_orphans(o), 1);
+    /* partition 1 dropped too: its orphan counts there */
+    order_drop_partition(o, 1);
+    assert_int_equal(order_partition_orphans(o, 1), 1);
+    assert_int_equal(order_orphans(o), 2);
+    order_lost(o, c, 0);
+    order_note_failure(e, 0);
+    order_abort(o, e, 400, "bad", "no", 2, 0);
+    assert_int_equal(order_partition_orphans(o, 0), 0);
+    assert_int_equal(order_partition_orphans(o, 1), 0);
+    assert_int_equal(order_orphans(o), 0);
+    assert_int_equal(order_inflight(o), 0);
+    /* now it may be opened again */
+    order_add_partition(o, 0, 0);
+    assert_true(order_partition_open(o, 0));
+    assert_int_equal(order_partition_orphans(o, 0), 0);
+    order_destroy(o);
+}
+
 /* An orphan's failure or abort writes no row and no dead letter. */
 static void test_dropped_partition_records_no_failure(void **state)
 {
@@ -948,6 +992,7 @@ int main(void)
         cmocka_unit_test(test_spill_all_at_stop_moves_cursors_past_everything),
         cmocka_unit_test(test_drop_partition_forgets_it_and_keeps_others),
         cmocka_unit_test(test_dropped_partition_records_no_failure),
+        cmocka_unit_test(test_orphans_counted_until_they_return),
         cmocka_unit_test(test_drop_during_flush_in_progress),
         cmocka_unit_test(test_drop_with_load_ready_and_due_scan_in_flight),
         cmocka_unit_test(test_paused_partition_drains_to_idle),
