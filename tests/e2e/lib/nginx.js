@@ -58,6 +58,8 @@ async function startNginx(gatewayPorts, opts = {}) {
     proc, port, dir, workers: [], url: `http://127.0.0.1:${port}`,
     accessLog: () => { try { return fs.readFileSync(path.join(dir, 'nginx-access.log'), 'utf8'); } catch (e) { return ''; } },
     async stop() {
+      // workers the master has now (it may have re-spawned some since start)
+      if (proc.running) n.workers = [...new Set([...n.workers, ...children(proc.child.pid)])];
       if (proc.running) await proc.stop('SIGTERM', 10000);
       killRunning(); // any worker left (none after a clean stop)
       fs.rmSync(dir, { recursive: true, force: true });

@@ -85,6 +85,10 @@ class Proc {
       this.child.on('exit', (code, signal) => {
         this.exit = { code, signal };
         live.delete(this);
+        // a grandchild that inherited the pipes (nginx's workers) must not
+        // keep this test file alive: the pipes are closed a moment later
+        const { stdout, stderr } = this.child;
+        setTimeout(() => { stdout.destroy(); stderr.destroy(); }, 1000).unref();
         resolve(this.exit);
       });
     });
