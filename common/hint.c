@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/db.h"
+#include "common/ids.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 
@@ -234,9 +235,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         arm(p, DISCOVERY_RETRY_MS); /* all busy or connecting: the owner's work goes first */
         return;
     }
-    char host[64] = "";
-    if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
-        snprintf(host, sizeof host, "unknown"); /* as common/lease.c records it */
+    char host[64];
+    ids_host_name(host, sizeof host); /* as the lease heartbeat records it */
     const char *params[2] = {p->stage, host};
     if (db_exec(c, DISCOVERY_SQL, 2, params, NULL, 0, on_lookup, p) < 0) {
         db_conn_release(c);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/random.h>
 
 #include "common/xalloc.h"
@@ -155,4 +156,16 @@ void ids_rudder_id(const char *user_id, const char *anonymous_id, char out[UUID_
     d[6] = (uint8_t)((d[6] & 0x0f) | 0x30);
     d[8] = (uint8_t)((d[8] & 0x3f) | 0x80);
     ids_format_uuid(d, out);
+}
+
+void ids_host_name(char *out, size_t size)
+{
+    if (size == 0)
+        return;
+    out[0] = '\0';
+    if (gethostname(out, size - 1) != 0)
+        out[0] = '\0';
+    out[size - 1] = '\0';
+    if (out[0] == '\0')
+        snprintf(out, size, "unknown");
 }

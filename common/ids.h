@@ -15,5 +15,9 @@ void ids_uuid_v4(char out[UUID_STR_LEN]);
  * version nibble set to 3 and the RFC 4122 variant, as RudderStack does. */
 void ids_rudder_id(const char *user_id, const char *anonymous_id, char out[UUID_STR_LEN]);
 void ids_format_uuid(const uint8_t b[16], char out[UUID_STR_LEN]);
+/* This host's name as instances.host records it ("unknown" if there is
+ * none), at most size - 1 bytes: the lease heartbeat writes it, hint
+ * discovery compares against it. */
+void ids_host_name(char *out, size_t size);
 
 #endif

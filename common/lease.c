@@ -369,9 +369,8 @@ Lease *lease_create(struct event_base *base, const Config *cfg, const char *stag
     l->base = base;
     l->cfg = cfg;
     snprintf(l->stage, sizeof l->stage, "%s", stage);
-    char host[64] = "";
-    if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
-        snprintf(host, sizeof host, "unknown");
+    char host[64];
+    ids_host_name(host, sizeof host);
     char uuid[UUID_STR_LEN];
     ids_uuid_v4(uuid);
     /* host:pid:random, so ids sort by host and a restarted pid is a new owner */

@@ -24,6 +24,7 @@
 #include "common/cfg.h"
 #include "common/db.h"
 #include "common/hint.h"
+#include "common/ids.h"
 #include "common/migrate.h"
 
 #define SCHEMA "it_hint"
@@ -59,9 +60,8 @@ static PGconn *fresh_schema(void)
 static void register_instance(PGconn *pg, const char *stage, const char *id, const char *endpoint,
                               const char *expires)
 {
-    char host[64] = "";
-    if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
-        snprintf(host, sizeof host, "unknown");
+    char host[64];
+    ids_host_name(host, sizeof host);
     const char *params[5] = {stage, id, endpoint, expires, host};
     PGresult *r = PQexecParams(pg,
                                "INSERT INTO instances (stage, instance_id, hint_endpoint, expires_at,"
