@@ -42,6 +42,9 @@ static const CfgKey keys[] = {
       "give up a connection attempt after this long"),
     I("db", "reconnect_max_ms", db.reconnect_max_ms, "2000", 10, 60000,
       "cap of the reconnect backoff"),
+    I("db", "dead_peer_ms", db.dead_peer_ms, "10000", 1000, 600000,
+      "drop a connection whose server stopped answering at the TCP level (half-open link,"
+      " vanished host) after about this long: TCP keepalives and tcp_user_timeout"),
 
     I("queue", "partitions", queue.partitions, "64", 1, 4096,
       "partitions per queue; fixed at install (migrate) time"),

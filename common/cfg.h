@@ -23,6 +23,7 @@ typedef struct DbConfig {
     int pool_size;
     int connect_timeout_ms;
     int reconnect_max_ms;
+    int dead_peer_ms;
 } DbConfig;
 
 typedef struct QueueConfig {

@@ -41,6 +41,7 @@ struct DbPool {
     char *options;
     char *app;
     char timeout_s[16];
+    char user_timeout_ms[16], ka_idle_s[16], ka_interval_s[16];
     int reconnect_max_ms;
     int size;
     DbConn *conns;
@@ -334,8 +335,13 @@ static void connect_poll(DbConn *c, PostgresPollingStatusType st)
 static void conn_start_connect(DbConn *c)
 {
     DbPool *p = c->pool;
-    const char *kw[] = {"dbname", "options", "application_name", "connect_timeout", NULL};
-    const char *vals[] = {p->dsn, p->options, p->app, p->timeout_s, NULL};
+    /* dead-peer detection first, so a DSN that sets its own keeps them */
+    const char *kw[] = {"keepalives",         "keepalives_idle", "keepalives_interval",
+                        "keepalives_count",   "tcp_user_timeout", "dbname",
+                        "options",            "application_name", "connect_timeout",
+                        NULL};
+    const char *vals[] = {"1",     p->ka_idle_s, p->ka_interval_s, "3", p->user_timeout_ms, p->dsn,
+                          p->options, p->app,    p->timeout_s,     NULL};
     c->pg = PQconnectStartParams(kw, vals, 1);
     c->state = CONN_CONNECTING;
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
@@ -413,6 +419,14 @@ DbPool *db_pool_create(struct event_base *base, const DbConfig *cfg, const char 
     p->app = xstrdup(app);
     snprintf(p->timeout_s, sizeof(p->timeout_s), "%d", (cfg->connect_timeout_ms + 999) / 1000);
     p->reconnect_max_ms = cfg->reconnect_max_ms;
+    /* a peer that vanished (half-open TCP) is noticed within about dead_peer_ms:
+     * unacknowledged sends by tcp_user_timeout, a silent idle link by three
+     * keepalive probes */
+    int dead_ms = cfg->dead_peer_ms;
+    snprintf(p->user_timeout_ms, sizeof(p->user_timeout_ms), "%d", dead_ms);
+    snprintf(p->ka_idle_s, sizeof(p->ka_idle_s), "%d", dead_ms / 2000 > 0 ? dead_ms / 2000 : 1);
+    snprintf(p->ka_interval_s, sizeof(p->ka_interval_s), "%d",
+             dead_ms / 6000 > 0 ? dead_ms / 6000 : 1);
     p->size = size;
     p->conns = xcalloc((size_t)size, sizeof(DbConn));
     p->idle_ev = event_new(base, -1, 0, idle_ev_cb, p);
