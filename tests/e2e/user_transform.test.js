@@ -180,4 +180,59 @@ describe('user transformations', () => {
     assert.equal(count('fanout'), 2 * N);
     assert.deepEqual(st.processor.errors(), []);
   }));
+
+  it('transformBatch outputs reach a batch destination (batch_rt) as returned; an output without metadata follows the last input it names', withLogs(S, async () => {
+    await st.stopAll();
+    await st.sink.close();
+    fs.writeFileSync(path.join(dir, 'batch.js'), `export function transformBatch(events, metadata) {
+      const out = events.map((e) => ({ ...e, properties: { ...e.properties, batched: true } }));
+      out.push({ type: 'track', event: 'Summary', userId: 'summary', messageId: 'sum-' + events[events.length - 1].messageId, properties: { n: events.length, last: events[events.length - 1].messageId } });
+      return out;
+    }`);
+    st = new Stack();
+    st.sink = await startSink();
+    await st.startPostgres();
+    const ws = workspace(st.sink.url, {});
+    ws.sources[0].destinations = [{
+      id: 'dst-s3', name: 's3', enabled: true, isProcessorEnabled: true,
+      config: { bucketName: 'b', prefix: 'p' },
+      destinationDefinition: { id: 'def-s3', name: 'S3', displayName: 'Amazon S3', config: {} },
+      transformations: [{ id: 'tr-batch', versionId: 'batch', config: {} }],
+    }];
+    st.writeWorkspace(ws);
+    st.migrate();
+    await st.startTransformer(undefined, { PINTLE_TRANSFORMATIONS_DIR: dir });
+    st.processor = await st.startProcessor();
+    st.gw = await st.startGateway();
+    await waitFor(async () => (await fetch(`${st.gw.url}/health`)).status === 200, { what: 'gateway connected to the database' });
+    const client = new Rudder(KEY, { dataPlaneUrl: st.gw.url, flushAt: 12, flushInterval: 100000, logLevel: 'error' });
+    for (let i = 0; i < 12; i++) client.track({ userId: `b${i % 3}`, event: 'Step', properties: { i } });
+    await new Promise((resolve, reject) => client.flush((err) => (err ? reject(err) : resolve())));
+    const order = [...(await waitFor(async () => { const m = await committed(st.pg); return [...m.values()].flat().length === 12 && m; }, { what: '12 events committed' })).values()].flat();
+    const rows = await waitFor(async () => {
+      const r = await st.pg.query("SELECT user_id, destination_id, payload FROM pintle.batch_rt_jobs ORDER BY job_id");
+      const n = r.filter((x) => JSON.parse(x.payload).event === 'Summary').reduce((a, x) => a + JSON.parse(x.payload).properties.n, 0);
+      return n === 12 && r;
+    }, { what: 'batch_rt rows with summaries covering 12 events' });
+    const events = rows.map((r) => ({ ...r, p: JSON.parse(r.payload) }));
+    const steps = events.filter((e) => e.p.event === 'Step');
+    assert.equal(steps.length, 12);
+    for (const e of steps) assert.equal(e.p.properties.batched, true);
+    for (const e of events) assert.equal(e.destination_id, 'dst-s3');
+    // per user, in the order the gateway committed them
+    const gwByUser = new Map();
+    const gwUser = new Map(steps.map((e) => [e.p.messageId, e.user_id]));
+    for (const id of order.filter((x) => gwUser.has(x))) {
+      const u = gwUser.get(id);
+      if (!gwByUser.has(u)) gwByUser.set(u, []);
+      gwByUser.get(u).push(id);
+    }
+    for (const [u, ids] of gwByUser) assert.deepEqual(steps.filter((e) => e.user_id === u).map((e) => e.p.messageId), ids, `order of ${u}`);
+    events.forEach((e, i) => {
+      if (e.p.event !== 'Summary') return;
+      assert.equal(events[i - 1].p.messageId, e.p.properties.last, 'a summary follows the last input of its group');
+      assert.equal(e.user_id, events[i - 1].user_id, 'and is ordered with that input\'s user');
+    });
+    assert.deepEqual(st.processor.errors(), []);
+  }));
 });
