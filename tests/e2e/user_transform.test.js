@@ -15,7 +15,7 @@ const path = require('node:path');
 const { execFileSync } = require('node:child_process');
 const Rudder = require('@rudderstack/rudder-sdk-node');
 const { Stack, BIN, withLogs, sleep, waitFor, startSink } = require('./lib/stack');
-const { metrics } = require('./lib/processor');
+const { metrics, startFakeTransformer } = require('./lib/processor');
 
 const KEY = 'ut-key';
 const USERS = 5;
@@ -38,7 +38,8 @@ const CODE = {
     return ['a', 'b'].map((k) => ({ ...event, messageId: event.messageId + '-' + k, properties: { ...event.properties, copy: k } }));
   }`,
   loop: `export function transformEvent(event) { for (;;) {} }`,
-  hog: `export function transformEvent(event) { const a = []; for (;;) a.push(new Array(1e5).fill(event.messageId)); }`,
+  // 8 MB per step: over the 16 MB heap within a few steps, long before the time limit
+  hog: `export function transformEvent(event) { const a = []; for (;;) a.push(new Array(1e6).fill(1.5)); }`,
   escape: `export async function transformEvent(event) {
     const reach = { require: typeof require, process: typeof process, setTimeout: typeof setTimeout };
     try { await fetch('http://127.0.0.1:1/'); reach.fetch = 'reached'; } catch (e) { reach.fetch = String(e && e.message || e); }
@@ -88,8 +89,10 @@ function delivered(sink, p) {
 describe('user transformations', () => {
   let st;
   let dir;
+  let proxy;
   const S = () => st;
   after(async () => {
+    if (proxy) await proxy.close();
     if (st) {
       await st.stopAll();
       await st.sink.close();
@@ -107,7 +110,7 @@ describe('user transformations', () => {
     st.migrate();
     await st.startTransformer(undefined, {
       PINTLE_TRANSFORMATIONS_DIR: dir,
-      IVM_EXECUTION_TIMEOUT: '300',
+      IVM_EXECUTION_TIMEOUT: '1000',
       USER_TRANSFORM_TIMEOUT: '2000',
       ISOLATE_VM_MEMORY: '16',
     });
@@ -159,7 +162,7 @@ describe('user transformations', () => {
     for (const d of dead) {
       assert.equal(d.stage, 'user_transformation');
       assert.equal(d.status_code, 400);
-      assert.match(d.reason, d.destination_id === 'dst-loop' ? /Timed out.*IVM_EXECUTION_TIMEOUT=300 ms/ : /memory limit exceeded.*ISOLATE_VM_MEMORY=16 MB/);
+      assert.match(d.reason, d.destination_id === 'dst-loop' ? /Timed out.*IVM_EXECUTION_TIMEOUT=1000 ms/ : /memory limit exceeded.*ISOLATE_VM_MEMORY=16 MB/);
       assert.equal(JSON.parse(d.payload).context.traits.email, `${d.user_id}@example.com`, 'the dead letter keeps the event as the gateway stored it');
     }
     const m = await metrics(st.processor.port);
@@ -234,5 +237,67 @@ describe('user transformations', () => {
       assert.equal(e.user_id, events[i - 1].user_id, 'and is ordered with that input\'s user');
     });
     assert.deepEqual(st.processor.errors(), []);
+  }));
+
+  it('sends X-Feature-Filter-Code and RudderStack\'s job metadata; 809 and 5xx from /customTransform are retried, nothing dropped', withLogs(S, async () => {
+    await st.stopAll();
+    await st.sink.close();
+    if (proxy) await proxy.close();
+    st = new Stack();
+    st.sink = await startSink();
+    await st.startPostgres();
+    const ws = workspace(st.sink.url, {});
+    ws.sources[0].destinations = ws.sources[0].destinations.filter((d) => d.id === 'dst-scrub');
+    st.writeWorkspace(ws);
+    st.migrate();
+    const real = await st.startTransformer(undefined, { PINTLE_TRANSFORMATIONS_DIR: dir });
+    // in front of the real transformer: records what the processor sends,
+    // answers the first two /customTransform requests 809 and 503
+    const seen = [];
+    let uts = 0;
+    proxy = await startFakeTransformer((req, body, res) => {
+      seen.push({ url: req.url, headers: req.headers, body: body.length ? JSON.parse(body) : null });
+      if (req.url === '/customTransform' && ++uts <= 2) {
+        res.writeHead(uts === 1 ? 809 : 503);
+        res.end('try again');
+        return;
+      }
+      fetch(`http://127.0.0.1:${real.port}${req.url}`, { method: req.method, headers: { 'content-type': 'application/json', ...(req.headers['x-feature-filter-code'] ? { 'x-feature-filter-code': req.headers['x-feature-filter-code'] } : {}) }, body: req.method === 'POST' ? body : undefined })
+        .then(async (r) => { res.writeHead(r.status, { 'content-type': 'application/json', apiVersion: '2' }); res.end(Buffer.from(await r.arrayBuffer())); })
+        .catch((e) => { res.writeHead(502); res.end(String(e)); });
+    });
+    st.transformerPort = proxy.port;
+    st.processor = await st.startProcessor();
+    st.gw = await st.startGateway();
+    await waitFor(async () => (await fetch(`${st.gw.url}/health`)).status === 200, { what: 'gateway connected to the database' });
+    const client = new Rudder(KEY, { dataPlaneUrl: st.gw.url, flushAt: 10, flushInterval: 100000, logLevel: 'error' });
+    for (let i = 0; i < 10; i++) client.track({ userId: `m${i % 2}`, event: 'Step', properties: { i }, context: { traits: { email: 'x@example.com' } } });
+    await new Promise((resolve, reject) => client.flush((err) => (err ? reject(err) : resolve())));
+    const rt = await waitFor(async () => { const r = await st.pg.query('SELECT payload FROM pintle.rt_jobs ORDER BY job_id'); return r.length === 10 && r; }, { timeoutMs: 30000, what: '10 rt jobs after the retries' });
+    for (const r of rt) assert.equal(JSON.parse(r.payload).body.JSON.context.traits.email, undefined);
+    const ut = seen.filter((x) => x.url === '/customTransform');
+    assert.ok(ut.length >= 3, `${ut.length} /customTransform requests`);
+    for (const x of ut) assert.equal(x.headers['x-feature-filter-code'], '?1');
+    const m = await metrics(st.processor.port);
+    assert.match(m, /pintle_processor_user_transform_retries_total 2\b/);
+    const dt = seen.filter((x) => x.url === '/v0/destinations/webhook');
+    assert.ok(dt.length >= 1);
+    for (const [what, ev] of [['customTransform', ut[ut.length - 1].body[0]], ['destination transform', dt[0].body[0]]]) {
+      const md = ev.metadata;
+      assert.equal(typeof md.jobId, 'number', what);
+      assert.deepEqual(ev.destination.Transformations, [{ VersionID: 'scrub', ID: 'tr-scrub', Config: {} }], what);
+      for (const [k, v] of Object.entries({
+        sourceId: 'src-ut', sourceName: 'ut', sourceType: 'Node', sourceCategory: '', sourceDefinitionId: 'def-node',
+        destinationId: 'dst-scrub', destinationName: 'hook-scrub', destinationType: 'WEBHOOK', destinationDefinitionId: 'def-hook',
+        workspaceId: 'ws-ut', transformAt: 'processor', transformationId: 'tr-scrub', transformationVersionId: 'scrub',
+        firstAttemptedAt: '', attemptNum: 0, secret: null, eventType: 'track', eventName: 'Step',
+      })) assert.deepEqual(md[k], v, `${what} metadata.${k}`);
+      assert.equal(md.messageId, ev.message.messageId, what);
+      assert.equal(md.rudderId, ev.message.rudderId, what);
+      assert.ok(md.rudderId, what);
+      assert.equal(md.receivedAt, ev.message.receivedAt, what);
+      assert.match(md.createdAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, what);
+      assert.match(md.userId, /^m[01]$/, what);
+    }
   }));
 });
