@@ -72,9 +72,8 @@ void commit_format(Commit *c, Batch *b, const Lease *lease, const char *rt_table
         } else if (o->kind == OUTPUT_DEAD) {
             DeadLetter dl = {.queue = "gw",
                              .job_id = j->job_id,
-                             .stage = o->reason == DEAD_USER_TRANSFORMATION
-                                          ? "user_transformation"
-                                          : "processor",
+                             .stage = o->reason == DEAD_USER_TRANSFORMATION ? "user_transformation"
+                                                                            : "processor",
                              .partition = j->partition,
                              .workspace_id = j->workspace_id,
                              .source_id = j->source_id,

@@ -4,8 +4,8 @@
  * -> TRANSFORMING -> (TABLES) -> COMMITTING -> IDLE. One batch at a time:
  * its jobs are routed in processor/route.c, its user transformations (for
  * destinations that have one; their outputs are routed on) and then its
- * destination transforms run in processor/transform.c, its outputs are collected in processor/outputs.c,
- * the partitions and cursors it reads are kept in processor/claim.c and its
+ * destination transforms run in processor/transform.c, its outputs are collected in
+ * processor/outputs.c, the partitions and cursors it reads are kept in processor/claim.c and its
  * hand-off transaction is formatted in processor/commit.c. This file only
  * sequences those steps on the one database connection.
  *
@@ -66,9 +66,9 @@ typedef enum State {
     ST_MAINTAIN
 } State;
 
-static const char *const state_names[] = {"idle",         "loading", "claiming",
-                                          "user_transforming", "transforming", "tables",
-                                          "committing",   "maintain"};
+static const char *const state_names[] = {
+    "idle",         "loading", "claiming",   "user_transforming",
+    "transforming", "tables",  "committing", "maintain"};
 
 struct Pipeline {
     struct event_base *base;

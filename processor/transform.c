@@ -194,9 +194,8 @@ static char *format_destination(const WsSource *s, const WsDestination *d)
     /* RudderStack's TransformationT: {VersionID, ID, Config} */
     json_object *tr = jsonu_get_ci(d->obj, "transformations");
     json_object *trs = json_object_new_array();
-    for (size_t i = 0; tr && json_object_is_type(tr, json_type_array) &&
-                       i < json_object_array_length(tr);
-         i++) {
+    for (size_t i = 0;
+         tr && json_object_is_type(tr, json_type_array) && i < json_object_array_length(tr); i++) {
         json_object *t = json_object_array_get_idx(tr, i);
         json_object *x = json_object_new_object();
         json_object_object_add(x, "VersionID",
@@ -221,10 +220,10 @@ static char *format_md_dest(const WsSource *s, const WsDestination *d)
     json_object *ddef = jsonu_get_ci(d->obj, "destinationDefinition");
     const char *transform_at = jsonu_str_ci(jsonu_get_ci(ddef, "config"), "transformAt", NULL);
     json_object *trs = jsonu_get_ci(d->obj, "transformations");
-    json_object *tr0 = trs && json_object_is_type(trs, json_type_array) &&
-                               json_object_array_length(trs) > 0
-                           ? json_object_array_get_idx(trs, 0)
-                           : NULL;
+    json_object *tr0 =
+        trs && json_object_is_type(trs, json_type_array) && json_object_array_length(trs) > 0
+            ? json_object_array_get_idx(trs, 0)
+            : NULL;
     buf_puts(&m, ",\"sourceId\":");
     jsonu_put_string(&m, s->id);
     buf_puts(&m, ",\"sourceName\":");
@@ -322,8 +321,8 @@ void tf_batch_add(TfBatch *b, const WsSource *s, const WsDestination *d, const T
      * max_transformer_request_bytes, so large events cannot add up to a
      * request the transformer refuses */
     /* outputs of one gw job (a user transformation's fan-out) share a chunk */
-    bool same_job = dc->open != NULL && dc->open->n > 0 &&
-                    dc->open->slots[dc->open->n - 1].job == ev->job;
+    bool same_job =
+        dc->open != NULL && dc->open->n > 0 && dc->open->slots[dc->open->n - 1].job == ev->job;
     if (dc->open == NULL ||
         (!same_job && (dc->open->n >= chunk_max ||
                        dc->open->body.len >= (size_t)b->cfg->max_transformer_request_bytes)))

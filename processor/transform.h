@@ -41,8 +41,8 @@ typedef struct TfEvent {
 /* A user transformation's output event for gw job `job` (destination order
  * seq) and destination d: out[0..len) is a JSON object, valid only during
  * the call. */
-typedef void (*TfUserOutputFn)(void *arg, int job, int seq, const WsDestination *d,
-                               const char *out, size_t len);
+typedef void (*TfUserOutputFn)(void *arg, int job, int seq, const WsDestination *d, const char *out,
+                               size_t len);
 
 typedef struct TfMetrics {
     MetricSeries *seconds; /* request latency histogram */

@@ -121,8 +121,8 @@ static void test_user_transformation(void **state)
     route_user_output(&b, NULL, 1, 1, &s3, "{\"n\":\"1\"}", 9);
     route_user_output(&b, NULL, 0, 1, &s3, "{\"n\":\"0a\"}", 10);
     route_user_output(&b, NULL, 0, 1, &s3, "{\"n\":\"0b\"}", 10);
-    outputs_add_dead(&b.outs, 1, 2, "d-hook", 400, DEAD_USER_TRANSFORMATION,
-                     "Timed out: user code", 20, b.jobs[1].text);
+    outputs_add_dead(&b.outs, 1, 2, "d-hook", 400, DEAD_USER_TRANSFORMATION, "Timed out: user code",
+                     20, b.jobs[1].text);
     outputs_add_user_filtered(&b.outs, 0, 2, "d-hook");
     outputs_add_filtered(&b.outs, 1, 3, "d-other");
 
