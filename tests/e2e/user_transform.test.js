@@ -90,6 +90,7 @@ describe('user transformations', () => {
   let st;
   let dir;
   let proxy;
+  let real;
   const S = () => st;
   after(async () => {
     if (proxy) await proxy.close();
@@ -250,7 +251,7 @@ describe('user transformations', () => {
     ws.sources[0].destinations = ws.sources[0].destinations.filter((d) => d.id === 'dst-scrub');
     st.writeWorkspace(ws);
     st.migrate();
-    const real = await st.startTransformer(undefined, { PINTLE_TRANSFORMATIONS_DIR: dir });
+    real = await st.startTransformer(undefined, { PINTLE_TRANSFORMATIONS_DIR: dir });
     // in front of the real transformer: records what the processor sends,
     // answers the first two /customTransform requests 809 and 503
     const seen = [];
@@ -299,5 +300,32 @@ describe('user transformations', () => {
       assert.match(md.createdAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, what);
       assert.match(md.userId, /^m[01]$/, what);
     }
+  }));
+
+  it('SIGTERM while /customTransform does not answer: the batch is abandoned, exit 0 in time, nothing committed; delivered after restart', withLogs(S, async () => {
+    await proxy.close();
+    // the same stack: a transformer that never answers /customTransform
+    let hung = 0;
+    proxy = await startFakeTransformer((req) => { if (req.url === '/customTransform') hung++; /* never answers */ });
+    const before = (await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_jobs'))[0].n;
+    await st.processor.stop();
+    st.transformerPort = proxy.port;
+    st.processor = await st.startProcessor({ PINTLE_PROCESSOR_SHUTDOWN_TIMEOUT_MS: '3000' });
+    const client = new Rudder(KEY, { dataPlaneUrl: st.gw.url, flushAt: 4, flushInterval: 100000, logLevel: 'error' });
+    for (let i = 0; i < 4; i++) client.track({ userId: 'h1', event: 'Step', properties: { i } });
+    await new Promise((resolve, reject) => client.flush((err) => (err ? reject(err) : resolve())));
+    await waitFor(() => hung > 0, { what: 'the processor called /customTransform' });
+    const t0 = Date.now();
+    const exit = await st.processor.stop('SIGTERM', 10000);
+    assert.equal(exit.code, 0, `exit ${JSON.stringify(exit)}`);
+    assert.ok(Date.now() - t0 < 3000, `exited after ${Date.now() - t0} ms`);
+    assert.match(st.processor.log, /event=batch_abandoned/);
+    assert.equal((await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_jobs'))[0].n, before, 'nothing committed');
+    // back to the real transformer: the abandoned events are claimed again and transformed once
+    st.transformerPort = real.port;
+    st.processor = await st.startProcessor();
+    await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_jobs'))[0].n === before + 4, { what: 'the 4 events after the restart' });
+    await sleep(300);
+    assert.equal((await st.pg.query('SELECT count(*)::int AS n FROM pintle.rt_jobs'))[0].n, before + 4);
   }));
 });
