@@ -158,6 +158,20 @@ static void route_job(Batch *b, TfBatch *ut, TfBatch *tf, int i, json_object *ev
 void route_user_output(Batch *b, TfBatch *tf, int job, int seq, const WsDestination *d,
                        const char *out, size_t len)
 {
+    /* as rudder-server filters user-transformed events: one whose type the
+     * destination does not take, or whose integrations now exclude it, is
+     * filtered (the type may have changed; an output without one keeps the
+     * input's) */
+    json_tokener *tok = json_tokener_new(); /* out is not NUL-terminated */
+    json_object *tree = json_tokener_parse_ex(tok, out, (int)len);
+    json_tokener_free(tok);
+    const char *type = tree ? jsonu_str_ci(tree, "type", b->jobs[job].type) : NULL;
+    bool wanted = type != NULL && events_dest_wanted(d, tree, type);
+    json_object_put(tree);
+    if (!wanted) {
+        outputs_add_user_filtered(&b->outs, job, seq, d->id);
+        return;
+    }
     if (d->batch) {
         /* object storage and warehouses take the transformed event as it is */
         outputs_add_job(&b->outs, job, seq, d->id, true, out, len);

@@ -59,7 +59,8 @@ void route_batch_load(Batch *b, const PGresult *res, const Workspace *snap, TfBa
                       TfBatch *tf, int64_t now_ms);
 
 /* One output of job's user transformation for destination d (ut's
- * TfUserOutputFn): a batch destination gets it as a batch_rt job, any other
+ * TfUserOutputFn): one d does not take (its type, or integrations) is
+ * filtered; otherwise a batch destination gets it as a batch_rt job, any other
  * goes to tf (not started yet) for its destination transform, its dead
  * letters carrying the gw event. out is copied. */
 void route_user_output(Batch *b, TfBatch *tf, int job, int seq, const WsDestination *d,

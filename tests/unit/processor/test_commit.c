@@ -24,6 +24,7 @@ static void add_job(Batch *b, int i, int64_t id, int part, const char *user)
     j->workspace_id = xstrdup("ws");
     j->source_id = xstrdup("src");
     j->user_id = xstrdup(user);
+    j->type = xstrdup("track");
     j->text = xstrdup("{}");
     j->text_len = 2;
 }
@@ -116,11 +117,22 @@ static void test_user_transformation(void **state)
     b.jobs = xcalloc(2, sizeof(Job));
     add_job(&b, 0, 31, 4, "u1");
     add_job(&b, 1, 32, 4, "u1");
-    WsDestination s3 = {.id = "d-s3", .name = "s3", .def_name = "S3", .batch = true};
+    static const char *tracks_only[] = {"track"};
+    WsDestination s3 = {.id = "d-s3",
+                        .name = "s3",
+                        .def_name = "S3",
+                        .enabled = true,
+                        .processor_enabled = true,
+                        .batch = true,
+                        .supported_types = tracks_only,
+                        .n_supported_types = 1};
     /* job 1's outputs arrive first; job 0 fans out into two, a then b */
     route_user_output(&b, NULL, 1, 1, &s3, "{\"n\":\"1\"}", 9);
     route_user_output(&b, NULL, 0, 1, &s3, "{\"n\":\"0a\"}", 10);
     route_user_output(&b, NULL, 0, 1, &s3, "{\"n\":\"0b\"}", 10);
+    /* the code turned it into an identify, which S3 here does not take:
+     * filtered (the text is cut short of its NUL on purpose) */
+    route_user_output(&b, NULL, 0, 1, &s3, "{\"type\":\"identify\"}xyz", 19);
     outputs_add_dead(&b.outs, 1, 2, "d-hook", 400, DEAD_USER_TRANSFORMATION, "Timed out: user code",
                      20, b.jobs[1].text);
     outputs_add_user_filtered(&b.outs, 0, 2, "d-hook");
@@ -151,8 +163,8 @@ static void test_user_transformation(void **state)
     assert_int_equal(t.batch_rt, 3);
     assert_int_equal(t.rt, 0);
     assert_int_equal(t.dead_by[DEAD_USER_TRANSFORMATION], 1);
-    assert_int_equal(t.filtered, 2);
-    assert_int_equal(t.filtered_by_user, 1);
+    assert_int_equal(t.filtered, 3);
+    assert_int_equal(t.filtered_by_user, 2);
     commit_deinit(&c);
     route_batch_deinit(&b);
 }
