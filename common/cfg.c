@@ -193,6 +193,12 @@ static const CfgKey keys[] = {
       "least time between two status flushes (outcomes and cursors are batched)"),
     I("router", "shutdown_timeout_ms", router.shutdown_timeout_ms, "10000", 100, 600000,
       "on SIGTERM, deliveries still in flight shortly before this are cancelled; exit by then"),
+    S("router", "connect_to", router.connect_to, "",
+      "comma-separated libcurl CONNECT_TO entries HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT"
+      " (e.g. api2.amplitude.com:443:127.0.0.1:9443): deliveries keep their URL, Host and TLS"
+      " name, the connection goes elsewhere (tests, relays); empty: none"),
+    S("router", "ca_file", router.ca_file, "",
+      "PEM file of the CAs destination servers are verified with; empty: the system's"),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

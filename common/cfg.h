@@ -108,6 +108,8 @@ typedef struct RouterConfig {
     int spill_after_ms;
     int flush_interval_ms;
     int shutdown_timeout_ms;
+    char *connect_to;
+    char *ca_file;
 } RouterConfig;
 
 typedef struct Config {

@@ -30,6 +30,13 @@ static void *create(const StageEnv *env, Err *err)
 {
     Router *r = xcalloc(1, sizeof *r);
     r->http = httpc_create(env->base, env->cfg->router.max_concurrency_per_destination);
+    if (httpc_set_connect_to(r->http, env->cfg->router.connect_to, err) < 0 ||
+        httpc_set_ca_file(r->http, env->cfg->router.ca_file, err) < 0) {
+        err_prefix(err, "router configuration");
+        httpc_destroy(r->http);
+        free(r);
+        return NULL;
+    }
     r->engine = engine_create(env->base, env->cfg, env->pool, env->lease, r->http, env->metrics);
     return r;
 }

@@ -1,6 +1,7 @@
 /* Deliveries (see sender.h). A delivery's answer is classified by
  * delivery_classify: 2xx ok; 4xx other than 408/429 aborts at once; 5xx,
- * 408, 429, timeouts and network errors are retried after the policy's
+ * 408, 429, timeouts and network errors (recorded as 504, as RudderStack
+ * does) are retried after the policy's
  * delay (retry.c) until both max_attempts and max_retry_minutes passed.
  * Answers are kept to 4 KiB and a few bytes (enough to see whether a
  * character crosses the 4 KiB mark); order.c stores them cut on a character
@@ -23,6 +24,9 @@
 /* Bytes of a destination's answer kept: the stored 4,096 plus room for the
  * rest of a character that starts before the limit. */
 #define SENDER_RESPONSE_BYTES (4096 + 4)
+
+/* The status of a delivery that got no answer (network error, timeout). */
+#define SENDER_NO_RESPONSE_STATUS 504
 
 typedef struct DestStats {
     MetricSeries *ok, *retry, *abort, *latency;
@@ -180,13 +184,16 @@ static void on_delivered(void *arg, const HttpcResponse *r)
         log_debug("job_delivered", "job_id=%" PRId64 " destination_id=%s status=%ld", j->job_id,
                   j->dest_id, r->status);
         order_ok(s->order, j, now);
+    } else if (r->status == 0) {
+        /* no answer (connection, TLS, timeout): recorded as 504, the status
+         * RudderStack's router gives a request that got no response */
+        char why[512];
+        snprintf(why, sizeof why, "no response: %s", r->error ? r->error : "network error");
+        fail_job(s, j, SENDER_NO_RESPONSE_STATUS, why, NULL, 0, now);
     } else {
         char why[512];
-        if (r->status == 0)
-            snprintf(why, sizeof why, "%s", r->error ? r->error : "network error");
-        else
-            snprintf(why, sizeof why, "destination answered %ld", r->status);
-        fail_job(s, j, r->status, why, r->status ? r->body : NULL, r->body_len, now);
+        snprintf(why, sizeof why, "destination answered %ld", r->status);
+        fail_job(s, j, r->status, why, r->body, r->body_len, now);
     }
     s->after(s->arg);
 }
@@ -215,7 +222,7 @@ static void deliver(Sender *s, OrderJob *j, int64_t now)
     if (httpc_start(s->http, &req, on_delivered, a) < 0) {
         delivery_deinit(&a->d);
         free(a);
-        fail_job(s, j, 0, "could not start the HTTP request", NULL, 0, now);
+        fail_job(s, j, SENDER_NO_RESPONSE_STATUS, "could not start the HTTP request", NULL, 0, now);
         return;
     }
     a->next = s->attempts;
