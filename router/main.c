@@ -12,11 +12,13 @@
 
 #include "common/httpc.h"
 #include "common/stage.h"
+#include "common/wsconfig.h"
 #include "common/xalloc.h"
 #include "router/engine.h"
 
 typedef struct Router {
     Httpc *http;
+    WsWatcher *ws; /* only when some destination type is batched */
     Engine *engine;
 } Router;
 
@@ -37,7 +39,19 @@ static void *create(const StageEnv *env, Err *err)
         free(r);
         return NULL;
     }
-    r->engine = engine_create(env->base, env->cfg, env->pool, env->lease, r->http, env->metrics);
+    /* the workspace config names destination types; read only when the
+     * router needs them, so a router without batching needs no file */
+    if (env->cfg->router.batch_destination_types[0] != '\0') {
+        r->ws = ws_watcher_create(env->base, &env->cfg->workspace, NULL, NULL, err);
+        if (r->ws == NULL) {
+            err_prefix(err, "router.batch_destination_types needs the workspace config");
+            httpc_destroy(r->http);
+            free(r);
+            return NULL;
+        }
+    }
+    r->engine =
+        engine_create(env->base, env->cfg, env->pool, env->lease, r->http, env->metrics, r->ws);
     return r;
 }
 
@@ -46,6 +60,7 @@ static void destroy(void *work)
     Router *r = work;
     engine_destroy(r->engine);
     httpc_destroy(r->http);
+    ws_watcher_destroy(r->ws);
     free(r);
 }
 

@@ -44,7 +44,7 @@ async function newStack(dests, routerEnv) {
   st.migrate();
   await st.startTransformer();
   st.processor = await st.startProcessor();
-  st.router = await st.startRouter(routerEnv(st.server));
+  st.router = await st.startRouter({ PINTLE_ROUTER_TRANSFORMER_URL: `http://127.0.0.1:${st.transformerPort}`, ...routerEnv(st.server) });
   st.gw = await st.startGateway();
   return st;
 }
@@ -75,6 +75,29 @@ describe('real destination endpoints over HTTPS (router.connect_to, router.ca_fi
     assert.equal(t.path, '/2/httpapi');
     assert.equal(JSON.parse(t.raw).events[0].event_type, 'Signed Up');
     assert.equal(a.path, '/usermap');
+  }));
+
+  it('AM with router.batch_destination_types=AM: jobs merged by /batch into api2.amplitude.com/batch requests', withLogs(S, async () => {
+    await teardown(st);
+    st = await newStack([AM], (srv) => ({
+      PINTLE_ROUTER_CONNECT_TO: srv.connectTo, PINTLE_ROUTER_CA_FILE: srv.caFile,
+      PINTLE_ROUTER_BATCH_DESTINATION_TYPES: 'AM', PINTLE_ROUTER_BATCH_MAX_JOBS: '20', PINTLE_ROUTER_BATCH_MAX_WAIT_MS: '200',
+    }));
+    const events = [];
+    for (let seq = 0; seq < 5; seq++) for (let u = 0; u < 30; u++) events.push({ type: 'track', userId: `user-${u}`, event: 'Step', messageId: `m-${u}-${seq}`, properties: { seq } });
+    await sendBatch(st.gw.url, events);
+    const count = () => st.server.received.reduce((n, r) => n + JSON.parse(r.raw).events.length, 0);
+    await waitFor(() => count() >= 150, { timeoutMs: 30000, what: '150 events at the HTTPS server' });
+    for (const r of st.server.received) {
+      assert.equal(r.path, '/batch');
+      const body = JSON.parse(r.raw);
+      assert.equal(body.api_key, 'am-key');
+      assert.equal(body.options, undefined);
+      assert.ok(body.events.length <= 20);
+    }
+    assert.ok(st.server.received.length < 150, `batched: ${st.server.received.length} requests`);
+    const seen = st.server.received.flatMap((r) => JSON.parse(r.raw).events.map((e) => `${e.user_id}:${e.event_properties.seq}`));
+    assert.equal(new Set(seen).size, 150, 'every event once');
   }));
 
   it('without the test CA the server is not trusted: nothing is delivered, the job is retried', withLogs(S, async () => {
