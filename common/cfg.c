@@ -196,6 +196,26 @@ static const CfgKey keys[] = {
       "least time between two status flushes (outcomes and cursors are batched)"),
     I("router", "shutdown_timeout_ms", router.shutdown_timeout_ms, "10000", 100, 600000,
       "on SIGTERM, deliveries still in flight shortly before this are cancelled; exit by then"),
+    S("router", "connect_to", router.connect_to, "",
+      "comma-separated libcurl CONNECT_TO entries HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT"
+      " (e.g. api2.amplitude.com:443:127.0.0.1:9443): deliveries keep their URL, Host and TLS"
+      " name, the connection goes elsewhere (tests, relays); empty: none"),
+    S("router", "ca_file", router.ca_file, "",
+      "PEM file of the CAs destination servers are verified with; empty: the system's"),
+    S("router", "transformer_url", router.transformer_url, "http://127.0.0.1:9090",
+      "transformer the router calls for /batch and the delivery proxy"),
+    S("router", "batch_destination_types", router.batch_destination_types, "",
+      "comma-separated destination types (destinationDefinition.name, e.g. AM) whose jobs are"
+      " merged by the transformer's /batch and delivered in batches (RudderStack's"
+      " Router.<TYPE>.enableBatching); empty: none"),
+    I("router", "batch_max_jobs", router.batch_max_jobs, "20", 1, 500,
+      "jobs of one destination sent to /batch together, at most"),
+    I("router", "batch_max_wait_ms", router.batch_max_wait_ms, "500", 0, 60000,
+      "longest a ready job waits for its batch to fill"),
+    S("router", "proxy_destination_types", router.proxy_destination_types, "",
+      "comma-separated destination types (e.g. AM,GA4) delivered through the transformer's"
+      " POST /v1/destinations/<type>/proxy, whose answer decides ok, retry or abort;"
+      " empty: none"),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

@@ -109,6 +109,13 @@ typedef struct RouterConfig {
     int spill_after_ms;
     int flush_interval_ms;
     int shutdown_timeout_ms;
+    char *connect_to;
+    char *ca_file;
+    char *transformer_url;
+    char *batch_destination_types;
+    int batch_max_jobs;
+    int batch_max_wait_ms;
+    char *proxy_destination_types;
 } RouterConfig;
 
 typedef struct Config {

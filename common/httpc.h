@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 #include "common/buf.h"
+#include "common/err.h"
 
 struct event_base;
 
@@ -47,6 +48,17 @@ typedef struct HttpcRequest {
 
 Httpc *httpc_create(struct event_base *base, long max_host_connections);
 void httpc_destroy(Httpc *h);
+/* Redirects connections for every later request: list is comma-separated
+ * libcurl CURLOPT_CONNECT_TO entries "HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT"
+ * (e.g. "api2.amplitude.com:443:127.0.0.1:9443"): the URL, the Host header
+ * and the TLS server name stay the production ones, only the TCP connection
+ * goes elsewhere. NULL or "" clears it. Fails, changing nothing, on an entry
+ * that is not of that shape. */
+MUST_CHECK int httpc_set_connect_to(Httpc *h, const char *list, Err *err);
+/* The CA bundle (PEM file) servers are verified with (CURLOPT_CAINFO), for
+ * every later request; NULL or "": libcurl's default (the system's). Fails
+ * when the file cannot be read. */
+MUST_CHECK int httpc_set_ca_file(Httpc *h, const char *path, Err *err);
 /* Starts a request; done runs exactly once, later, on the loop (never
  * synchronously). Returns 0, or -1 if the request could not be started. */
 int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg);

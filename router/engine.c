@@ -444,7 +444,7 @@ static void create_metrics(Engine *e, Metrics *m)
 }
 
 Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Lease *lease,
-                      Httpc *http, Metrics *m)
+                      Httpc *http, Metrics *m, WsWatcher *ws)
 {
     Engine *e = xcalloc(1, sizeof(*e));
     e->base = base;
@@ -455,7 +455,7 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
     OrderLimits lim = {cfg->router.max_pending_jobs, cfg->router.max_concurrency_per_destination,
                        cfg->router.max_pending_jobs_per_destination, cfg->router.spill_after_ms};
     e->order = order_create(&lim, lease_partitions(lease));
-    e->sender = sender_create(cfg, http, m, e->order, after_delivery, e);
+    e->sender = sender_create(base, cfg, http, m, e->order, ws, after_delivery, e);
     e->lease = lease;
     e->parts = parts_create(lease, e->order);
     e->claim = claim_create(&cfg->router, e->order);

@@ -19,14 +19,16 @@
 #include "common/httpc.h"
 #include "common/lease.h"
 #include "common/metrics.h"
+#include "common/wsconfig.h"
 
 struct event_base;
 
 typedef struct Engine Engine;
 
-/* Works only on partitions the lease lets it (lease_usable). Never fails. */
+/* Works only on partitions the lease lets it (lease_usable). ws (borrowed,
+ * may be NULL): destination types for batching (sender.h). Never fails. */
 Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Lease *lease,
-                      Httpc *http, Metrics *m);
+                      Httpc *http, Metrics *m, WsWatcher *ws);
 void engine_destroy(Engine *e);
 /* New rt jobs may be waiting (hint). */
 void engine_kick(Engine *e);

@@ -12,14 +12,21 @@
 #include "common/cfg.h"
 #include "common/httpc.h"
 #include "common/metrics.h"
+#include "common/wsconfig.h"
 #include "router/order.h"
+
+struct event_base;
 
 typedef struct Sender Sender;
 
 /* after(arg) runs (on the loop) whenever a delivery ended, so the caller
- * can start more work. Never fails. */
-Sender *sender_create(const Config *cfg, Httpc *http, Metrics *m, Order *order,
-                      void (*after)(void *arg), void *arg);
+ * can start more work. ws (borrowed, may be NULL) names the destination
+ * types of jobs: those of router.batch_destination_types go through the
+ * transformer's /batch (ready jobs of a destination are grouped up to
+ * router.batch_max_jobs or router.batch_max_wait_ms; a merged request's
+ * answer is every listed job's outcome). Never fails. */
+Sender *sender_create(struct event_base *base, const Config *cfg, Httpc *http, Metrics *m,
+                      Order *order, WsWatcher *ws, void (*after)(void *arg), void *arg);
 /* Abandons deliveries still in flight (their jobs are marked lost); the
  * HTTP client must be destroyed after this without running callbacks.
  * NULL is a no-op. */

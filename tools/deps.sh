@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(build-essential pkg-config clang libevent-dev libjson-c-dev libcurl4-openssl-dev
           libpq-dev libnanomsg-dev libconfig-dev libcmocka-dev zlib1g-dev postgresql-15
           postgresql-client-15 wrk nginx prometheus valgrind nodejs npm curl
-          python3)  # python3: node-gyp builds isolated-vm (transformer)
+          python3 openssl)  # python3: node-gyp builds isolated-vm (transformer); openssl: test CAs
 missing=()
 for p in "${APT_PKGS[@]}"; do
     # node may come from elsewhere than Debian (e.g. NodeSource); accept any working node/npm
