@@ -151,6 +151,11 @@ static const CfgKey keys[] = {
       "transformer requests in flight at once"),
     I("processor", "transformer_timeout_ms", processor.transformer_timeout_ms, "30000", 100,
       600000, "timeout of one transformer request"),
+    I("processor", "user_transform_timeout_ms", processor.user_transform_timeout_ms, "60000", 100,
+      600000,
+      "timeout of one /customTransform request (user transformations); keep it above the"
+      " transformer's USER_TRANSFORM_TIMEOUT plus its code fetch, or a slow transformation is"
+      " retried instead of failed"),
     I("processor", "retry_max_backoff_ms", processor.retry_max_backoff_ms, "5000", 10, 600000,
       "cap of the backoff while the transformer fails"),
     I("processor", "poll_interval_ms", processor.poll_interval_ms, "300", 1, 60000,

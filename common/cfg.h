@@ -86,6 +86,7 @@ typedef struct ProcessorConfig {
     int transform_chunk;
     int max_inflight;
     int transformer_timeout_ms;
+    int user_transform_timeout_ms;
     int retry_max_backoff_ms;
     int poll_interval_ms;
     int max_transformer_request_bytes;

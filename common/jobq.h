@@ -44,7 +44,7 @@ void jobq_copy_text(Buf *copy, const char *s);
 typedef struct DeadLetter {
     const char *queue; /* queue the job came from: "gw" or "rt" */
     int64_t job_id;
-    const char *stage; /* "processor" or "router" */
+    const char *stage; /* "processor", "user_transformation" or "router" */
     int partition;
     const char *workspace_id, *source_id, *destination_id, *user_id;
     int status_code;

@@ -122,7 +122,16 @@ wait_ready() { # name [pattern]
 if [[ -f $ROOT/transformer/src/server.js ]]; then
     start sink node "$ROOT/deploy/sink.js" --port "$SINK_PORT" --out "$VAR/sink/events.jsonl"
     wait_ready sink
-    start transformer PORT="$TF_PORT" node "$ROOT/transformer/src/server.js"
+    # user-transformation code: from a control plane and/or a local directory
+    # of <versionId>.js files, as the environment says (both passed through;
+    # limits too, when set)
+    tf_env=(PORT="$TF_PORT" CONFIG_BACKEND_URL="${CONFIG_BACKEND_URL:-}"
+        PINTLE_TRANSFORMATIONS_DIR="${PINTLE_TRANSFORMATIONS_DIR:-}")
+    for v in ISOLATE_VM_MEMORY IVM_EXECUTION_TIMEOUT USER_TRANSFORM_TIMEOUT PINTLE_TRANSFORMATIONS_FETCH_HOSTS \
+        CONFIG_BACKEND_TRANSFORMATION_FETCH_SECRET; do
+        [[ -n ${!v:-} ]] && tf_env+=("$v=${!v}")
+    done
+    start transformer "${tf_env[@]}" node "$ROOT/transformer/src/server.js"
     wait_ready transformer
 fi
 for ((i = 1; i <= PROCESSORS; i++)); do
@@ -164,6 +173,7 @@ pintle is running (logs in var/log/, Ctrl-C or \`make stop\` stops everything)
   gateways     127.0.0.1:$(ports 8100 "$GATEWAYS")   processors /metrics $(ports 8200 "$PROCESSORS")   routers /metrics $(ports 8300 "$ROUTERS")   batchrouters $(ports 8400 "$BATCHROUTERS")
   workspace    $WORKSPACE
   write key    $KEY
+  user code    control plane ${CONFIG_BACKEND_URL:-(CONFIG_BACKEND_URL unset)}, directory ${PINTLE_TRANSFORMATIONS_DIR:-(PINTLE_TRANSFORMATIONS_DIR unset)}
 
 Send an event:
   curl -u '$KEY:' -H 'Content-Type: application/json' \\

@@ -72,7 +72,9 @@ void commit_format(Commit *c, Batch *b, const Lease *lease, const char *rt_table
         } else if (o->kind == OUTPUT_DEAD) {
             DeadLetter dl = {.queue = "gw",
                              .job_id = j->job_id,
-                             .stage = "processor",
+                             .stage = o->reason == DEAD_USER_TRANSFORMATION
+                                          ? "user_transformation"
+                                          : "processor",
                              .partition = j->partition,
                              .workspace_id = j->workspace_id,
                              .source_id = j->source_id,
@@ -137,6 +139,8 @@ void commit_publish(const Batch *b, HintPub *rt_hints, HintPub *batch_hints, Com
         }
         case OUTPUT_FILTERED:
             t->filtered++;
+            if (o->by_user)
+                t->filtered_by_user++;
             break;
         case OUTPUT_DEAD:
             t->dead++;

@@ -48,6 +48,7 @@ void commit_format(Commit *c, Batch *b, const Lease *lease, const char *rt_table
 
 typedef struct CommitTally {
     int rt, batch_rt, dead, filtered;
+    int filtered_by_user; /* of filtered: dropped by a user transformation */
     int dead_by[DEAD_NREASONS];
 } CommitTally;
 

@@ -81,6 +81,11 @@ void outputs_add_filtered(OutputList *l, int job, int seq, const char *dest_id)
     add(l, job, seq, dest_id, OUTPUT_FILTERED);
 }
 
+void outputs_add_user_filtered(OutputList *l, int job, int seq, const char *dest_id)
+{
+    add(l, job, seq, dest_id, OUTPUT_FILTERED)->by_user = true;
+}
+
 void outputs_add_dead(OutputList *l, int job, int seq, const char *dest_id, int status,
                       DeadReason reason, const char *error, size_t error_len, const char *payload)
 {

@@ -23,7 +23,8 @@ typedef enum DeadReason {
     DEAD_UNKNOWN_DESTINATION, /* a replayed job's destination is not in the snapshot */
     DEAD_UNPARSABLE,          /* the payload is not a JSON object */
     DEAD_NO_TYPE,             /* the event has no string "type" */
-    DEAD_USER_TRANSFORMATION, /* the destination has a user transformation (not run yet) */
+    DEAD_USER_TRANSFORMATION, /* the user transformation failed it (/customTransform's status
+                               * and error); its dead letter's stage is user_transformation */
     DEAD_ANSWER_TOO_LARGE,    /* the event's own answer is over the response limit */
     DEAD_NREASONS
 } DeadReason;
@@ -44,6 +45,7 @@ typedef struct Output {
     size_t off, len;          /* rt/batch_rt payload: bytes in OutputList.text */
     const char *dead_payload; /* dead letter: the event (borrowed) */
     int status;               /* dead letter: status code */
+    bool by_user;             /* filtered: by the user transformation, not the destination's */
     DeadReason reason;        /* dead letter */
     char *error;              /* dead letter: valid UTF-8 without NUL (owned) */
 } Output;
@@ -66,6 +68,8 @@ void outputs_add_job(OutputList *l, int job, int seq, const char *dest_id, bool 
                      const char *payload, size_t len);
 /* An event the transformer filtered (statusCode 298): nothing is written. */
 void outputs_add_filtered(OutputList *l, int job, int seq, const char *dest_id);
+/* An event the user transformation dropped (298, or no output for it). */
+void outputs_add_user_filtered(OutputList *l, int job, int seq, const char *dest_id);
 /* A dead letter. error[0..error_len) may be any bytes: it is kept cut to
  * OUTPUTS_MAX_ERROR_BYTES on a character boundary, with invalid UTF-8 and
  * NUL escaped (\xHH), so the row can always be stored. payload is borrowed. */

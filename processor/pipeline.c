@@ -1,9 +1,10 @@
 /* Processor cycle (see pipeline.h).
  *
- * States: IDLE -> (MAINTAIN) -> (LOADING) -> CLAIMING -> TRANSFORMING ->
- * (TABLES) -> COMMITTING -> IDLE. One batch at a time: its jobs are routed
- * in processor/route.c, its destination transforms run in
- * processor/transform.c, its outputs are collected in processor/outputs.c,
+ * States: IDLE -> (MAINTAIN) -> (LOADING) -> CLAIMING -> (USER_TRANSFORMING)
+ * -> TRANSFORMING -> (TABLES) -> COMMITTING -> IDLE. One batch at a time:
+ * its jobs are routed in processor/route.c, its user transformations (for
+ * destinations that have one; their outputs are routed on) and then its
+ * destination transforms run in processor/transform.c, its outputs are collected in processor/outputs.c,
  * the partitions and cursors it reads are kept in processor/claim.c and its
  * hand-off transaction is formatted in processor/commit.c. This file only
  * sequences those steps on the one database connection.
@@ -58,14 +59,16 @@ typedef enum State {
     ST_IDLE,
     ST_LOADING,
     ST_CLAIMING,
+    ST_USER_TRANSFORMING,
     ST_TRANSFORMING,
     ST_TABLES,
     ST_COMMITTING,
     ST_MAINTAIN
 } State;
 
-static const char *const state_names[] = {"idle",   "loading",    "claiming", "transforming",
-                                          "tables", "committing", "maintain"};
+static const char *const state_names[] = {"idle",         "loading", "claiming",
+                                          "user_transforming", "transforming", "tables",
+                                          "committing",   "maintain"};
 
 struct Pipeline {
     struct event_base *base;
@@ -90,8 +93,9 @@ struct Pipeline {
     int nmoves;
     /* current batch */
     Batch batch;
+    TfBatch *ut; /* user transformations, before tf */
     TfBatch *tf;
-    TfMetrics tf_metrics;
+    TfMetrics tf_metrics, ut_metrics;
     Commit commit;
     Buf sql;
     char *rt_table, *brt_table;
@@ -101,6 +105,7 @@ struct Pipeline {
     bool kicked;
     int64_t last_claim_rows;
     MetricSeries *m_events, *m_outputs, *m_filtered, *m_batches, *m_fenced, *m_partitions;
+    MetricSeries *m_user_filtered;
     MetricSeries *m_dead[DEAD_NREASONS];
 };
 
@@ -125,6 +130,8 @@ static void reset_batch(Pipeline *p)
 {
     tf_batch_destroy(p->tf);
     p->tf = NULL;
+    tf_batch_destroy(p->ut);
+    p->ut = NULL;
     route_batch_reset(&p->batch);
     p->nmoves = 0;
 }
@@ -186,6 +193,7 @@ static bool in_flight(const Pipeline *p, int part)
     switch (p->state) {
     case ST_CLAIMING:
         return claim_plan_has(&p->plan, part);
+    case ST_USER_TRANSFORMING:
     case ST_TRANSFORMING:
     case ST_TABLES:
     case ST_COMMITTING:
@@ -268,6 +276,7 @@ static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
                      t.dead_by[r]);
         }
     metrics_inc(p->m_filtered, t.filtered);
+    metrics_inc(p->m_user_filtered, t.filtered_by_user);
     metrics_inc(p->m_batches, 1);
     log_debug("batch_committed", "jobs=%d rt=%d batch_rt=%d dead=%d filtered=%d", p->batch.njobs,
               t.rt, t.batch_rt, t.dead, t.filtered);
@@ -353,6 +362,37 @@ static void on_transformed(void *arg, bool complete)
     all_transformed(p, NULL);
 }
 
+/* The destination transforms, once the user transformations (if any) added
+ * their outputs. c as for all_transformed. */
+static void start_transforms(Pipeline *p, DbConn *c)
+{
+    if (tf_batch_chunks(p->tf) == 0) {
+        all_transformed(p, c);
+        return;
+    }
+    p->state = ST_TRANSFORMING;
+    tf_batch_start(p->tf, on_transformed, p);
+}
+
+static void on_user_transformed(void *arg, bool complete)
+{
+    Pipeline *p = arg;
+    if (!complete) {
+        log_info("batch_abandoned", "jobs=%d reason=shutdown", p->batch.njobs);
+        reset_batch(p);
+        go_idle(p, 0);
+        return;
+    }
+    start_transforms(p, NULL);
+}
+
+static void on_user_output(void *arg, int job, int seq, const WsDestination *d, const char *out,
+                           size_t len)
+{
+    Pipeline *p = arg;
+    route_user_output(&p->batch, p->tf, job, seq, d, out, len);
+}
+
 /* ---- claim ---- */
 
 static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
@@ -375,16 +415,18 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
         return;
     }
     p->tf = tf_batch_create(p->base, &p->cfg->processor, p->http, &p->tf_metrics, &p->batch.outs);
-    route_batch_load(&p->batch, res, ws_watcher_ref(p->ws), p->tf, now_ms());
+    p->ut = tf_batch_create_user(p->base, &p->cfg->processor, p->http, &p->ut_metrics,
+                                 &p->batch.outs, on_user_output, p);
+    route_batch_load(&p->batch, res, ws_watcher_ref(p->ws), p->ut, p->tf, now_ms());
     for (int i = 0; i < n; i++)
         claim_plan_row(&p->plan, p->batch.jobs[i].partition, p->batch.jobs[i].job_id);
     claim_plan_end(&p->plan);
-    if (tf_batch_chunks(p->tf) == 0) {
-        all_transformed(p, c);
+    if (tf_batch_chunks(p->ut) > 0) {
+        p->state = ST_USER_TRANSFORMING;
+        tf_batch_start(p->ut, on_user_transformed, p);
         return;
     }
-    p->state = ST_TRANSFORMING;
-    tf_batch_start(p->tf, on_transformed, p);
+    start_transforms(p, c);
 }
 
 static void claim(Pipeline *p, DbConn *c, bool in_cb)
@@ -547,6 +589,18 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
     }
     p->m_filtered = metrics_series(m, "pintle_processor_filtered_total",
                                    "Events the transformer filtered (298)", METRIC_COUNTER, "");
+    p->m_user_filtered =
+        metrics_series(m, "pintle_processor_user_transform_filtered_total",
+                       "Events a user transformation dropped (also counted in filtered_total)",
+                       METRIC_COUNTER, "");
+    p->ut_metrics.seconds =
+        metrics_series(m, "pintle_processor_user_transform_request_duration_seconds",
+                       "/customTransform request latency", METRIC_HISTOGRAM, "");
+    p->ut_metrics.retries = metrics_series(m, "pintle_processor_user_transform_retries_total",
+                                           "/customTransform requests retried", METRIC_COUNTER, "");
+    p->ut_metrics.splits =
+        metrics_series(m, "pintle_processor_user_transform_splits_total",
+                       "/customTransform chunks split in halves", METRIC_COUNTER, "");
     p->m_batches = metrics_series(m, "pintle_processor_batches_total", "Batches committed",
                                   METRIC_COUNTER, "");
     p->tf_metrics.seconds =
@@ -607,6 +661,8 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
              p->cfg->processor.shutdown_timeout_ms);
     if (p->tf != NULL && p->state == ST_TRANSFORMING)
         tf_batch_abandon(p->tf);
+    if (p->ut != NULL && p->state == ST_USER_TRANSFORMING)
+        tf_batch_abandon(p->ut);
     /* an uncommitted batch is simply claimed again; a COMMIT in flight
      * either happened or did not, and the cursors say which; the caller
      * closes the connection, which rolls back a transaction still open
@@ -637,6 +693,8 @@ void pipeline_stop(Pipeline *p, void (*done)(void *), void *arg)
      * other state is a database step that ends soon, or at the deadline */
     if (p->state == ST_TRANSFORMING)
         tf_batch_abandon(p->tf);
+    else if (p->state == ST_USER_TRANSFORMING)
+        tf_batch_abandon(p->ut);
 }
 
 void pipeline_leases_changed(Pipeline *p)

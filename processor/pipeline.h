@@ -1,5 +1,6 @@
 /* The processor's work cycle: claim gw jobs of the partitions this instance
- * leases -> destination transforms on the transformer -> one fenced
+ * leases -> user transformations (where a destination has one) and
+ * destination transforms on the transformer -> one fenced
  * transaction writing rt/batch_rt jobs, dead letters and the advanced gw
  * cursors (exactly-once hand-off).
  * Owns the claimed batch (processor/route.c, with a reference to the

@@ -7,10 +7,14 @@
  * Nothing consumed disappears: every gw job either yields outputs (rt /
  * batch_rt jobs, filtered events) or dead letters. Dead letters decided
  * here: a source missing from the snapshot, a payload that is not a JSON
- * object, an event without a type, a destination with a user
- * transformation (not run yet: the event is not sent untransformed), a
+ * object, an event without a type, a
  * replayed job whose destination is gone or no longer takes the event. (The
- * transformer's rejections are added by processor/transform.c.) A gw job
+ * transformer's rejections are added by processor/transform.c.) An event
+ * for a destination with a user transformation goes to /customTransform
+ * first (never on untransformed); each output comes back through
+ * route_user_output, in the order of the answer, under the gw job and
+ * destination order of its input, so per-user order holds however many
+ * outputs an event has. A gw job
  * with destination_id set is a replayed dead letter (pintlectl replay): it
  * is routed to that one destination only. */
 #include "processor/route.h"
@@ -37,6 +41,9 @@ void route_batch_init(Batch *b)
 void route_batch_deinit(Batch *b)
 {
     route_batch_reset(b);
+    free(b->ut_texts);
+    b->ut_texts = NULL;
+    b->caput = 0;
     outputs_deinit(&b->outs);
 }
 
@@ -52,8 +59,14 @@ void route_batch_reset(Batch *b)
         free(j->text);
         free(j->type);
         free(j->message_id);
+        free(j->rudder_id);
+        free(j->received_at);
+        free(j->event_name);
     }
     free(b->jobs);
+    for (int i = 0; i < b->nut; i++)
+        free(b->ut_texts[i]);
+    b->nut = 0;
     b->jobs = NULL;
     b->njobs = 0;
     ws_unref(b->snap);
@@ -73,9 +86,27 @@ static void job_dead(Batch *b, int i, const char *dest_id, int status, DeadReaso
 
 /* Sends job i (its tree is ev) to every destination it goes to: the
  * transformer's chunks, batch_rt outputs, or dead letters. */
-static void route_job(Batch *b, TfBatch *tf, int i, json_object *ev)
+/* The transformer's view of job i, its text being text[0..len). */
+static TfEvent job_event(const Batch *b, int i, const char *text, size_t len)
 {
-    static const char no_ut[] = "user transformation not supported";
+    const Job *j = &b->jobs[i];
+    return (TfEvent){.job = i,
+                     .job_id = j->job_id,
+                     .text = text,
+                     .text_len = len,
+                     .dead_text = j->text,
+                     .workspace_id = j->workspace_id,
+                     .user_id = j->user_id,
+                     .type = j->type,
+                     .message_id = j->message_id,
+                     .rudder_id = j->rudder_id,
+                     .received_at = j->received_at,
+                     .event_name = j->event_name,
+                     .created_at_ms = j->created_at_ms};
+}
+
+static void route_job(Batch *b, TfBatch *ut, TfBatch *tf, int i, json_object *ev)
+{
     Job *j = &b->jobs[i];
     const WsSource *s = ws_source_by_id(b->snap, j->source_id);
     if (s == NULL) {
@@ -88,14 +119,7 @@ static void route_job(Batch *b, TfBatch *tf, int i, json_object *ev)
                  NULL);
         return;
     }
-    TfEvent te = {.job = i,
-                  .job_id = j->job_id,
-                  .text = j->text,
-                  .text_len = j->text_len,
-                  .workspace_id = j->workspace_id,
-                  .user_id = j->user_id,
-                  .type = j->type,
-                  .message_id = j->message_id};
+    TfEvent te = job_event(b, i, j->text, j->text_len);
     bool found = false;
     for (int k = 0; k < s->ndests; k++) {
         const WsDestination *d = &s->dests[k];
@@ -111,10 +135,11 @@ static void route_job(Batch *b, TfBatch *tf, int i, json_object *ev)
             continue;
         }
         int seq = k + 1;
+        te.seq = seq;
         if (d->transformation_id != NULL) {
-            /* until user transformations run, never send the event on without them */
-            outputs_add_dead(&b->outs, i, seq, d->id, 501, DEAD_USER_TRANSFORMATION, no_ut,
-                             sizeof no_ut - 1, j->text);
+            /* the user transformation first; its outputs come back through
+             * route_user_output */
+            tf_batch_add(ut, s, d, &te);
             continue;
         }
         if (d->batch) {
@@ -122,7 +147,6 @@ static void route_job(Batch *b, TfBatch *tf, int i, json_object *ev)
             outputs_add_job(&b->outs, i, seq, d->id, true, j->text, j->text_len);
             continue;
         }
-        te.seq = seq;
         tf_batch_add(tf, s, d, &te);
     }
     if (j->dest_id != NULL && !found)
@@ -131,8 +155,29 @@ static void route_job(Batch *b, TfBatch *tf, int i, json_object *ev)
                  j->source_id);
 }
 
-void route_batch_load(Batch *b, const PGresult *res, const Workspace *snap, TfBatch *tf,
-                      int64_t now_ms)
+void route_user_output(Batch *b, TfBatch *tf, int job, int seq, const WsDestination *d,
+                       const char *out, size_t len)
+{
+    if (d->batch) {
+        /* object storage and warehouses take the transformed event as it is */
+        outputs_add_job(&b->outs, job, seq, d->id, true, out, len);
+        return;
+    }
+    const WsSource *s = ws_source_by_id(b->snap, b->jobs[job].source_id);
+    ASSERT(s != NULL); /* the job was routed to d with this snapshot */
+    if (b->nut == b->caput) {
+        b->caput = b->caput ? b->caput * 2 : 64;
+        b->ut_texts = xrealloc(b->ut_texts, sizeof(char *) * (size_t)b->caput);
+    }
+    char *text = xstrndup(out, len);
+    b->ut_texts[b->nut++] = text;
+    TfEvent te = job_event(b, job, text, len);
+    te.seq = seq;
+    tf_batch_add(tf, s, d, &te);
+}
+
+void route_batch_load(Batch *b, const PGresult *res, const Workspace *snap, TfBatch *ut,
+                      TfBatch *tf, int64_t now_ms)
 {
     int n = PQntuples(res);
     b->jobs = xcalloc((size_t)n, sizeof(Job));
@@ -147,6 +192,7 @@ void route_batch_load(Batch *b, const PGresult *res, const Workspace *snap, TfBa
         const char *dest = PQgetvalue(res, i, 4);
         j->dest_id = dest[0] != '\0' ? xstrdup(dest) : NULL;
         j->user_id = xstrdup(PQgetvalue(res, i, 5));
+        j->created_at_ms = strtoll(PQgetvalue(res, i, 6), NULL, 10);
         const char *payload = PQgetvalue(res, i, 7);
         /* parse, normalise, serialise and route one event at a time, so only
          * one JSON tree is alive: memory is the serialised batch, not trees */
@@ -157,9 +203,15 @@ void route_batch_load(Batch *b, const PGresult *res, const Workspace *snap, TfBa
             const char *m = jsonu_str_ci(ev, "messageId", NULL);
             j->type = t ? xstrdup(t) : NULL;
             j->message_id = m ? xstrdup(m) : NULL;
+            const char *rid = jsonu_str_ci(ev, "rudderId", NULL);
+            const char *rat = jsonu_str_ci(ev, "receivedAt", NULL);
+            const char *name = jsonu_str_ci(ev, "event", NULL);
+            j->rudder_id = rid ? xstrdup(rid) : NULL;
+            j->received_at = rat ? xstrdup(rat) : NULL;
+            j->event_name = name ? xstrdup(name) : NULL;
             const char *text = jsonu_to_string(ev, &j->text_len);
             j->text = xstrndup(text, j->text_len);
-            route_job(b, tf, i, ev);
+            route_job(b, ut, tf, i, ev);
         } else {
             j->text_len = (size_t)PQgetlength(res, i, 7);
             j->text = xstrndup(payload, j->text_len);

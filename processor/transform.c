@@ -6,6 +6,19 @@
  * every event's element is remembered by its byte range, so a chunk can be
  * split without rebuilding anything.
  *
+ * User transformations (tf_batch_create_user) use the same chunks, limits,
+ * retries and splits on /customTransform; their answers are matched back to
+ * inputs as transform.h says. A chunk closes only between gw jobs (a job's
+ * user-transformed fan-out stays in one request), and a split cuts at a job
+ * boundary where it can, so the outputs of one event keep their order.
+ *
+ * Metadata: every event carries what RudderStack's JobMetadataT has where
+ * pintle knows it (ids and names of source, destination and workspace,
+ * source definition name and category, rudderId, receivedAt, the gw job's
+ * createdAt, attemptNum 0, transformAt, the user transformation's ids,
+ * secret null: OAuth is not supported); the per-destination part is
+ * formatted once per batch.
+ *
  * Concurrency: at most processor.max_inflight chunks are active (a request
  * in flight or a retry timer pending); a chunk that waits for its retry
  * keeps its place, so a failing transformer is not flooded.
@@ -28,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/hmap.h"
 #include "common/jscan.h"
@@ -42,8 +56,9 @@
 typedef struct Slot {
     int job, seq;
     int64_t job_id;
-    const char *text; /* dead-letter payload (borrowed) */
-    size_t off, end;  /* the event's element in the chunk's body */
+    const char *text;       /* dead-letter payload (borrowed) */
+    const char *message_id; /* borrowed; may be NULL */
+    size_t off, end;        /* the event's element in the chunk's body */
 } Slot;
 
 typedef struct DestChunks DestChunks;
@@ -62,6 +77,7 @@ typedef struct Chunk {
 struct DestChunks {
     const WsDestination *d;
     char *dest_json;
+    char *md_dest; /* the metadata members fixed per source and destination */
     char *url;
     Chunk *open;
 };
@@ -72,6 +88,10 @@ struct TfBatch {
     Httpc *http;
     const TfMetrics *m;
     OutputList *outs;
+    bool user; /* /customTransform */
+    TfUserOutputFn on_output;
+    void *output_arg;
+    DeadReason fail_reason; /* of this batch's rejections */
     HMap by_dest;
     Chunk **chunks;
     int nchunks, capchunks;
@@ -97,8 +117,21 @@ TfBatch *tf_batch_create(struct event_base *base, const ProcessorConfig *cfg, Ht
     b->http = http;
     b->m = m;
     b->outs = outs;
+    b->fail_reason = DEAD_TRANSFORMER;
     hmap_init(&b->by_dest);
     buf_init(&b->err);
+    return b;
+}
+
+TfBatch *tf_batch_create_user(struct event_base *base, const ProcessorConfig *cfg, Httpc *http,
+                              const TfMetrics *m, OutputList *outs, TfUserOutputFn on_output,
+                              void *arg)
+{
+    TfBatch *b = tf_batch_create(base, cfg, http, m, outs);
+    b->user = true;
+    b->on_output = on_output;
+    b->output_arg = arg;
+    b->fail_reason = DEAD_USER_TRANSFORMATION;
     return b;
 }
 
@@ -123,6 +156,7 @@ void tf_batch_destroy(TfBatch *b)
     while (hmap_next(&b->by_dest, &it, &e)) {
         DestChunks *dc = e->value;
         free(dc->dest_json);
+        free(dc->md_dest);
         free(dc->url);
         free(dc);
     }
@@ -157,11 +191,69 @@ static char *format_destination(const WsSource *s, const WsDestination *d)
     json_object *dcfg = jsonu_get_ci(def, "config");
     json_object_object_add(dd, "Config", dcfg ? json_object_get(dcfg) : json_object_new_object());
     json_object_object_add(o, "DestinationDefinition", dd);
+    /* RudderStack's TransformationT: {VersionID, ID, Config} */
     json_object *tr = jsonu_get_ci(d->obj, "transformations");
-    json_object_object_add(o, "Transformations",
-                           tr ? json_object_get(tr) : json_object_new_array());
+    json_object *trs = json_object_new_array();
+    for (size_t i = 0; tr && json_object_is_type(tr, json_type_array) &&
+                       i < json_object_array_length(tr);
+         i++) {
+        json_object *t = json_object_array_get_idx(tr, i);
+        json_object *x = json_object_new_object();
+        json_object_object_add(x, "VersionID",
+                               json_object_new_string(jsonu_str_ci(t, "versionId", "")));
+        json_object_object_add(x, "ID", json_object_new_string(jsonu_str_ci(t, "id", "")));
+        json_object *tc = jsonu_get_ci(t, "config");
+        json_object_object_add(x, "Config", tc ? json_object_get(tc) : json_object_new_object());
+        json_object_array_add(trs, x);
+    }
+    json_object_object_add(o, "Transformations", trs);
     char *text = xstrdup(jsonu_to_string(o, NULL));
     json_object_put(o);
+    return text;
+}
+
+/* The metadata members that are the same for every event of s and d. */
+static char *format_md_dest(const WsSource *s, const WsDestination *d)
+{
+    Buf m;
+    buf_init(&m);
+    json_object *sdef = jsonu_get_ci(s->obj, "sourceDefinition");
+    json_object *ddef = jsonu_get_ci(d->obj, "destinationDefinition");
+    const char *transform_at = jsonu_str_ci(jsonu_get_ci(ddef, "config"), "transformAt", NULL);
+    json_object *trs = jsonu_get_ci(d->obj, "transformations");
+    json_object *tr0 = trs && json_object_is_type(trs, json_type_array) &&
+                               json_object_array_length(trs) > 0
+                           ? json_object_array_get_idx(trs, 0)
+                           : NULL;
+    buf_puts(&m, ",\"sourceId\":");
+    jsonu_put_string(&m, s->id);
+    buf_puts(&m, ",\"sourceName\":");
+    jsonu_put_string(&m, s->name ? s->name : "");
+    buf_puts(&m, ",\"sourceType\":");
+    jsonu_put_string(&m, jsonu_str_ci(sdef, "name", ""));
+    buf_puts(&m, ",\"sourceCategory\":");
+    jsonu_put_string(&m, jsonu_str_ci(sdef, "category", ""));
+    buf_puts(&m, ",\"sourceDefinitionId\":");
+    jsonu_put_string(&m, jsonu_str_ci(sdef, "id", ""));
+    buf_puts(&m, ",\"destinationId\":");
+    jsonu_put_string(&m, d->id);
+    buf_puts(&m, ",\"destinationName\":");
+    jsonu_put_string(&m, d->name ? d->name : "");
+    buf_puts(&m, ",\"destinationType\":");
+    jsonu_put_string(&m, d->def_name);
+    buf_puts(&m, ",\"destinationDefinitionId\":");
+    jsonu_put_string(&m, jsonu_str_ci(ddef, "id", ""));
+    buf_puts(&m, ",\"transformAt\":");
+    jsonu_put_string(&m, transform_at ? transform_at : "processor");
+    if (d->transformation_id != NULL) {
+        buf_puts(&m, ",\"transformationId\":");
+        jsonu_put_string(&m, jsonu_str_ci(tr0, "id", ""));
+        buf_puts(&m, ",\"transformationVersionId\":");
+        jsonu_put_string(&m, d->transformation_id);
+    }
+    buf_puts(&m, ",\"firstAttemptedAt\":\"\",\"attemptNum\":0,\"secret\":null");
+    char *text = xstrndup(m.data, m.len);
+    buf_deinit(&m);
     return text;
 }
 
@@ -194,12 +286,32 @@ static DestChunks *dest_chunks(TfBatch *b, const WsSource *s, const WsDestinatio
     dc = xcalloc(1, sizeof(*dc));
     dc->d = d;
     dc->dest_json = format_destination(s, d);
-    dc->url = xasprintf("%s/v0/destinations/%s", b->cfg->transformer_url, d->def_name);
-    for (char *q = dc->url + strlen(b->cfg->transformer_url); *q; q++)
-        if (*q >= 'A' && *q <= 'Z')
-            *q = (char)(*q - 'A' + 'a');
+    dc->md_dest = format_md_dest(s, d);
+    if (b->user) {
+        dc->url = xasprintf("%s/customTransform", b->cfg->transformer_url);
+    } else {
+        dc->url = xasprintf("%s/v0/destinations/%s", b->cfg->transformer_url, d->def_name);
+        for (char *q = dc->url + strlen(b->cfg->transformer_url); *q; q++)
+            if (*q >= 'A' && *q <= 'Z')
+                *q = (char)(*q - 'A' + 'a');
+    }
     hmap_put(&b->by_dest, key, dc);
     return dc;
+}
+
+/* An RFC 3339 UTC time with milliseconds, quoted ("" for 0). */
+static void put_time(Buf *out, int64_t ms)
+{
+    if (ms <= 0) {
+        buf_puts(out, "\"\"");
+        return;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char ts[40];
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    buf_printf(out, "\"%s.%03dZ\"", ts, (int)(ms % 1000));
 }
 
 void tf_batch_add(TfBatch *b, const WsSource *s, const WsDestination *d, const TfEvent *ev)
@@ -209,10 +321,18 @@ void tf_batch_add(TfBatch *b, const WsSource *s, const WsDestination *d, const T
     /* a chunk closes at transform_chunk events or once its request reaches
      * max_transformer_request_bytes, so large events cannot add up to a
      * request the transformer refuses */
-    if (dc->open == NULL || dc->open->n >= chunk_max ||
-        dc->open->body.len >= (size_t)b->cfg->max_transformer_request_bytes)
+    /* outputs of one gw job (a user transformation's fan-out) share a chunk */
+    bool same_job = dc->open != NULL && dc->open->n > 0 &&
+                    dc->open->slots[dc->open->n - 1].job == ev->job;
+    if (dc->open == NULL ||
+        (!same_job && (dc->open->n >= chunk_max ||
+                       dc->open->body.len >= (size_t)b->cfg->max_transformer_request_bytes)))
         dc->open = chunk_new(b, dc, chunk_max);
     Chunk *c = dc->open;
+    if (c->n == c->cap) {
+        c->cap *= 2;
+        c->slots = xrealloc(c->slots, sizeof(Slot) * (size_t)c->cap);
+    }
     Buf *body = &c->body;
     if (c->n > 0)
         buf_putc(body, ',');
@@ -220,22 +340,27 @@ void tf_batch_add(TfBatch *b, const WsSource *s, const WsDestination *d, const T
     sl->job = ev->job;
     sl->seq = ev->seq;
     sl->job_id = ev->job_id;
-    sl->text = ev->text;
+    sl->text = ev->dead_text ? ev->dead_text : ev->text;
+    sl->message_id = ev->message_id;
     sl->off = body->len;
     buf_puts(body, "{\"message\":");
     buf_append(body, ev->text, ev->text_len);
-    buf_printf(body, ",\"metadata\":{\"jobId\":%" PRId64 ",\"sourceId\":", ev->job_id);
-    jsonu_put_string(body, s->id);
-    buf_puts(body, ",\"destinationId\":");
-    jsonu_put_string(body, d->id);
+    buf_printf(body, ",\"metadata\":{\"jobId\":%" PRId64, ev->job_id);
+    buf_puts(body, dc->md_dest);
     buf_puts(body, ",\"workspaceId\":");
     jsonu_put_string(body, ev->workspace_id);
     buf_puts(body, ",\"userId\":");
     jsonu_put_string(body, ev->user_id);
-    buf_puts(body, ",\"destinationType\":");
-    jsonu_put_string(body, d->def_name);
+    buf_puts(body, ",\"rudderId\":");
+    jsonu_put_string(body, ev->rudder_id ? ev->rudder_id : "");
+    buf_puts(body, ",\"receivedAt\":");
+    jsonu_put_string(body, ev->received_at ? ev->received_at : "");
+    buf_puts(body, ",\"createdAt\":");
+    put_time(body, ev->created_at_ms);
     buf_puts(body, ",\"eventType\":");
     jsonu_put_string(body, ev->type);
+    buf_puts(body, ",\"eventName\":");
+    jsonu_put_string(body, ev->event_name ? ev->event_name : "");
     buf_puts(body, ",\"messageId\":");
     jsonu_put_string(body, ev->message_id ? ev->message_id : "");
     buf_puts(body, "},\"destination\":");
@@ -301,20 +426,134 @@ static bool storable(const char *s, size_t n)
     return utf8_valid(s, n) && memchr(s, '\0', n) == NULL;
 }
 
-/* The slot of job_id in c (slots ascend by job id), or -1. */
-static int find_slot(const Chunk *c, int64_t job_id)
+/* The slot of job_id in c (slots ascend by job id), or -1. Several slots
+ * of one job (a user transformation's fan-out): the first one not yet
+ * answered, else the first. */
+static int find_slot(const Chunk *c, int64_t job_id, const bool *answered)
 {
-    int lo = 0, hi = c->n - 1;
-    while (lo <= hi) {
+    int lo = 0, hi = c->n;
+    while (lo < hi) { /* lower bound */
         int mid = (lo + hi) / 2;
-        if (c->slots[mid].job_id == job_id)
-            return mid;
         if (c->slots[mid].job_id < job_id)
             lo = mid + 1;
         else
-            hi = mid - 1;
+            hi = mid;
     }
+    if (lo >= c->n || c->slots[lo].job_id != job_id)
+        return -1;
+    for (int k = lo; k < c->n && c->slots[k].job_id == job_id; k++)
+        if (!answered[k])
+            return k;
+    return lo;
+}
+
+/* The slot whose message id is the string span id, or -1. */
+static int find_message(const Chunk *c, JSpan id, Buf *scratch)
+{
+    buf_reset(scratch);
+    if (!jscan_string(id, scratch) || scratch->len == 0)
+        return -1;
+    for (int k = c->n - 1; k >= 0; k--)
+        if (c->slots[k].message_id != NULL && strcmp(c->slots[k].message_id, scratch->data) == 0)
+            return k;
     return -1;
+}
+
+/* The input a user transformation's output belongs to (see transform.h). */
+static int user_slot(const Chunk *c, JSpan md, bool has_md, Buf *scratch)
+{
+    JSpan v;
+    int64_t job_id = -1;
+    if (has_md && jscan_get(md, "jobId", &v) && jscan_int(v, &job_id) && job_id > 0) {
+        int lo = 0, hi = c->n - 1;
+        while (lo <= hi) { /* one slot per job in a user chunk */
+            int mid = (lo + hi) / 2;
+            if (c->slots[mid].job_id == job_id)
+                return mid;
+            if (c->slots[mid].job_id < job_id)
+                lo = mid + 1;
+            else
+                hi = mid - 1;
+        }
+    }
+    if (has_md && jscan_get(md, "messageId", &v) && jscan_type(v) == 's') {
+        int k = find_message(c, v, scratch);
+        if (k >= 0)
+            return k;
+    }
+    if (has_md && jscan_get(md, "messageIds", &v)) {
+        JIter it;
+        JSpan id;
+        int best = -1;
+        if (jscan_array(v, &it))
+            while (jscan_next_element(&it, &id)) {
+                int k = find_message(c, id, scratch);
+                if (k > best)
+                    best = k;
+            }
+        if (best >= 0)
+            return best;
+    }
+    return c->n - 1;
+}
+
+/* A /customTransform answer: outputs go on to the next stage. */
+static void parse_user_answer(TfBatch *b, const Chunk *c, const char *body, size_t len)
+{
+    static const char not_array[] = "transformer answer to /customTransform is not a JSON array";
+    static const char not_utf8[] = "user transformation output is not valid UTF-8";
+    static const char not_object[] = "user transformation output is not a JSON object";
+    static const char failed[] = "user transformation failed";
+    const char *dest_id = c->dc->d->id;
+    JSpan doc = jscan_doc(body, len);
+    JIter it;
+    if (!jscan_array(doc, &it)) {
+        fail_all(b, c, 500, DEAD_USER_TRANSFORMATION, not_array, sizeof not_array - 1);
+        return;
+    }
+    bool clean = storable(body, len);
+    bool *answered = xcalloc((size_t)c->n, sizeof(bool));
+    Buf *err = &b->err;
+    Buf scratch;
+    buf_init(&scratch);
+    JSpan item;
+    while (jscan_next_element(&it, &item)) {
+        JSpan md, sc, out, e;
+        int64_t status = 200;
+        bool has_md = jscan_get(item, "metadata", &md) && jscan_type(md) == 'o';
+        int k = user_slot(c, md, has_md, &scratch);
+        const Slot *sl = &c->slots[k];
+        answered[k] = true;
+        if (jscan_get(item, "statusCode", &sc))
+            jscan_int(sc, &status);
+        if (status == 200) {
+            if (!jscan_get(item, "output", &out) || jscan_type(out) != 'o')
+                dead(b, c, sl, 400, DEAD_USER_TRANSFORMATION, not_object, sizeof not_object - 1);
+            else if (!clean && !storable(out.p, out.n))
+                dead(b, c, sl, 500, DEAD_USER_TRANSFORMATION, not_utf8, sizeof not_utf8 - 1);
+            else
+                b->on_output(b->output_arg, sl->job, sl->seq, c->dc->d, out.p, out.n);
+        } else if (status == 298) {
+            outputs_add_user_filtered(b->outs, sl->job, sl->seq, dest_id);
+        } else {
+            buf_reset(err);
+            if (!jscan_get(item, "error", &e) || !jscan_string(e, err) || err->len == 0) {
+                buf_reset(err);
+                buf_puts(err, failed);
+            }
+            dead(b, c, sl, (int)status, DEAD_USER_TRANSFORMATION, err->data, err->len);
+        }
+    }
+    if (it.failed)
+        log_warn("transformer_answer_malformed", "destination_id=%s endpoint=customTransform",
+                 dest_id);
+    /* no output and no status: the code returned nothing for it (the
+     * official transformer omits such events when it is not asked for 298) */
+    for (int k = 0; k < c->n; k++)
+        if (!answered[k])
+            outputs_add_user_filtered(b->outs, c->slots[k].job, c->slots[k].seq, dest_id);
+    buf_deinit(&scratch);
+    free(answered);
 }
 
 /* The answer is picked apart with jscan: each output is kept as the exact
@@ -348,7 +587,7 @@ static void parse_answer(TfBatch *b, const Chunk *c, const char *body, size_t le
             if (jscan_get(md, "jobId", &jid))
                 jscan_int(jid, &job_id);
         }
-        int k = job_id >= 0 ? find_slot(c, job_id) : -1;
+        int k = job_id >= 0 ? find_slot(c, job_id, answered) : -1;
         if (k < 0) {
             log_warn("transformer_unknown_job", "destination_id=%s job_id=%" PRId64, dest_id,
                      job_id);
@@ -400,6 +639,22 @@ static void split_off(TfBatch *b, const Chunk *c, int from, int to)
     }
 }
 
+/* Where to cut c in two: the job boundary nearest the middle (outputs of
+ * one job stay together, in order), else the middle. */
+static int split_point(const Chunk *c)
+{
+    int mid = c->n / 2;
+    for (int d = 0; d < c->n; d++) {
+        int k = mid + d;
+        if (k > 0 && k < c->n && c->slots[k].job != c->slots[k - 1].job)
+            return k;
+        k = mid - d;
+        if (k > 0 && k < c->n && c->slots[k].job != c->slots[k - 1].job)
+            return k;
+    }
+    return mid;
+}
+
 /* The answer went past the response limit: halves are sent instead. */
 static void answer_too_large(TfBatch *b, Chunk *c)
 {
@@ -417,7 +672,7 @@ static void answer_too_large(TfBatch *b, Chunk *c)
         dead(b, c, &c->slots[0], 500, DEAD_ANSWER_TOO_LARGE, b->err.data, b->err.len);
         return;
     }
-    int half = c->n / 2;
+    int half = split_point(c);
     log_warn("transformer_answer_split", "destination_id=%s events=%d halves=%d+%d limit_bytes=%ld",
              dest_id, c->n, half, c->n - half, limit);
     metrics_inc(b->m->splits, 1);
@@ -458,13 +713,15 @@ static void on_transformed(void *arg, const HttpcResponse *r)
         log_warn("transformer_request_split", "destination_id=%s events=%d bytes=%zu", dest_id,
                  c->n, c->body.len);
         metrics_inc(b->m->splits, 1);
-        int half = c->n / 2;
+        int half = split_point(c);
         split_off(b, c, 0, half);
         split_off(b, c, half, c->n);
         chunk_end(c);
         return;
     }
-    if (r->status == 0 || r->status >= 500 || r->status == 408 || r->status == 429) {
+    /* 809: the official transformer could not fetch the code (retry) */
+    if (r->status == 0 || r->status >= 500 || r->status == 408 || r->status == 429 ||
+        (b->user && r->status == 809)) {
         c->attempt++;
         int max = b->cfg->retry_max_backoff_ms;
         int ms = 100;
@@ -484,7 +741,10 @@ static void on_transformed(void *arg, const HttpcResponse *r)
         return;
     }
     if (r->status == 200) {
-        parse_answer(b, c, r->body, r->body_len);
+        if (b->user)
+            parse_user_answer(b, c, r->body, r->body_len);
+        else
+            parse_answer(b, c, r->body, r->body_len);
     } else {
         Buf *e = &b->err;
         buf_reset(e);
@@ -492,7 +752,7 @@ static void on_transformed(void *arg, const HttpcResponse *r)
         utf8_put_escaped(e, r->body, r->body_len, REJECTION_BODY_BYTES);
         log_warn("transformer_rejected", "destination_id=%s status=%ld events=%d", dest_id,
                  r->status, c->n);
-        fail_all(b, c, (int)r->status, DEAD_TRANSFORMER, e->data, e->len);
+        fail_all(b, c, (int)r->status, b->fail_reason, e->data, e->len);
     }
     chunk_end(c);
 }
@@ -501,12 +761,16 @@ static void send_chunk(Chunk *c)
 {
     TfBatch *b = c->b;
     static const char *const headers[] = {"Content-Type: application/json", NULL};
+    /* as rudder-server asks: a 298 for every event the code dropped */
+    static const char *const user_headers[] = {"Content-Type: application/json",
+                                               "X-Feature-Filter-Code: ?1", NULL};
     HttpcRequest req = {"POST",
                         c->dc->url,
-                        headers,
+                        b->user ? user_headers : headers,
                         c->body.data,
                         c->body.len,
-                        b->cfg->transformer_timeout_ms,
+                        b->user ? b->cfg->user_transform_timeout_ms
+                                : b->cfg->transformer_timeout_ms,
                         .max_response_bytes = (size_t)b->cfg->max_transformer_response_bytes,
                         .keep_prefix = false};
     b->requests++;

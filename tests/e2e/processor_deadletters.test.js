@@ -1,7 +1,8 @@
 'use strict';
 // Nothing the processor consumes disappears silently: unknown sources,
-// payloads that do not parse, events without a type and destinations with a
-// user transformation (not run yet) become counted dead letters; processor
+// payloads that do not parse, events without a type and events whose
+// user transformation cannot run (its code is not found) become counted
+// dead letters; processor
 // dead letters are replayable to their one destination; error texts that
 // are not valid UTF-8 are stored escaped and never wedge the batch.
 const { describe, it, after } = require('node:test');
@@ -81,7 +82,7 @@ describe('processor dead letters', () => {
     assert.deepEqual(st.processor.errors(), []);
   }));
 
-  it('a destination with a user transformation gets dead letters, never untransformed events; replayed once fixed, to that destination only', withLogs(S, async () => {
+  it('a destination whose user transformation is not found gets dead letters, never untransformed events; replayed once fixed, to that destination only', withLogs(S, async () => {
     await closeStack(st);
     const workspace = (url, { transformation = true, brokenFixed = false } = {}) => {
       const ws = webhookWorkspace(url);
@@ -101,7 +102,11 @@ describe('processor dead letters', () => {
     const ut = dead.filter((d) => d.destination_id === 'dst-ut');
     const broken = dead.filter((d) => d.destination_id === 'dst-broken');
     assert.equal(ut.length, 12);
-    for (const d of ut) assert.equal(d.reason, 'user transformation not supported');
+    for (const d of ut) {
+      assert.match(d.reason, /^Transformation tv-1 not found/);
+      assert.equal(d.status_code, 404);
+      assert.equal(d.stage, 'user_transformation');
+    }
     assert.equal(broken.length, 12);
     for (const d of broken) assert.equal(d.reason, 'Invalid URL in destination config');
     assert.equal(st.sink.ok().filter((r) => r.url === '/ut').length, 0, 'nothing sent untransformed');

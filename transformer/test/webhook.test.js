@@ -49,12 +49,39 @@ describe('webhook destination', () => {
 
   it('adds configured headers (lower-cased names) and message.header, which leaves the body', () => {
     const m = msg();
-    m.header = { 'X-Dynamic': 'yes', skipped: 5 };
+    m.header = { 'X-Dynamic': 'yes', empty: '', gone: null };
     const out = webhook({ message: m, destination: dest({ webhookUrl: 'u', headers: [{ from: 'X-Api-Key', to: 'k1' }, { from: '', to: 'ignored' }] }) });
     assert.equal(out.headers['x-api-key'], 'k1');
     assert.equal(out.headers['X-Dynamic'], 'yes');
-    assert.ok(!('skipped' in out.headers));
+    assert.ok(!('empty' in out.headers));
+    assert.ok(!('gone' in out.headers));
     assert.ok(!('header' in out.body.JSON));
+  });
+
+  // the official fixture's "Test 8": numbers and objects become their JSON text
+  it('sends message.header values that are not strings as their JSON text (POST, with appendPath)', () => {
+    const m = msg();
+    m.header = { dynamic_header_key_string: 'dynamic_header_value_string', dynamic_header_key_num: 10, dynamic_header_key_object: { k1: 'v1' } };
+    m.appendPath = '/product/search?string=value';
+    const out = webhook({ message: m, destination: dest({ webhookUrl: 'http://6b0e6a60.ngrok.io', headers: [{ from: '', to: '' }, { from: 'test2', to: 'value2' }] }) });
+    assert.deepEqual(out.headers, {
+      'content-type': 'application/json',
+      test2: 'value2',
+      dynamic_header_key_string: 'dynamic_header_value_string',
+      dynamic_header_key_num: '10',
+      dynamic_header_key_object: '{"k1":"v1"}',
+    });
+    assert.equal(out.endpoint, 'http://6b0e6a60.ngrok.io/product/search?string=value');
+    assert.ok(!('header' in out.body.JSON));
+    assert.ok(!('appendPath' in out.body.JSON));
+  });
+
+  it('turns booleans, zero and arrays in message.header into text too, for GET as well', () => {
+    const m = msg();
+    m.header = { flag: false, zero: 0, list: [1, 'a'] };
+    const out = webhook({ message: m, destination: dest({ webhookUrl: 'http://h/x', webhookMethod: 'GET' }) });
+    assert.deepEqual(out.headers, { flag: 'false', zero: '0', list: '[1,"a"]' });
+    assert.equal(out.method, 'GET');
   });
 
   it('fullPath replaces and appendPath extends the URL', () => {

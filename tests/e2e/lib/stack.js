@@ -217,10 +217,11 @@ class Stack {
     return p;
   }
 
-  async startTransformer(port) {
+  // env: more environment for the transformer (user-transformation limits, code dir)
+  async startTransformer(port, env = {}) {
     port = port || this.transformerPort || await freePort();
     this.transformerPort = port;
-    const p = new Proc('transformer', process.execPath, [path.join(ROOT, 'transformer/src/server.js')], { PORT: String(port), LOG_LEVEL: 'info' });
+    const p = new Proc('transformer', process.execPath, [path.join(ROOT, 'transformer/src/server.js')], { PORT: String(port), LOG_LEVEL: 'info', ...env });
     p.port = port;
     this.procs.push(p);
     await p.start();

@@ -1,7 +1,9 @@
 /* Tests processor/commit.c: the hand-off transaction of a batch (one
  * BEGIN ... COMMIT with the partition locks of the rt and batch_rt writes,
  * their COPYs in write order, the dead letters and the cursor advance of
- * exactly the partitions read) and the hints and counts after COMMIT. The
+ * exactly the partitions read) and the hints and counts after COMMIT;
+ * user-transformation outputs (stage of their dead letters, filtered
+ * counts, fan-out order, batch destinations). The
  * lease fence is covered end to end (tests/e2e/processor_leases.test.js). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -102,10 +104,64 @@ static void test_format(void **state)
     route_batch_deinit(&b);
 }
 
+/* A user transformation's outputs: a batch destination's go to batch_rt
+ * as returned (route_user_output), a fan-out keeps its order, its dead
+ * letters carry stage user_transformation, and what it dropped is counted
+ * as filtered by the user. */
+static void test_user_transformation(void **state)
+{
+    Batch b;
+    route_batch_init(&b);
+    b.njobs = 2;
+    b.jobs = xcalloc(2, sizeof(Job));
+    add_job(&b, 0, 31, 4, "u1");
+    add_job(&b, 1, 32, 4, "u1");
+    WsDestination s3 = {.id = "d-s3", .name = "s3", .def_name = "S3", .batch = true};
+    /* job 1's outputs arrive first; job 0 fans out into two, a then b */
+    route_user_output(&b, NULL, 1, 1, &s3, "{\"n\":\"1\"}", 9);
+    route_user_output(&b, NULL, 0, 1, &s3, "{\"n\":\"0a\"}", 10);
+    route_user_output(&b, NULL, 0, 1, &s3, "{\"n\":\"0b\"}", 10);
+    outputs_add_dead(&b.outs, 1, 2, "d-hook", 400, DEAD_USER_TRANSFORMATION,
+                     "Timed out: user code", 20, b.jobs[1].text);
+    outputs_add_user_filtered(&b.outs, 0, 2, "d-hook");
+    outputs_add_filtered(&b.outs, 1, 3, "d-other");
+
+    Commit c;
+    commit_init(&c);
+    int parts[] = {4};
+    int64_t olds[] = {30}, news[] = {32};
+    CommitMoves m = {parts, olds, news, 1};
+    commit_format(&c, &b, NULL, "rt_jobs_1", "batch_rt_jobs_1", &m);
+    assert_int_equal(c.ncopies, 2); /* batch_rt and dead letters, no rt */
+    char rows[512];
+    snprintf(rows, sizeof rows, "%.*s", (int)c.copies[0].len, c.copies[0].data);
+    const char *a = strstr(rows, "0a"), *bb = strstr(rows, "0b"), *one = strstr(rows, "\"1\"");
+    assert_non_null(a);
+    assert_non_null(bb);
+    assert_non_null(one);
+    assert_true(a < bb && bb < one);
+    char dead[512];
+    snprintf(dead, sizeof dead, "%.*s", (int)c.copies[1].len, c.copies[1].data);
+    assert_non_null(strstr(dead, "\tuser_transformation\t"));
+    assert_null(strstr(dead, "\tprocessor\t"));
+    assert_non_null(strstr(dead, "Timed out: user code"));
+
+    CommitTally t;
+    commit_publish(&b, NULL, NULL, &t);
+    assert_int_equal(t.batch_rt, 3);
+    assert_int_equal(t.rt, 0);
+    assert_int_equal(t.dead_by[DEAD_USER_TRANSFORMATION], 1);
+    assert_int_equal(t.filtered, 2);
+    assert_int_equal(t.filtered_by_user, 1);
+    commit_deinit(&c);
+    route_batch_deinit(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_format),
+        cmocka_unit_test(test_user_transformation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

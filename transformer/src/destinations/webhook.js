@@ -3,8 +3,9 @@
 // official rudder-transformer's webhook destination:
 //  - POST (default), PUT, PATCH: the event as the JSON body, content-type json
 //  - GET, DELETE: the event's properties (traits for identify), flattened, as params
-//  - Config.headers [{from, to}] add headers; message.header adds string-valued
-//    headers and is removed from the body
+//  - Config.headers [{from, to}] add headers; message.header adds headers (a
+//    value that is not a string is sent as its JSON text) and is removed from
+//    the body
 //  - message.fullPath replaces the URL, message.appendPath is appended to it
 //    (also from integrations.webhook); both are removed from the body
 //  - context.ip is set from request_ip when missing
@@ -53,7 +54,13 @@ function process(event) {
   if (header !== undefined) {
     if (header && typeof header === 'object') {
       for (const [k, v] of Object.entries(header)) {
-        if (v && typeof v === 'string') response.headers[k] = v;
+        // as the official transform: strings as they are, other values as
+        // their JSON text (10 -> "10", {k1: "v1"} -> '{"k1":"v1"}')
+        if (typeof v === 'string') {
+          if (v) response.headers[k] = v;
+        } else if (v !== null && v !== undefined) {
+          response.headers[k] = JSON.stringify(v);
+        }
       }
     }
     if (response.method !== 'GET' && response.method !== 'DELETE') delete response.body.JSON.header;
