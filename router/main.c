@@ -31,6 +31,7 @@ static void *create(const StageEnv *env, Err *err)
     Router *r = xcalloc(1, sizeof *r);
     r->http = httpc_create(env->base, env->cfg->router.max_concurrency_per_destination);
     r->engine = engine_create(env->base, env->cfg, env->pool, env->lease, r->http, env->metrics);
+    engine_set_ops(r->engine, env->ops);
     return r;
 }
 

@@ -23,9 +23,15 @@
 /* Bytes of a destination's answer kept: the stored 4,096 plus room for the
  * rest of a character that starts before the limit. */
 #define SENDER_RESPONSE_BYTES (4096 + 4)
+/* How soon a paused destination's job is looked at again. */
+#define SENDER_PAUSED_RECHECK_MS 5000
+
+/* Status classes of pintle_deliveries_total. */
+typedef enum StatusClass { CLASS_2XX, CLASS_3XX, CLASS_4XX, CLASS_5XX, CLASS_NETWORK, CLASS_N } StatusClass;
 
 typedef struct DestStats {
     MetricSeries *ok, *retry, *abort, *latency;
+    MetricSeries *by_class[CLASS_N];
 } DestStats;
 
 typedef struct Attempt {
@@ -41,6 +47,7 @@ struct Sender {
     Httpc *http;
     Metrics *m;
     Order *order;
+    const Ops *ops;
     void (*after)(void *);
     void *arg;
     HMap stats; /* destination id -> DestStats */
@@ -73,6 +80,17 @@ static DestStats *stats_get(Sender *s, const char *dest_id)
                                "Jobs aborted into dead letters", METRIC_COUNTER, l);
     st->latency = metrics_series(s->m, "pintle_router_delivery_duration_seconds",
                                  "Delivery request latency", METRIC_HISTOGRAM, l);
+    static const char *const classes[CLASS_N] = {"2xx", "3xx", "4xx", "5xx", "network"};
+    char d[320];
+    metrics_format_label(d, sizeof d, "destination", dest_id);
+    for (int c = 0; c < CLASS_N; c++) {
+        char lc[360];
+        snprintf(lc, sizeof lc, "%s,status_class=\"%s\"", d, classes[c]);
+        st->by_class[c] = metrics_series(s->m, "pintle_deliveries_total",
+                                         "Delivery attempts answered, by status class"
+                                         " (network: no HTTP answer)",
+                                         METRIC_COUNTER, lc);
+    }
     hmap_put(&s->stats, dest_id, st);
     return st;
 }
@@ -169,6 +187,8 @@ static void on_delivered(void *arg, const HttpcResponse *r)
     int64_t now = now_ms();
     DestStats *st = stats_get(s, j->dest_id);
     metrics_observe(st->latency, r->seconds);
+    long c = r->status / 100;
+    metrics_inc(st->by_class[c >= 2 && c <= 5 ? (int)(c - 2) : CLASS_NETWORK], 1);
     if (s->discard || order_job_dropped(j)) {
         /* state is being dropped, or its partition was (lease lost): the
          * answer is not recorded, the job's next owner delivers it again */
@@ -233,10 +253,22 @@ int sender_dispatch(Sender *s)
     int n = 0;
     OrderJob *j;
     while ((j = order_take_ready(s->order, now)) != NULL) {
+        if (ops_paused(s->ops, j->dest_id)) {
+            log_debug("job_held", "job_id=%" PRId64 " destination_id=%s reason=paused", j->job_id,
+                      j->dest_id);
+            order_retry(s->order, j, 0, "destination paused by an operator",
+                        now + SENDER_PAUSED_RECHECK_MS, now);
+            continue;
+        }
         deliver(s, j, now);
         n++;
     }
     return n;
+}
+
+void sender_set_ops(Sender *s, const Ops *ops)
+{
+    s->ops = ops;
 }
 
 void sender_discard(Sender *s, bool on)
