@@ -44,6 +44,7 @@ struct Ops {
     OpsStep step;
     long long start_id; /* 0: not recorded yet */
     char start_id_text[24];
+    bool known;    /* the mode was read once: until then nothing is forwarded */
     bool degraded;
     char reason[256];
     HMap paused; /* destination id -> (void *)1 */
@@ -70,8 +71,8 @@ static void arm(Ops *o)
 
 static void set_mode_metrics(Ops *o)
 {
-    metrics_set(o->m_normal, o->degraded ? 0 : 1);
-    metrics_set(o->m_degraded, o->degraded ? 1 : 0);
+    metrics_set(o->m_normal, o->known && !o->degraded ? 1 : 0);
+    metrics_set(o->m_degraded, o->known && o->degraded ? 1 : 0);
 }
 
 static DestGauges *dest_gauges(Ops *o, const char *dest)
@@ -229,7 +230,12 @@ static void on_done(void *arg, DbConn *c, PGresult *res, const Err *err)
         left(o);
         return;
     }
-    if (o->left) { /* stopping: this step's outcome no longer matters */
+    if (step == STEP_START && err == NULL && res && PQntuples(res) == 1) {
+        o->start_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        snprintf(o->start_id_text, sizeof o->start_id_text, "%lld", o->start_id);
+        log_info("start_recorded", "stage=%s start_id=%lld", o->stage, o->start_id);
+    }
+    if (o->left) { /* stopping: the stop is recorded next */
         try_leave(o, c);
         return;
     }
@@ -242,19 +248,24 @@ static void on_done(void *arg, DbConn *c, PGresult *res, const Err *err)
         log_info("ops_db_up", "stage=%s", o->stage);
     o->db_ok = true;
     metrics_set(o->m_db_up, 1);
-    if (step == STEP_START && res && PQntuples(res) == 1) {
-        o->start_id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        snprintf(o->start_id_text, sizeof o->start_id_text, "%lld", o->start_id);
-        log_info("start_recorded", "stage=%s start_id=%lld", o->stage, o->start_id);
+    if (step == STEP_START && o->start_id != 0) {
+        evtimer_del(o->tick); /* the first poll at once: nothing is forwarded until it answered */
+        struct timeval now = {0, 0};
+        evtimer_add(o->tick, &now);
     } else if (step == STEP_POLL && res && PQntuples(res) == 1) {
         bool degraded = strcmp(PQgetvalue(res, 0, 0), "degraded") == 0;
-        bool changed = degraded != o->degraded;
+        bool changed = degraded != o->degraded || !o->known;
+        o->known = true;
         snprintf(o->reason, sizeof o->reason, "%s", PQgetvalue(res, 0, 1));
         if (changed) {
             char q[600];
             o->degraded = degraded;
-            log_warn("mode_changed", "mode=%s reason=%s", degraded ? "degraded" : "normal",
-                     log_quote(q, sizeof q, o->reason));
+            if (degraded)
+                log_warn("mode_changed", "mode=degraded reason=%s",
+                         log_quote(q, sizeof q, o->reason));
+            else
+                log_info("mode_changed", "mode=normal reason=%s",
+                         log_quote(q, sizeof q, o->reason));
             set_mode_metrics(o);
         }
         changed |= on_paused(o, PQgetvalue(res, 0, 2));
@@ -404,7 +415,7 @@ void ops_destroy(Ops *o)
 
 bool ops_degraded(const Ops *o)
 {
-    return o != NULL && o->degraded;
+    return o != NULL && (!o->known || o->degraded);
 }
 
 bool ops_paused(const Ops *o, const char *destination_id)
@@ -414,6 +425,8 @@ bool ops_paused(const Ops *o, const char *destination_id)
 
 const char *ops_mode(const Ops *o)
 {
+    if (o != NULL && !o->known)
+        return "unknown";
     return ops_degraded(o) ? "degraded" : "normal";
 }
 

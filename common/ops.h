@@ -16,7 +16,8 @@
  *    letters, database size). Instances of a stage export disjoint
  *    partitions, so sum() over instances is the stage's total; the global
  *    gauges are the same on every instance (use max()).
- * Until the first poll answered the mode is normal and nothing is paused. */
+ * Until the first poll answered the mode is "unknown" and ops_degraded()
+ * is true: a stage starting while degraded never forwards a job first. */
 #ifndef COMMON_OPS_H
 #define COMMON_OPS_H
 
@@ -38,7 +39,8 @@ void ops_destroy(Ops *o);
 bool ops_degraded(const Ops *o);
 /* An operator paused this destination: deliver nothing to it. NULL: false. */
 bool ops_paused(const Ops *o, const char *destination_id);
-/* "normal" or "degraded", and the reason of the last change (borrowed). */
+/* "normal", "degraded" or "unknown" (not read yet), and the reason of the
+ * last change (borrowed). */
 const char *ops_mode(const Ops *o);
 const char *ops_reason(const Ops *o);
 /* Graceful stop: records it (the start is not a crash), then done(arg) on
