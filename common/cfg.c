@@ -84,6 +84,24 @@ static const CfgKey keys[] = {
       "partitions an instance gives back per renewal when another instance needs them"
       " (free ones are taken at once)"),
 
+    I("ops", "poll_interval_ms", ops.poll_interval_ms, "1000", 100, 60000,
+      "how often processors, routers and batchrouters read the mode (normal/degraded) and the"
+      " paused destinations, and check the automatic degraded trigger"),
+    I("ops", "stats_interval_ms", ops.stats_interval_ms, "5000", 500, 3600000,
+      "how often each consuming instance computes queue depth and lag of the partitions it"
+      " leases for /metrics (never per scrape)"),
+    I("ops", "stats_cap", ops.stats_cap, "10000", 1, 100000000,
+      "pending jobs counted per partition for queue depth; beyond it the gauge is a lower bound"
+      " (cost bounded by the cap, not the table)"),
+    I("ops", "restart_limit", ops.restart_limit, "5", 0, 100000,
+      "switch to degraded mode when one stage crashed (exited without a graceful stop) more"
+      " than this many times within restart_window_s, counted across all hosts; 0 disables"),
+    I("ops", "restart_window_s", ops.restart_window_s, "600", 10, 86400,
+      "window of the automatic degraded trigger (restart_limit)"),
+    I("ops", "metrics_publish_ms", ops.metrics_publish_ms, "1000", 100, 60000,
+      "with gateway.workers > 1, how often each worker publishes its metrics for the others'"
+      " /metrics (one scrape shows every worker)"),
+
     S("workspace", "path", workspace.path, "workspaceConfig.json",
       "RudderStack workspace-config JSON export; polled and reloaded when it changes"),
     I("workspace", "poll_interval_ms", workspace.poll_interval_ms, "1000", 50, 3600000,

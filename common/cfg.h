@@ -49,6 +49,16 @@ typedef struct LeaseConfig {
     int rebalance_max_moves;
 } LeaseConfig;
 
+/* Operations (common/ops.h): mode, pauses, automatic degraded mode, queue statistics. */
+typedef struct OpsConfig {
+    int poll_interval_ms;
+    int stats_interval_ms;
+    int stats_cap;
+    int restart_limit;
+    int restart_window_s;
+    int metrics_publish_ms;
+} OpsConfig;
+
 typedef struct WorkspaceConfigCfg {
     char *path;
     int poll_interval_ms;
@@ -125,6 +135,7 @@ typedef struct Config {
     QueueConfig queue;
     HintsConfig hints;
     LeaseConfig lease;
+    OpsConfig ops;
     WorkspaceConfigCfg workspace;
     GatewayConfig gateway;
     ProcessorConfig processor;

@@ -20,6 +20,7 @@
 #include "common/lease.h"
 #include "common/metrics.h"
 #include "common/wsconfig.h"
+#include "common/ops.h"
 
 struct event_base;
 
@@ -30,6 +31,10 @@ typedef struct Engine Engine;
 Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Lease *lease,
                       Httpc *http, Metrics *m, WsWatcher *ws);
 void engine_destroy(Engine *e);
+/* Mode and paused destinations (common/ops.h, borrowed): degraded, it
+ * claims and delivers nothing (what is in memory waits); a paused
+ * destination's jobs wait in rt_retries, in order, no attempt counted. */
+void engine_set_ops(Engine *e, const Ops *ops);
 /* New rt jobs may be waiting (hint). */
 void engine_kick(Engine *e);
 /* The lease's usable set may have changed (its changed() callback). */

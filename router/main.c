@@ -52,6 +52,7 @@ static void *create(const StageEnv *env, Err *err)
     }
     r->engine =
         engine_create(env->base, env->cfg, env->pool, env->lease, r->http, env->metrics, r->ws);
+    engine_set_ops(r->engine, env->ops);
     return r;
 }
 

@@ -28,6 +28,12 @@
 /* Bytes of a destination's answer kept: the stored 4,096 plus room for the
  * rest of a character that starts before the limit. */
 #define SENDER_RESPONSE_BYTES (4096 + 4)
+/* How soon a paused destination's job is looked at again. */
+#define SENDER_PAUSED_RECHECK_MS 5000
+
+/* Status classes of pintle_deliveries_total. */
+/* No answer counts as 5xx: it is recorded as 504 (SENDER_NO_RESPONSE_STATUS). */
+typedef enum StatusClass { CLASS_2XX, CLASS_3XX, CLASS_4XX, CLASS_5XX, CLASS_N } StatusClass;
 
 /* The status of a delivery that got no answer (network error, timeout). */
 #define SENDER_NO_RESPONSE_STATUS 504
@@ -37,6 +43,7 @@
 
 typedef struct DestStats {
     MetricSeries *ok, *retry, *abort, *latency, *batches;
+    MetricSeries *by_class[CLASS_N];
 } DestStats;
 
 /* Ready jobs of one destination waiting for their /batch request: sent at
@@ -104,6 +111,7 @@ struct Sender {
     Httpc *http;
     Metrics *m;
     Order *order;
+    const Ops *ops;
     void (*after)(void *);
     void *arg;
     HMap stats; /* destination id -> DestStats */
@@ -145,6 +153,17 @@ static DestStats *stats_get(Sender *s, const char *dest_id)
                                  "Delivery request latency", METRIC_HISTOGRAM, l);
     st->batches = metrics_series(s->m, "pintle_router_batch_requests_total",
                                  "Requests to the transformer's /batch", METRIC_COUNTER, l);
+    static const char *const classes[CLASS_N] = {"2xx", "3xx", "4xx", "5xx"};
+    char d[320];
+    metrics_format_label(d, sizeof d, "destination", dest_id);
+    for (int c = 0; c < CLASS_N; c++) {
+        char lc[360];
+        snprintf(lc, sizeof lc, "%s,status_class=\"%s\"", d, classes[c]);
+        st->by_class[c] = metrics_series(s->m, "pintle_deliveries_total",
+                                         "Delivery attempts by status class (no answer"
+                                         " counts as 504)",
+                                         METRIC_COUNTER, lc);
+    }
     hmap_put(&s->stats, dest_id, st);
     return st;
 }
@@ -320,6 +339,13 @@ static void fail_job(Sender *s, OrderJob *j, long status, const char *why, const
     order_retry(s->order, j, (int)status, why, now + delay, now);
 }
 
+static void count_class(DestStats *st, long status)
+{
+    long c = (status > 0 ? status : SENDER_NO_RESPONSE_STATUS) / 100;
+    if (c >= 2 && c <= 5)
+        metrics_inc(st->by_class[c - 2], 1);
+}
+
 static void on_delivered(void *arg, const HttpcResponse *r)
 {
     Attempt *a = arg;
@@ -331,6 +357,7 @@ static void on_delivered(void *arg, const HttpcResponse *r)
     int64_t now = now_ms();
     DestStats *st = stats_get(s, j->dest_id);
     metrics_observe(st->latency, r->seconds);
+    count_class(st, r->status);
     if (s->discard || order_job_dropped(j)) {
         /* state is being dropped, or its partition was (lease lost): the
          * answer is not recorded, the job's next owner delivers it again */
@@ -421,7 +448,9 @@ static void on_part_delivered(void *arg, const HttpcResponse *r)
     Part *pt = arg;
     Batch *b = pt->b;
     Sender *s = b->s;
-    metrics_observe(stats_get(s, b->dest_id)->latency, r->seconds);
+    DestStats *st = stats_get(s, b->dest_id);
+    metrics_observe(st->latency, r->seconds);
+    count_class(st, r->status);
     if (delivery_classify(r->status) != DELIVERY_OK || r->status == 0) {
         char why[512];
         long status = r->status;
@@ -707,10 +736,22 @@ int sender_dispatch(Sender *s)
     int n = 0;
     OrderJob *j;
     while ((j = order_take_ready(s->order, now)) != NULL) {
+        if (ops_paused(s->ops, j->dest_id)) {
+            log_debug("job_held", "job_id=%" PRId64 " destination_id=%s reason=paused", j->job_id,
+                      j->dest_id);
+            order_retry(s->order, j, 0, "destination paused by an operator",
+                        now + SENDER_PAUSED_RECHECK_MS, now);
+            continue;
+        }
         deliver(s, j, now);
         n++;
     }
     return n;
+}
+
+void sender_set_ops(Sender *s, const Ops *ops)
+{
+    s->ops = ops;
 }
 
 void sender_discard(Sender *s, bool on)

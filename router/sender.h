@@ -13,6 +13,7 @@
 #include "common/httpc.h"
 #include "common/metrics.h"
 #include "common/wsconfig.h"
+#include "common/ops.h"
 #include "router/order.h"
 
 struct event_base;
@@ -31,7 +32,11 @@ Sender *sender_create(struct event_base *base, const Config *cfg, Httpc *http, M
  * HTTP client must be destroyed after this without running callbacks.
  * NULL is a no-op. */
 void sender_destroy(Sender *s);
-/* Starts a delivery for every job order_take_ready gives. Returns how many. */
+/* Paused destinations (borrowed; NULL: none). */
+void sender_set_ops(Sender *s, const Ops *ops);
+/* Starts a delivery for every job order_take_ready gives (a paused
+ * destination's job is put back as a retry due in SENDER_PAUSED_RECHECK_MS,
+ * no attempt counted). Returns how many. */
 int sender_dispatch(Sender *s);
 /* While on, answers to deliveries in flight are not recorded: the jobs
  * count as not delivered (state is being dropped, or shutting down). */
