@@ -239,6 +239,39 @@ static const CfgKey keys[] = {
       "comma-separated destination types (e.g. AM,GA4) delivered through the transformer's"
       " POST /v1/destinations/<type>/proxy, whose answer decides ok, retry or abort;"
       " empty: none"),
+
+    S("batchrouter", "listen_address", batchrouter.listen_address, "127.0.0.1",
+      "address of the batchrouter's /health and /metrics"),
+    I("batchrouter", "admin_port", batchrouter.admin_port, "8088", 0, 65535,
+      "port of the batchrouter's /health and /metrics; 0 disables"),
+    I("batchrouter", "upload_interval_s", batchrouter.upload_interval_s, "30", 0, 86400,
+      "a (source, destination) with pending events uploads at least this often"),
+    I("batchrouter", "max_events", batchrouter.max_events, "10000", 1, 1000000,
+      "events per batch; a full batch uploads at once"),
+    I("batchrouter", "max_bytes", batchrouter.max_bytes, "67108864", 1024, 1073741824,
+      "uncompressed bytes per batch (about: the event crossing it is the last); a full batch"
+      " uploads at once"),
+    I("batchrouter", "poll_interval_ms", batchrouter.poll_interval_ms, "1000", 10, 60000,
+      "how often each (source, destination) looks for a batch to plan (hints wake it sooner)"),
+    I("batchrouter", "timeout_ms", batchrouter.timeout_ms, "120000", 100, 3600000,
+      "timeout of one object upload"),
+    I("batchrouter", "retry_initial_ms", batchrouter.retry_initial_ms, "1000", 10, 3600000,
+      "first retry delay of a failed batch; doubles per attempt"),
+    I("batchrouter", "retry_max_ms", batchrouter.retry_max_ms, "60000", 10, 86400000,
+      "cap of the retry delay"),
+    I("batchrouter", "max_retry_minutes", batchrouter.max_retry_minutes, "180", 0, 100000,
+      "a batch still failing this long after its first failure goes to dead letters"),
+    I("batchrouter", "max_retry_ms", batchrouter.max_retry_ms, "0", 0, 2147483647,
+      "the same window in milliseconds, when not 0 (wins over max_retry_minutes; for tests)"),
+    S("batchrouter", "s3_endpoint_override", batchrouter.s3_endpoint_override, "",
+      "base URL (e.g. http://127.0.0.1:7480) used for S3 destinations instead of AWS; path-style"
+      " requests. A destination's own endPoint wins"),
+    I("batchrouter", "warehouse_connect_timeout_s", batchrouter.warehouse_connect_timeout_s, "10", 1,
+      3600, "connect timeout of a warehouse (POSTGRES destination) connection"),
+    I("batchrouter", "warehouse_statement_timeout_ms", batchrouter.warehouse_statement_timeout_ms,
+      "600000", 100, 86400000, "statement timeout of a warehouse load"),
+    I("batchrouter", "shutdown_timeout_ms", batchrouter.shutdown_timeout_ms, "10000", 100, 600000,
+      "on SIGTERM, uploads still in flight shortly before this are cancelled; exit by then"),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

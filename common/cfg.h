@@ -129,6 +129,24 @@ typedef struct RouterConfig {
     char *proxy_destination_types;
 } RouterConfig;
 
+typedef struct BatchrouterConfig {
+    char *listen_address;
+    int admin_port;
+    int upload_interval_s;
+    int max_events;
+    int max_bytes;
+    int poll_interval_ms;
+    int timeout_ms;
+    int retry_initial_ms;
+    int retry_max_ms;
+    int max_retry_minutes;
+    int max_retry_ms;
+    char *s3_endpoint_override;
+    int warehouse_connect_timeout_s;
+    int warehouse_statement_timeout_ms;
+    int shutdown_timeout_ms;
+} BatchrouterConfig;
+
 typedef struct Config {
     LogConfig log;
     DbConfig db;
@@ -140,6 +158,7 @@ typedef struct Config {
     GatewayConfig gateway;
     ProcessorConfig processor;
     RouterConfig router;
+    BatchrouterConfig batchrouter;
 } Config;
 
 /* Loads defaults, then the file at path (NULL: $PINTLE_CONFIG if set, else no

@@ -2,6 +2,8 @@
 
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <openssl/sha.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -299,6 +301,10 @@ int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg)
     for (const char *const *hd = req->headers; hd && *hd; hd++)
         t->headers = curl_slist_append(t->headers, *hd);
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
+    if (req->aws_sigv4 != NULL) {
+        curl_easy_setopt(easy, CURLOPT_AWS_SIGV4, req->aws_sigv4);
+        curl_easy_setopt(easy, CURLOPT_USERPWD, req->userpwd ? req->userpwd : ":");
+    }
     if (curl_multi_add_handle(h->multi, easy) != CURLM_OK) {
         curl_easy_cleanup(easy);
         curl_slist_free_all(t->headers);
@@ -392,6 +398,14 @@ int httpc_set_ca_file(Httpc *h, const char *path, Err *err)
 int httpc_inflight(const Httpc *h)
 {
     return h->inflight;
+}
+
+void httpc_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256(data, len, md);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 void httpc_url_encode(Buf *out, const char *s, size_t n)

@@ -44,6 +44,13 @@ typedef struct HttpcRequest {
      * Either way truncated is set. */
     size_t max_response_bytes;
     bool keep_prefix;
+    /* AWS Signature V4 (object storage): libcurl signs the request with
+     * this CURLOPT_AWS_SIGV4 provider string ("aws:amz:<region>:s3") and
+     * the credentials "<access key id>:<secret>" in userpwd. libcurl does
+     * not send x-amz-content-sha256: the caller puts it in headers, and it
+     * is signed with them. NULL: no signing. */
+    const char *aws_sigv4;
+    const char *userpwd;
 } HttpcRequest;
 
 Httpc *httpc_create(struct event_base *base, long max_host_connections);
@@ -67,6 +74,9 @@ int httpc_inflight(const Httpc *h);
  * once, from the loop shortly after this returns (never inside it), with
  * status 0 and error "cancelled". Requests started afterwards run normally. */
 void httpc_cancel_all(Httpc *h);
+
+/* Appends the lower-case hex SHA-256 of data (65 bytes with the NUL). */
+void httpc_sha256_hex(const void *data, size_t len, char out[65]);
 
 /* Appends s percent-encoded for a URL query component. */
 void httpc_url_encode(Buf *out, const char *s, size_t n);
