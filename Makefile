@@ -8,13 +8,13 @@
 #   make bench      benchmarks (not part of make test)
 SHELL   := /bin/bash
 BUILD   ?= build
-PKGS    := libevent libpq json-c libcurl nanomsg libconfig zlib
+PKGS    := libevent libpq json-c libcurl nanomsg libconfig zlib libcrypto
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wformat=2 -Wno-unused-parameter -Wno-format-nonliteral -Wno-format-truncation
 CC      ?= cc
 OPT     ?= -O2
 CFLAGS  := -std=gnu11 -D_GNU_SOURCE $(OPT) -g $(WARN) -I. -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -MMD -MP
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -levent_extra -lm
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -levent_extra -lm -pthread
 ifdef SANITIZE
 CFLAGS  += -O1 -fno-omit-frame-pointer -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZE)
@@ -29,7 +29,7 @@ COMMON_SRC := $(wildcard common/*.c)
 SQL        := $(sort $(wildcard sql/*.sql))
 GEN_SRC    := $(BUILD)/gen/migrations.c
 COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/migrations.o
-EXES       := gateway processor router ctl
+EXES       := gateway processor router batchrouter ctl
 BINS       := $(BUILD)/bin/gateway $(BUILD)/bin/pintlectl
 # each executable directory minus main.c becomes build/lib<dir>.a
 lib_src     = $(filter-out $(1)/main.c,$(wildcard $(1)/*.c))
@@ -40,6 +40,9 @@ BINS += $(BUILD)/bin/processor
 endif
 ifneq ($(wildcard router/main.c),)
 BINS += $(BUILD)/bin/router
+endif
+ifneq ($(wildcard batchrouter/main.c),)
+BINS += $(BUILD)/bin/batchrouter
 endif
 
 UNIT_SRC   := $(wildcard tests/unit/*/test_*.c)

@@ -84,6 +84,24 @@ static const CfgKey keys[] = {
       "partitions an instance gives back per renewal when another instance needs them"
       " (free ones are taken at once)"),
 
+    I("ops", "poll_interval_ms", ops.poll_interval_ms, "1000", 100, 60000,
+      "how often processors, routers and batchrouters read the mode (normal/degraded) and the"
+      " paused destinations, and check the automatic degraded trigger"),
+    I("ops", "stats_interval_ms", ops.stats_interval_ms, "5000", 500, 3600000,
+      "how often each consuming instance computes queue depth and lag of the partitions it"
+      " leases for /metrics (never per scrape)"),
+    I("ops", "stats_cap", ops.stats_cap, "10000", 1, 100000000,
+      "pending jobs counted per partition for queue depth; beyond it the gauge is a lower bound"
+      " (cost bounded by the cap, not the table)"),
+    I("ops", "restart_limit", ops.restart_limit, "5", 0, 100000,
+      "switch to degraded mode when one stage crashed (exited without a graceful stop) more"
+      " than this many times within restart_window_s, counted across all hosts; 0 disables"),
+    I("ops", "restart_window_s", ops.restart_window_s, "600", 10, 86400,
+      "window of the automatic degraded trigger (restart_limit)"),
+    I("ops", "metrics_publish_ms", ops.metrics_publish_ms, "1000", 100, 60000,
+      "with gateway.workers > 1, how often each worker publishes its metrics for the others'"
+      " /metrics (one scrape shows every worker)"),
+
     S("workspace", "path", workspace.path, "workspaceConfig.json",
       "RudderStack workspace-config JSON export; polled and reloaded when it changes"),
     I("workspace", "poll_interval_ms", workspace.poll_interval_ms, "1000", 50, 3600000,
@@ -201,6 +219,59 @@ static const CfgKey keys[] = {
       "least time between two status flushes (outcomes and cursors are batched)"),
     I("router", "shutdown_timeout_ms", router.shutdown_timeout_ms, "10000", 100, 600000,
       "on SIGTERM, deliveries still in flight shortly before this are cancelled; exit by then"),
+    S("router", "connect_to", router.connect_to, "",
+      "comma-separated libcurl CONNECT_TO entries HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT"
+      " (e.g. api2.amplitude.com:443:127.0.0.1:9443): deliveries keep their URL, Host and TLS"
+      " name, the connection goes elsewhere (tests, relays); empty: none"),
+    S("router", "ca_file", router.ca_file, "",
+      "PEM file of the CAs destination servers are verified with; empty: the system's"),
+    S("router", "transformer_url", router.transformer_url, "http://127.0.0.1:9090",
+      "transformer the router calls for /batch and the delivery proxy"),
+    S("router", "batch_destination_types", router.batch_destination_types, "",
+      "comma-separated destination types (destinationDefinition.name, e.g. AM) whose jobs are"
+      " merged by the transformer's /batch and delivered in batches (RudderStack's"
+      " Router.<TYPE>.enableBatching); empty: none"),
+    I("router", "batch_max_jobs", router.batch_max_jobs, "20", 1, 500,
+      "jobs of one destination sent to /batch together, at most"),
+    I("router", "batch_max_wait_ms", router.batch_max_wait_ms, "500", 0, 60000,
+      "longest a ready job waits for its batch to fill"),
+    S("router", "proxy_destination_types", router.proxy_destination_types, "",
+      "comma-separated destination types (e.g. AM,GA4) delivered through the transformer's"
+      " POST /v1/destinations/<type>/proxy, whose answer decides ok, retry or abort;"
+      " empty: none"),
+
+    S("batchrouter", "listen_address", batchrouter.listen_address, "127.0.0.1",
+      "address of the batchrouter's /health and /metrics"),
+    I("batchrouter", "admin_port", batchrouter.admin_port, "8088", 0, 65535,
+      "port of the batchrouter's /health and /metrics; 0 disables"),
+    I("batchrouter", "upload_interval_s", batchrouter.upload_interval_s, "30", 0, 86400,
+      "a (source, destination) with pending events uploads at least this often"),
+    I("batchrouter", "max_events", batchrouter.max_events, "10000", 1, 1000000,
+      "events per batch; a full batch uploads at once"),
+    I("batchrouter", "max_bytes", batchrouter.max_bytes, "67108864", 1024, 1073741824,
+      "uncompressed bytes per batch (about: the event crossing it is the last); a full batch"
+      " uploads at once"),
+    I("batchrouter", "poll_interval_ms", batchrouter.poll_interval_ms, "1000", 10, 60000,
+      "how often each (source, destination) looks for a batch to plan (hints wake it sooner)"),
+    I("batchrouter", "timeout_ms", batchrouter.timeout_ms, "120000", 100, 3600000,
+      "timeout of one object upload"),
+    I("batchrouter", "retry_initial_ms", batchrouter.retry_initial_ms, "1000", 10, 3600000,
+      "first retry delay of a failed batch; doubles per attempt"),
+    I("batchrouter", "retry_max_ms", batchrouter.retry_max_ms, "60000", 10, 86400000,
+      "cap of the retry delay"),
+    I("batchrouter", "max_retry_minutes", batchrouter.max_retry_minutes, "180", 0, 100000,
+      "a batch still failing this long after its first failure goes to dead letters"),
+    I("batchrouter", "max_retry_ms", batchrouter.max_retry_ms, "0", 0, 2147483647,
+      "the same window in milliseconds, when not 0 (wins over max_retry_minutes; for tests)"),
+    S("batchrouter", "s3_endpoint_override", batchrouter.s3_endpoint_override, "",
+      "base URL (e.g. http://127.0.0.1:7480) used for S3 destinations instead of AWS; path-style"
+      " requests. A destination's own endPoint wins"),
+    I("batchrouter", "warehouse_connect_timeout_s", batchrouter.warehouse_connect_timeout_s, "10", 1,
+      3600, "connect timeout of a warehouse (POSTGRES destination) connection"),
+    I("batchrouter", "warehouse_statement_timeout_ms", batchrouter.warehouse_statement_timeout_ms,
+      "600000", 100, 86400000, "statement timeout of a warehouse load"),
+    I("batchrouter", "shutdown_timeout_ms", batchrouter.shutdown_timeout_ms, "10000", 100, 600000,
+      "on SIGTERM, uploads still in flight shortly before this are cancelled; exit by then"),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

@@ -49,6 +49,16 @@ typedef struct LeaseConfig {
     int rebalance_max_moves;
 } LeaseConfig;
 
+/* Operations (common/ops.h): mode, pauses, automatic degraded mode, queue statistics. */
+typedef struct OpsConfig {
+    int poll_interval_ms;
+    int stats_interval_ms;
+    int stats_cap;
+    int restart_limit;
+    int restart_window_s;
+    int metrics_publish_ms;
+} OpsConfig;
+
 typedef struct WorkspaceConfigCfg {
     char *path;
     int poll_interval_ms;
@@ -110,7 +120,32 @@ typedef struct RouterConfig {
     int spill_after_ms;
     int flush_interval_ms;
     int shutdown_timeout_ms;
+    char *connect_to;
+    char *ca_file;
+    char *transformer_url;
+    char *batch_destination_types;
+    int batch_max_jobs;
+    int batch_max_wait_ms;
+    char *proxy_destination_types;
 } RouterConfig;
+
+typedef struct BatchrouterConfig {
+    char *listen_address;
+    int admin_port;
+    int upload_interval_s;
+    int max_events;
+    int max_bytes;
+    int poll_interval_ms;
+    int timeout_ms;
+    int retry_initial_ms;
+    int retry_max_ms;
+    int max_retry_minutes;
+    int max_retry_ms;
+    char *s3_endpoint_override;
+    int warehouse_connect_timeout_s;
+    int warehouse_statement_timeout_ms;
+    int shutdown_timeout_ms;
+} BatchrouterConfig;
 
 typedef struct Config {
     LogConfig log;
@@ -118,10 +153,12 @@ typedef struct Config {
     QueueConfig queue;
     HintsConfig hints;
     LeaseConfig lease;
+    OpsConfig ops;
     WorkspaceConfigCfg workspace;
     GatewayConfig gateway;
     ProcessorConfig processor;
     RouterConfig router;
+    BatchrouterConfig batchrouter;
 } Config;
 
 /* Loads defaults, then the file at path (NULL: $PINTLE_CONFIG if set, else no

@@ -2,8 +2,11 @@
 
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <openssl/sha.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/xalloc.h"
 
@@ -17,6 +20,8 @@ struct Httpc {
     int nspare;
     struct Transfer *cancelled; /* removed from the multi, callbacks pending */
     struct event *cancel_ev;
+    struct curl_slist *connect_to; /* CURLOPT_CONNECT_TO entries, or NULL */
+    char *ca_file;                 /* CURLOPT_CAINFO, or NULL */
 };
 
 typedef struct Transfer {
@@ -244,6 +249,8 @@ void httpc_destroy(Httpc *h)
     while (h->nspare > 0)
         curl_easy_cleanup(h->spare[--h->nspare]);
     curl_multi_cleanup(h->multi);
+    curl_slist_free_all(h->connect_to);
+    free(h->ca_file);
     event_free(h->timer);
     event_free(h->cancel_ev);
     free(h);
@@ -271,6 +278,10 @@ int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg)
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, req->timeout_ms < 10000 ? req->timeout_ms : 10000);
     curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (h->connect_to != NULL)
+        curl_easy_setopt(easy, CURLOPT_CONNECT_TO, h->connect_to);
+    if (h->ca_file != NULL)
+        curl_easy_setopt(easy, CURLOPT_CAINFO, h->ca_file);
     const char *m = req->method ? req->method : "POST";
     if (req->body != NULL && strcmp(m, "GET") != 0) {
         t->body = xmalloc(req->body_len + 1);
@@ -290,6 +301,10 @@ int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg)
     for (const char *const *hd = req->headers; hd && *hd; hd++)
         t->headers = curl_slist_append(t->headers, *hd);
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
+    if (req->aws_sigv4 != NULL) {
+        curl_easy_setopt(easy, CURLOPT_AWS_SIGV4, req->aws_sigv4);
+        curl_easy_setopt(easy, CURLOPT_USERPWD, req->userpwd ? req->userpwd : ":");
+    }
     if (curl_multi_add_handle(h->multi, easy) != CURLM_OK) {
         curl_easy_cleanup(easy);
         curl_slist_free_all(t->headers);
@@ -305,9 +320,92 @@ int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg)
     return 0;
 }
 
+/* HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT, each part possibly empty
+ * (libcurl's rule), ports numeric, and a host in [brackets] for IPv6. */
+static bool connect_to_valid(const char *e)
+{
+    int parts = 0;
+    const char *p = e;
+    for (;;) {
+        const char *start = p;
+        if (*p == '[') {
+            p = strchr(p, ']');
+            if (p == NULL)
+                return false;
+            p++;
+        } else {
+            while (*p && *p != ':')
+                p++;
+        }
+        parts++;
+        if (parts == 2 || parts == 4)
+            for (const char *q = start; q < p; q++)
+                if (*q < '0' || *q > '9')
+                    return false;
+        if (*p == '\0')
+            break;
+        if (*p != ':')
+            return false;
+        p++;
+    }
+    return parts == 4;
+}
+
+int httpc_set_connect_to(Httpc *h, const char *list, Err *err)
+{
+    struct curl_slist *l = NULL;
+    const char *p = list ? list : "";
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        char *e = xstrndup(p, n);
+        char *s = e, *t = e + strlen(e);
+        while (*s == ' ')
+            s++;
+        while (t > s && t[-1] == ' ')
+            *--t = '\0';
+        if (*s) {
+            if (!connect_to_valid(s)) {
+                int rc = err_set(err, ERR_INVALID,
+                                 "router.connect_to entry \"%.200s\" is not"
+                                 " HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT",
+                                 s);
+                free(e);
+                curl_slist_free_all(l);
+                return rc;
+            }
+            l = curl_slist_append(l, s);
+        }
+        free(e);
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    curl_slist_free_all(h->connect_to);
+    h->connect_to = l;
+    return 0;
+}
+
+int httpc_set_ca_file(Httpc *h, const char *path, Err *err)
+{
+    if (path != NULL && *path && access(path, R_OK) != 0)
+        return err_set(err, ERR_INVALID, "cannot read the CA file (router.ca_file) \"%.300s\"", path);
+    free(h->ca_file);
+    h->ca_file = path != NULL && *path ? xstrdup(path) : NULL;
+    return 0;
+}
+
 int httpc_inflight(const Httpc *h)
 {
     return h->inflight;
+}
+
+void httpc_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256(data, len, md);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 void httpc_url_encode(Buf *out, const char *s, size_t n)

@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 #include "common/buf.h"
+#include "common/err.h"
 
 struct event_base;
 
@@ -43,10 +44,28 @@ typedef struct HttpcRequest {
      * Either way truncated is set. */
     size_t max_response_bytes;
     bool keep_prefix;
+    /* AWS Signature V4 (object storage): libcurl signs the request with
+     * this CURLOPT_AWS_SIGV4 provider string ("aws:amz:<region>:s3") and
+     * the credentials "<access key id>:<secret>" in userpwd. libcurl does
+     * not send x-amz-content-sha256: the caller puts it in headers, and it
+     * is signed with them. NULL: no signing. */
+    const char *aws_sigv4;
+    const char *userpwd;
 } HttpcRequest;
 
 Httpc *httpc_create(struct event_base *base, long max_host_connections);
 void httpc_destroy(Httpc *h);
+/* Redirects connections for every later request: list is comma-separated
+ * libcurl CURLOPT_CONNECT_TO entries "HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT"
+ * (e.g. "api2.amplitude.com:443:127.0.0.1:9443"): the URL, the Host header
+ * and the TLS server name stay the production ones, only the TCP connection
+ * goes elsewhere. NULL or "" clears it. Fails, changing nothing, on an entry
+ * that is not of that shape. */
+MUST_CHECK int httpc_set_connect_to(Httpc *h, const char *list, Err *err);
+/* The CA bundle (PEM file) servers are verified with (CURLOPT_CAINFO), for
+ * every later request; NULL or "": libcurl's default (the system's). Fails
+ * when the file cannot be read. */
+MUST_CHECK int httpc_set_ca_file(Httpc *h, const char *path, Err *err);
 /* Starts a request; done runs exactly once, later, on the loop (never
  * synchronously). Returns 0, or -1 if the request could not be started. */
 int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg);
@@ -55,6 +74,9 @@ int httpc_inflight(const Httpc *h);
  * once, from the loop shortly after this returns (never inside it), with
  * status 0 and error "cancelled". Requests started afterwards run normally. */
 void httpc_cancel_all(Httpc *h);
+
+/* Appends the lower-case hex SHA-256 of data (65 bytes with the NUL). */
+void httpc_sha256_hex(const void *data, size_t len, char out[65]);
 
 /* Appends s percent-encoded for a URL query component. */
 void httpc_url_encode(Buf *out, const char *s, size_t n);

@@ -1,6 +1,8 @@
 #include "common/metrics.h"
 
 #include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,6 +131,58 @@ static void put_num(Buf *out, double v)
 
 void metrics_render(Metrics *m, Buf *out)
 {
+    metrics_render_with(m, "", out);
+}
+
+void metrics_format_label(char *out, size_t size, const char *name, const char *value)
+{
+    size_t n = (size_t)snprintf(out, size, "%s=\"", name);
+    if (n >= size) {
+        out[0] = '\0';
+        return;
+    }
+    for (const char *v = value; *v && n + 4 < size; v++) {
+        if (*v == '\\' || *v == '"') {
+            out[n++] = '\\';
+            out[n++] = *v;
+        } else if (*v == '\n') {
+            out[n++] = '\\';
+            out[n++] = 'n';
+        } else {
+            out[n++] = *v;
+        }
+    }
+    out[n++] = '"';
+    out[n] = '\0';
+}
+
+/* The label set of one series: its own labels, then the extra ones. */
+static void put_labels(Buf *out, const char *name, const char *suffix, const char *labels,
+                       const char *extra, const char *le)
+{
+    buf_printf(out, "%s%s", name, suffix);
+    bool any = labels[0] || extra[0] || le;
+    if (!any) {
+        buf_puts(out, " ");
+        return;
+    }
+    const char *sep = "";
+    buf_puts(out, "{");
+    if (labels[0]) {
+        buf_puts(out, labels);
+        sep = ",";
+    }
+    if (extra[0]) {
+        buf_printf(out, "%s%s", sep, extra);
+        sep = ",";
+    }
+    if (le)
+        buf_printf(out, "%sle=\"%s\"", sep, le);
+    buf_puts(out, "} ");
+}
+
+void metrics_render_with(Metrics *m, const char *extra, Buf *out)
+{
     if (m->collect)
         m->collect(m->collect_arg, m);
     static const char *const tnames[] = {"counter", "gauge", "histogram"};
@@ -137,32 +191,25 @@ void metrics_render(Metrics *m, Buf *out)
         buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name,
                    tnames[f->type]);
         for (Series *s = f->first; s; s = s->next) {
-            const char *sep = s->labels[0] ? "," : "";
             if (f->type != METRIC_HISTOGRAM) {
-                if (s->labels[0])
-                    buf_printf(out, "%s{%s} ", f->name, s->labels);
-                else
-                    buf_printf(out, "%s ", f->name);
+                put_labels(out, f->name, "", s->labels, extra, NULL);
                 put_num(out, s->s.value);
                 continue;
             }
             unsigned long long cum = 0;
             for (int b = 0; b < METRICS_NBUCKETS; b++) {
+                char le[32];
+                snprintf(le, sizeof le, "%g", bounds[b]);
                 cum += s->s.buckets[b];
-                buf_printf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", f->name, s->labels, sep,
-                           bounds[b], cum);
+                put_labels(out, f->name, "_bucket", s->labels, extra, le);
+                buf_printf(out, "%llu\n", cum);
             }
-            buf_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", f->name, s->labels, sep,
-                       s->s.count);
-            if (s->labels[0])
-                buf_printf(out, "%s_sum{%s} ", f->name, s->labels);
-            else
-                buf_printf(out, "%s_sum ", f->name);
+            put_labels(out, f->name, "_bucket", s->labels, extra, "+Inf");
+            buf_printf(out, "%llu\n", s->s.count);
+            put_labels(out, f->name, "_sum", s->labels, extra, NULL);
             put_num(out, s->s.sum);
-            if (s->labels[0])
-                buf_printf(out, "%s_count{%s} %llu\n", f->name, s->labels, s->s.count);
-            else
-                buf_printf(out, "%s_count %llu\n", f->name, s->s.count);
+            put_labels(out, f->name, "_count", s->labels, extra, NULL);
+            buf_printf(out, "%llu\n", s->s.count);
         }
     }
 }

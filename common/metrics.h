@@ -33,5 +33,11 @@ void metrics_observe(MetricSeries *s, double seconds);
 /* Called before each render, to refresh gauges. */
 void metrics_set_collect(Metrics *m, void (*cb)(void *arg, Metrics *m), void *arg);
 void metrics_render(Metrics *m, Buf *out);
+/* The same with extra preformatted labels on every series ("" for none),
+ * e.g. `worker="2"` for one of several processes serving one target. */
+void metrics_render_with(Metrics *m, const char *extra_labels, Buf *out);
+/* Writes name="value" into out (size bytes), the value escaped as the text
+ * format wants (backslash, double quote, newline); cut to fit. */
+void metrics_format_label(char *out, size_t size, const char *name, const char *value);
 
 #endif

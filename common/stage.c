@@ -25,6 +25,7 @@ typedef struct Stage {
     DbPool *pool;
     Metrics *metrics;
     Lease *lease;
+    Ops *opstate; /* mode, pauses, queue statistics */
     HintSub *hints;
     Admin *admin;
     void *work;
@@ -41,10 +42,16 @@ static void on_left(void *arg)
     event_base_loopexit(s->base, NULL);
 }
 
-static void on_stopped(void *arg)
+static void on_recorded(void *arg)
 {
     Stage *s = arg;
     lease_leave(s->lease, on_left, s);
+}
+
+static void on_stopped(void *arg)
+{
+    Stage *s = arg;
+    ops_leave(s->opstate, on_recorded, s);
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
@@ -86,10 +93,34 @@ static void on_leases(void *arg)
         s->ops->leases_changed(s->work);
 }
 
+/* A mode change or a pause: work may start (back to normal) or stop. */
+static void on_ops(void *arg)
+{
+    Stage *s = arg;
+    if (s->work)
+        s->ops->kick(s->work);
+}
+
+/* The stage's own detail, with the mode added: degraded is healthy (the
+ * process is fine and leased; it forwards nothing on purpose). */
 static bool ready(void *arg, char *detail, size_t size)
 {
     Stage *s = arg;
-    return s->ops->ready(s->work, detail, size);
+    bool ok = s->ops->ready(s->work, detail, size);
+    size_t n = strlen(detail);
+    if (n > 0 && detail[n - 1] == '}') {
+        char q[300];
+        const char *why = ops_reason(s->opstate);
+        size_t k = 0;
+        for (const char *c = why; *c && k + 2 < sizeof q; c++)
+            if (*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20)
+                q[k++] = *c;
+        q[k] = '\0';
+        snprintf(detail + n - 1, size - (n - 1), "%s\"mode\":\"%s\"%s%s%s}", n > 2 ? "," : "",
+                 ops_mode(s->opstate), ops_degraded(s->opstate) ? ",\"mode_reason\":\"" : "",
+                 ops_degraded(s->opstate) ? q : "", ops_degraded(s->opstate) ? "\"" : "");
+    }
+    return ok;
 }
 
 static int fail(const char *what, const Err *err)
@@ -124,7 +155,8 @@ static int run(Stage *s)
              s->set.admin_port);
     LeaseInfo info = {admin_address, hint_sub_endpoint(s->hints)};
     s->lease = lease_create(s->base, &s->cfg, s->ops->name, &info, s->metrics, on_leases, s);
-    s->env = (StageEnv){s->base, &s->cfg, s->pool, s->metrics, s->lease};
+    s->opstate = ops_create(s->base, &s->cfg, s->ops->name, s->lease, s->metrics, on_ops, s);
+    s->env = (StageEnv){s->base, &s->cfg, s->pool, s->metrics, s->lease, s->opstate};
     s->work = s->ops->create(&s->env, &err);
     if (s->work == NULL)
         return fail(s->ops->name, &err);
@@ -151,6 +183,7 @@ static void teardown(Stage *s)
         s->ops->destroy(s->work);
     admin_close(s->admin);
     hint_sub_close(s->hints);
+    ops_destroy(s->opstate);
     lease_destroy(s->lease);
     db_pool_destroy(s->pool);
     metrics_destroy(s->metrics);

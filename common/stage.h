@@ -9,7 +9,8 @@
  * opens last and the stage logs ready. SIGTERM/SIGINT: ops->stop with the
  * stage's shutdown timeout; when it reports done, every lease is freed
  * (lease_leave) so other instances take over at once, and the process exits
- * 0. A hard deadline (the shutdown timeout plus a second for the leave)
+ * 0 (the graceful stop is recorded first, common/ops.h, so it does not
+ * count as a crash). A hard deadline (the shutdown timeout plus a second for the leave)
  * exits anyway; a second signal exits at once. A configuration error found
  * at run time (partitions differ from the schema) exits with
  * SVC_EXIT_CONFIG. */
@@ -24,6 +25,7 @@
 #include "common/err.h"
 #include "common/lease.h"
 #include "common/metrics.h"
+#include "common/ops.h"
 
 struct event_base;
 
@@ -35,6 +37,9 @@ typedef struct StageEnv {
     DbPool *pool; /* size 1: the stage's SQL runs on it, in order */
     Metrics *metrics;
     Lease *lease;
+    /* mode (degraded: claim and forward nothing, stay leased and healthy)
+     * and paused destinations; the stage's kick() runs when they change */
+    const Ops *ops;
 } StageEnv;
 
 /* Per-stage settings the skeleton reads from the configuration. */

@@ -445,3 +445,28 @@ const Workspace *ws_watcher_ref(const WsWatcher *w)
 {
     return ws_ref(w->current);
 }
+
+char *ws_destination_format(const WsSource *s, const WsDestination *d)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "ID", json_object_new_string(d->id));
+    json_object_object_add(o, "Name", json_object_new_string(d->name));
+    json_object *cfg = jsonu_get_ci(d->obj, "config");
+    json_object_object_add(o, "Config", cfg ? json_object_get(cfg) : json_object_new_object());
+    json_object_object_add(o, "Enabled", json_object_new_boolean(d->enabled));
+    json_object_object_add(o, "WorkspaceID", json_object_new_string(s->workspace_id));
+    json_object_object_add(o, "IsProcessorEnabled", json_object_new_boolean(d->processor_enabled));
+    json_object *def = jsonu_get_ci(d->obj, "destinationDefinition");
+    json_object *dd = json_object_new_object();
+    json_object_object_add(dd, "ID", json_object_new_string(jsonu_str_ci(def, "id", "")));
+    json_object_object_add(dd, "Name", json_object_new_string(d->def_name));
+    json_object_object_add(dd, "DisplayName", json_object_new_string(d->def_display_name));
+    json_object *dcfg = jsonu_get_ci(def, "config");
+    json_object_object_add(dd, "Config", dcfg ? json_object_get(dcfg) : json_object_new_object());
+    json_object_object_add(o, "DestinationDefinition", dd);
+    json_object *tr = jsonu_get_ci(d->obj, "transformations");
+    json_object_object_add(o, "Transformations", tr ? json_object_get(tr) : json_object_new_array());
+    char *text = xstrdup(jsonu_to_string(o, NULL));
+    json_object_put(o);
+    return text;
+}

@@ -73,6 +73,11 @@ const WsSource *ws_source_by_write_key(const Workspace *ws, const char *write_ke
 const WsSource *ws_source_by_id(const Workspace *ws, const char *source_id);
 const WsDestination *ws_destination(const WsSource *s, const char *dest_id);
 bool ws_dest_supports(const WsDestination *d, const char *type);
+/* The destination object as RudderStack sends it to the transformer
+ * (capitalised keys: ID, Name, Config, Enabled, WorkspaceID,
+ * IsProcessorEnabled, DestinationDefinition{ID, Name, DisplayName, Config},
+ * Transformations). Caller frees. */
+char *ws_destination_format(const WsSource *s, const WsDestination *d);
 
 typedef struct WsWatcher WsWatcher;
 /* Loads the workspace config now (failure is an error) and re-checks it every

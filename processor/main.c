@@ -69,6 +69,7 @@ static void *create(const StageEnv *env, Err *err)
     p->http = httpc_create(env->base, cfg->processor.max_inflight);
     p->pipeline = pipeline_create(env->base, cfg, env->pool, env->lease, p->http, p->rt_hints,
                                   p->batch_hints, p->ws, env->metrics);
+    pipeline_set_ops(p->pipeline, env->ops);
     return p;
 fail:
     destroy(p);

@@ -75,6 +75,7 @@ struct Pipeline {
     const Config *cfg;
     DbPool *pool; /* NULL once stopped: the caller may close it */
     Lease *lease;
+    const Ops *ops; /* degraded: claim nothing */
     Httpc *http;
     HintPub *rt_hints, *batch_hints;
     WsWatcher *ws;
@@ -431,9 +432,9 @@ static void on_claimed(void *arg, DbConn *c, PGresult *res, const Err *err)
 
 static void claim(Pipeline *p, DbConn *c, bool in_cb)
 {
-    if (p->plan.nactive == 0) {
+    if (p->plan.nactive == 0 || ops_degraded(p->ops)) {
         /* no usable partition (yet): a standby; the lease says when that
-         * changes. The connection goes back (inside a db callback: when it
+         * changes (degraded mode: the kick of the change back to normal). The connection goes back (inside a db callback: when it
          * returns, so a transaction left open is still rolled back) */
         if (!in_cb)
             db_conn_release(c);
@@ -641,6 +642,11 @@ void pipeline_destroy(Pipeline *p)
     free(p->rt_table);
     free(p->brt_table);
     free(p);
+}
+
+void pipeline_set_ops(Pipeline *p, const Ops *ops)
+{
+    p->ops = ops;
 }
 
 void pipeline_kick(Pipeline *p)

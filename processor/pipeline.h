@@ -21,6 +21,7 @@
 #include "common/hint.h"
 #include "common/httpc.h"
 #include "common/lease.h"
+#include "common/ops.h"
 #include "common/metrics.h"
 #include "common/wsconfig.h"
 
@@ -36,6 +37,8 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
 void pipeline_destroy(Pipeline *p);
 /* Wakes the cycle (a hint arrived or the poll timer fired). */
 void pipeline_kick(Pipeline *p);
+/* Degraded mode (common/ops.h, borrowed): while on, nothing is claimed. */
+void pipeline_set_ops(Pipeline *p, const Ops *ops);
 /* The lease's changed() callback: the usable set may differ. Partitions
  * being given back that no batch in flight touches are quiesced at once,
  * the others when their batch ends; the new set applies from the next

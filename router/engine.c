@@ -70,6 +70,7 @@ struct Engine {
     Order *order;
     Sender *sender;
     Lease *lease;
+    const Ops *ops; /* degraded: claim and deliver nothing */
     Parts *parts;
     Claim *claim;
     Reload *reload;
@@ -324,7 +325,7 @@ static void db_step(Engine *e)
         return;
     }
     int64_t t = now_ms();
-    bool can_claim = claim_wanted(e->claim);
+    bool can_claim = claim_wanted(e->claim) && !ops_degraded(e->ops);
     if (can_claim && e->claim_turn && claim(e, c))
         return;
     if (reload_step(e, c, t))
@@ -352,7 +353,7 @@ static void pump(Engine *e)
      * before its expiry timer ran: nothing new starts on it then */
     if (is_up(e) && !parts_fresh(e->parts))
         follow(e);
-    if (is_up(e) && !e->stopping)
+    if (is_up(e) && !e->stopping && !ops_degraded(e->ops))
         sender_dispatch(e->sender);
     if (is_up(e)) {
         int n = parts_hand_back(e->parts, now_ms());
@@ -396,6 +397,12 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     metrics_set(e->m_spilled_budget, (double)os->spilled_budget);
     metrics_set(e->m_spilled_cursor, (double)os->spilled_cursor);
     pump(e);
+}
+
+void engine_set_ops(Engine *e, const Ops *ops)
+{
+    e->ops = ops;
+    sender_set_ops(e->sender, ops);
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
@@ -444,7 +451,7 @@ static void create_metrics(Engine *e, Metrics *m)
 }
 
 Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Lease *lease,
-                      Httpc *http, Metrics *m)
+                      Httpc *http, Metrics *m, WsWatcher *ws)
 {
     Engine *e = xcalloc(1, sizeof(*e));
     e->base = base;
@@ -455,7 +462,7 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
     OrderLimits lim = {cfg->router.max_pending_jobs, cfg->router.max_concurrency_per_destination,
                        cfg->router.max_pending_jobs_per_destination, cfg->router.spill_after_ms};
     e->order = order_create(&lim, lease_partitions(lease));
-    e->sender = sender_create(cfg, http, m, e->order, after_delivery, e);
+    e->sender = sender_create(base, cfg, http, m, e->order, ws, after_delivery, e);
     e->lease = lease;
     e->parts = parts_create(lease, e->order);
     e->claim = claim_create(&cfg->router, e->order);

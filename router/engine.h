@@ -19,15 +19,22 @@
 #include "common/httpc.h"
 #include "common/lease.h"
 #include "common/metrics.h"
+#include "common/wsconfig.h"
+#include "common/ops.h"
 
 struct event_base;
 
 typedef struct Engine Engine;
 
-/* Works only on partitions the lease lets it (lease_usable). Never fails. */
+/* Works only on partitions the lease lets it (lease_usable). ws (borrowed,
+ * may be NULL): destination types for batching (sender.h). Never fails. */
 Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, Lease *lease,
-                      Httpc *http, Metrics *m);
+                      Httpc *http, Metrics *m, WsWatcher *ws);
 void engine_destroy(Engine *e);
+/* Mode and paused destinations (common/ops.h, borrowed): degraded, it
+ * claims and delivers nothing (what is in memory waits); a paused
+ * destination's jobs wait in rt_retries, in order, no attempt counted. */
+void engine_set_ops(Engine *e, const Ops *ops);
 /* New rt jobs may be waiting (hint). */
 void engine_kick(Engine *e);
 /* The lease's usable set may have changed (its changed() callback). */

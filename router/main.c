@@ -12,11 +12,13 @@
 
 #include "common/httpc.h"
 #include "common/stage.h"
+#include "common/wsconfig.h"
 #include "common/xalloc.h"
 #include "router/engine.h"
 
 typedef struct Router {
     Httpc *http;
+    WsWatcher *ws; /* only when some destination type is batched */
     Engine *engine;
 } Router;
 
@@ -30,7 +32,27 @@ static void *create(const StageEnv *env, Err *err)
 {
     Router *r = xcalloc(1, sizeof *r);
     r->http = httpc_create(env->base, env->cfg->router.max_concurrency_per_destination);
-    r->engine = engine_create(env->base, env->cfg, env->pool, env->lease, r->http, env->metrics);
+    if (httpc_set_connect_to(r->http, env->cfg->router.connect_to, err) < 0 ||
+        httpc_set_ca_file(r->http, env->cfg->router.ca_file, err) < 0) {
+        err_prefix(err, "router configuration");
+        httpc_destroy(r->http);
+        free(r);
+        return NULL;
+    }
+    /* the workspace config names destination types; read only when the
+     * router needs them, so a router without batching needs no file */
+    if (env->cfg->router.batch_destination_types[0] != '\0') {
+        r->ws = ws_watcher_create(env->base, &env->cfg->workspace, NULL, NULL, err);
+        if (r->ws == NULL) {
+            err_prefix(err, "router.batch_destination_types needs the workspace config");
+            httpc_destroy(r->http);
+            free(r);
+            return NULL;
+        }
+    }
+    r->engine =
+        engine_create(env->base, env->cfg, env->pool, env->lease, r->http, env->metrics, r->ws);
+    engine_set_ops(r->engine, env->ops);
     return r;
 }
 
@@ -39,6 +61,7 @@ static void destroy(void *work)
     Router *r = work;
     engine_destroy(r->engine);
     httpc_destroy(r->http);
+    ws_watcher_destroy(r->ws);
     free(r);
 }
 

@@ -1,6 +1,7 @@
 /* Deliveries (see sender.h). A delivery's answer is classified by
  * delivery_classify: 2xx ok; 4xx other than 408/429 aborts at once; 5xx,
- * 408, 429, timeouts and network errors are retried after the policy's
+ * 408, 429, timeouts and network errors (recorded as 504, as RudderStack
+ * does) are retried after the policy's
  * delay (retry.c) until both max_attempts and max_retry_minutes passed.
  * Answers are kept to 4 KiB and a few bytes (enough to see whether a
  * character crosses the 4 KiB mark); order.c stores them cut on a character
@@ -14,19 +15,88 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include <event2/event.h>
+#include <strings.h>
+
 #include "common/hmap.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "router/batch.h"
 #include "router/delivery.h"
 #include "router/retry.h"
 
 /* Bytes of a destination's answer kept: the stored 4,096 plus room for the
  * rest of a character that starts before the limit. */
 #define SENDER_RESPONSE_BYTES (4096 + 4)
+/* How soon a paused destination's job is looked at again. */
+#define SENDER_PAUSED_RECHECK_MS 5000
+
+/* Status classes of pintle_deliveries_total. */
+/* No answer counts as 5xx: it is recorded as 504 (SENDER_NO_RESPONSE_STATUS). */
+typedef enum StatusClass { CLASS_2XX, CLASS_3XX, CLASS_4XX, CLASS_5XX, CLASS_N } StatusClass;
+
+/* The status of a delivery that got no answer (network error, timeout). */
+#define SENDER_NO_RESPONSE_STATUS 504
+
+/* Bytes of a /batch answer read at most. */
+#define SENDER_BATCH_ANSWER_BYTES ((size_t)64 << 20)
 
 typedef struct DestStats {
-    MetricSeries *ok, *retry, *abort, *latency;
+    MetricSeries *ok, *retry, *abort, *latency, *batches;
+    MetricSeries *by_class[CLASS_N];
 } DestStats;
+
+/* Ready jobs of one destination waiting for their /batch request: sent at
+ * router.batch_max_jobs jobs or router.batch_max_wait_ms after the first. */
+typedef struct Group {
+    struct Sender *s;
+    char *dest_id;
+    char *dest_type;
+    char *dest_json;
+    OrderJob **jobs;
+    int njobs;
+    struct event *timer;
+} Group;
+
+/* A job's outcome inside a batch: the worst of its requests' answers. */
+typedef struct BatchJob {
+    OrderJob *j;
+    long status; /* 0 while nothing failed */
+    char *why;
+    char *resp;
+    size_t resp_len;
+    bool answered; /* listed by the /batch answer */
+} BatchJob;
+
+/* One /batch round: the transformer call, then the merged requests, each
+ * job's outcome recorded once all of them returned. */
+typedef struct Batch {
+    struct Sender *s;
+    char *dest_id;
+    BatchJob *jobs;
+    int njobs;
+    int pending; /* HTTP requests in flight (the /batch call or deliveries) */
+    struct Part **parts; /* merged requests, NULL once returned */
+    int nparts;
+    struct Batch *prev, *next;
+} Batch;
+
+/* One merged request of a batch in flight. */
+typedef struct Part {
+    Batch *b;
+    Delivery d;
+    int *idx; /* indexes into b->jobs */
+    int nidx;
+} Part;
+
+static void part_free(Part *pt)
+{
+    if (pt == NULL)
+        return;
+    delivery_deinit(&pt->d);
+    free(pt->idx);
+    free(pt);
+}
 
 typedef struct Attempt {
     struct Sender *s;
@@ -41,12 +111,20 @@ struct Sender {
     Httpc *http;
     Metrics *m;
     Order *order;
+    const Ops *ops;
     void (*after)(void *);
     void *arg;
     HMap stats; /* destination id -> DestStats */
     Attempt *attempts;
-    int inflight;
+    int inflight; /* jobs whose delivery has not ended: attempts, groups, batches */
     bool discard;
+    struct event_base *base;
+    WsWatcher *ws;            /* borrowed; NULL when nothing is batched */
+    char **batch_types;       /* router.batch_destination_types */
+    int nbatch_types;
+    HMap groups;              /* destination id -> Group */
+    Batch *batches;           /* in flight */
+    char *batch_url;
 };
 
 static int64_t now_ms(void)
@@ -73,12 +151,47 @@ static DestStats *stats_get(Sender *s, const char *dest_id)
                                "Jobs aborted into dead letters", METRIC_COUNTER, l);
     st->latency = metrics_series(s->m, "pintle_router_delivery_duration_seconds",
                                  "Delivery request latency", METRIC_HISTOGRAM, l);
+    st->batches = metrics_series(s->m, "pintle_router_batch_requests_total",
+                                 "Requests to the transformer's /batch", METRIC_COUNTER, l);
+    static const char *const classes[CLASS_N] = {"2xx", "3xx", "4xx", "5xx"};
+    char d[320];
+    metrics_format_label(d, sizeof d, "destination", dest_id);
+    for (int c = 0; c < CLASS_N; c++) {
+        char lc[360];
+        snprintf(lc, sizeof lc, "%s,status_class=\"%s\"", d, classes[c]);
+        st->by_class[c] = metrics_series(s->m, "pintle_deliveries_total",
+                                         "Delivery attempts by status class (no answer"
+                                         " counts as 504)",
+                                         METRIC_COUNTER, lc);
+    }
     hmap_put(&s->stats, dest_id, st);
     return st;
 }
 
-Sender *sender_create(const Config *cfg, Httpc *http, Metrics *m, Order *order,
-                      void (*after)(void *), void *arg)
+/* Splits a comma-separated list into trimmed, non-empty items. */
+static char **split_list(const char *text, int *n)
+{
+    char **items = NULL;
+    *n = 0;
+    const char *p = text ? text : "";
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        while (len > 0 && (*p == ' ' || *p == '\t'))
+            p++, len--;
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len > 0) {
+            items = xrealloc(items, sizeof(char *) * (size_t)(*n + 1));
+            items[(*n)++] = xstrndup(p, len);
+        }
+        p = end ? end + 1 : p + strlen(p);
+    }
+    return items;
+}
+
+Sender *sender_create(struct event_base *base, const Config *cfg, Httpc *http, Metrics *m,
+                      Order *order, WsWatcher *ws, void (*after)(void *), void *arg)
 {
     Sender *s = xcalloc(1, sizeof(*s));
     s->cfg = cfg;
@@ -88,7 +201,16 @@ Sender *sender_create(const Config *cfg, Httpc *http, Metrics *m, Order *order,
     s->order = order;
     s->after = after;
     s->arg = arg;
+    s->base = base;
+    s->ws = ws;
     hmap_init(&s->stats);
+    hmap_init(&s->groups);
+    s->batch_types = split_list(cfg->router.batch_destination_types, &s->nbatch_types);
+    const char *u = cfg->router.transformer_url;
+    size_t ul = strlen(u);
+    while (ul > 0 && u[ul - 1] == '/')
+        ul--;
+    s->batch_url = xasprintf("%.*s/batch", (int)ul, u);
     return s;
 }
 
@@ -103,6 +225,50 @@ static void attempt_unlink(Sender *s, Attempt *a)
     s->inflight--;
 }
 
+static void group_free(Group *g)
+{
+    if (g->timer)
+        event_free(g->timer);
+    free(g->dest_id);
+    free(g->dest_type);
+    free(g->dest_json);
+    free(g->jobs);
+    free(g);
+}
+
+static void part_free(struct Part *pt);
+
+static void batch_free(Batch *b)
+{
+    for (int i = 0; i < b->nparts; i++)
+        part_free(b->parts[i]);
+    free(b->parts);
+    for (int i = 0; i < b->njobs; i++) {
+        free(b->jobs[i].why);
+        free(b->jobs[i].resp);
+    }
+    free(b->jobs);
+    free(b->dest_id);
+    free(b);
+}
+
+/* Ends every group still waiting: its jobs are not delivered (as if lost in
+ * flight), so their state stays as it was. */
+static void groups_lose_all(Sender *s, int64_t now)
+{
+    size_t it = 0;
+    HMapEntry *e;
+    while (hmap_next(&s->groups, &it, &e)) {
+        Group *g = e->value;
+        for (int i = 0; i < g->njobs; i++)
+            order_lost(s->order, g->jobs[i], now);
+        s->inflight -= g->njobs;
+        group_free(g);
+    }
+    hmap_deinit(&s->groups);
+    hmap_init(&s->groups);
+}
+
 void sender_destroy(Sender *s)
 {
     if (s == NULL)
@@ -115,11 +281,26 @@ void sender_destroy(Sender *s)
         delivery_deinit(&a->d);
         free(a);
     }
+    groups_lose_all(s, now);
+    /* batches in flight: the HTTP client is destroyed after this without
+     * running their callbacks, which own the parts (freed with it) */
+    while (s->batches) {
+        Batch *b = s->batches;
+        s->batches = b->next;
+        for (int i = 0; i < b->njobs; i++)
+            order_lost(s->order, b->jobs[i].j, now);
+        batch_free(b);
+    }
+    hmap_deinit(&s->groups);
     size_t it = 0;
     HMapEntry *e;
     while (hmap_next(&s->stats, &it, &e))
         free(e->value);
     hmap_deinit(&s->stats);
+    for (int i = 0; i < s->nbatch_types; i++)
+        free(s->batch_types[i]);
+    free(s->batch_types);
+    free(s->batch_url);
     free(s);
 }
 
@@ -158,6 +339,13 @@ static void fail_job(Sender *s, OrderJob *j, long status, const char *why, const
     order_retry(s->order, j, (int)status, why, now + delay, now);
 }
 
+static void count_class(DestStats *st, long status)
+{
+    long c = (status > 0 ? status : SENDER_NO_RESPONSE_STATUS) / 100;
+    if (c >= 2 && c <= 5)
+        metrics_inc(st->by_class[c - 2], 1);
+}
+
 static void on_delivered(void *arg, const HttpcResponse *r)
 {
     Attempt *a = arg;
@@ -169,6 +357,7 @@ static void on_delivered(void *arg, const HttpcResponse *r)
     int64_t now = now_ms();
     DestStats *st = stats_get(s, j->dest_id);
     metrics_observe(st->latency, r->seconds);
+    count_class(st, r->status);
     if (s->discard || order_job_dropped(j)) {
         /* state is being dropped, or its partition was (lease lost): the
          * answer is not recorded, the job's next owner delivers it again */
@@ -180,19 +369,333 @@ static void on_delivered(void *arg, const HttpcResponse *r)
         log_debug("job_delivered", "job_id=%" PRId64 " destination_id=%s status=%ld", j->job_id,
                   j->dest_id, r->status);
         order_ok(s->order, j, now);
+    } else if (r->status == 0) {
+        /* no answer (connection, TLS, timeout): recorded as 504, the status
+         * RudderStack's router gives a request that got no response */
+        char why[512];
+        snprintf(why, sizeof why, "no response: %s", r->error ? r->error : "network error");
+        fail_job(s, j, SENDER_NO_RESPONSE_STATUS, why, NULL, 0, now);
     } else {
         char why[512];
-        if (r->status == 0)
-            snprintf(why, sizeof why, "%s", r->error ? r->error : "network error");
-        else
-            snprintf(why, sizeof why, "destination answered %ld", r->status);
-        fail_job(s, j, r->status, why, r->status ? r->body : NULL, r->body_len, now);
+        snprintf(why, sizeof why, "destination answered %ld", r->status);
+        fail_job(s, j, r->status, why, r->body, r->body_len, now);
     }
     s->after(s->arg);
 }
 
+/* ---- batches (router.batch_destination_types) ---- */
+
+static void batch_unlink(Sender *s, Batch *b)
+{
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        s->batches = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+}
+
+/* Records a failure of job i of b; a retryable one wins over an abort (the
+ * job is sent again whole), the first of a kind is kept. */
+static void batch_job_fail(BatchJob *bj, long status, const char *why, const char *resp,
+                           size_t resp_len)
+{
+    bool retry = delivery_classify(status) != DELIVERY_ABORT;
+    bool had_retry = bj->status != 0 && delivery_classify(bj->status) != DELIVERY_ABORT;
+    if (bj->status != 0 && (had_retry || !retry))
+        return;
+    bj->status = status;
+    free(bj->why);
+    free(bj->resp);
+    bj->why = xstrdup(why);
+    bj->resp = NULL;
+    bj->resp_len = 0;
+    if (resp != NULL && resp_len > 0) {
+        bj->resp = xmalloc(resp_len + 1);
+        memcpy(bj->resp, resp, resp_len);
+        bj->resp[resp_len] = '\0';
+        bj->resp_len = resp_len;
+    }
+}
+
+/* Every request of b returned: each job's outcome is recorded. */
+static void batch_finish(Sender *s, Batch *b)
+{
+    batch_unlink(s, b);
+    int64_t now = now_ms();
+    DestStats *st = stats_get(s, b->dest_id);
+    for (int i = 0; i < b->njobs; i++) {
+        BatchJob *bj = &b->jobs[i];
+        OrderJob *j = bj->j;
+        s->inflight--;
+        if (s->discard || order_job_dropped(j)) {
+            order_lost(s->order, j, now);
+        } else if (bj->status == 0) {
+            metrics_inc(st->ok, 1);
+            log_debug("job_delivered", "job_id=%" PRId64 " destination_id=%s batched=true",
+                      j->job_id, j->dest_id);
+            order_ok(s->order, j, now);
+        } else {
+            fail_job(s, j, bj->status, bj->why, bj->resp, bj->resp_len, now);
+        }
+    }
+    batch_free(b);
+    s->after(s->arg);
+}
+
+static void on_part_delivered(void *arg, const HttpcResponse *r)
+{
+    Part *pt = arg;
+    Batch *b = pt->b;
+    Sender *s = b->s;
+    DestStats *st = stats_get(s, b->dest_id);
+    metrics_observe(st->latency, r->seconds);
+    count_class(st, r->status);
+    if (delivery_classify(r->status) != DELIVERY_OK || r->status == 0) {
+        char why[512];
+        long status = r->status;
+        if (status == 0) {
+            status = SENDER_NO_RESPONSE_STATUS;
+            snprintf(why, sizeof why, "no response: %s", r->error ? r->error : "network error");
+        } else {
+            snprintf(why, sizeof why, "destination answered %ld (batched request)", r->status);
+        }
+        for (int k = 0; k < pt->nidx; k++)
+            batch_job_fail(&b->jobs[pt->idx[k]], status, why, r->status ? r->body : NULL,
+                           r->status ? r->body_len : 0);
+    }
+    for (int i = 0; i < b->nparts; i++)
+        if (b->parts[i] == pt)
+            b->parts[i] = NULL;
+    part_free(pt);
+    if (--b->pending == 0)
+        batch_finish(s, b);
+}
+
+static int batch_job_index(const Batch *b, int64_t job_id)
+{
+    for (int i = 0; i < b->njobs; i++)
+        if (b->jobs[i].j->job_id == job_id)
+            return i;
+    return -1;
+}
+
+/* Starts one merged request for the jobs at idx (taken). */
+static void part_start(Sender *s, Batch *b, const char *payload, int *idx, int nidx)
+{
+    Part *pt = xcalloc(1, sizeof(*pt));
+    pt->b = b;
+    pt->idx = idx;
+    pt->nidx = nidx;
+    Err err;
+    if (delivery_build(&pt->d, payload, &err) < 0) {
+        for (int k = 0; k < nidx; k++)
+            batch_job_fail(&b->jobs[idx[k]], 400, err.msg, NULL, 0);
+        part_free(pt);
+        return;
+    }
+    HttpcRequest req = {pt->d.method,
+                        pt->d.url.data,
+                        (const char *const *)pt->d.headers,
+                        pt->d.has_body ? pt->d.body.data : NULL,
+                        pt->d.body.len,
+                        s->cfg->router.timeout_ms,
+                        .max_response_bytes = SENDER_RESPONSE_BYTES,
+                        .keep_prefix = true};
+    if (httpc_start(s->http, &req, on_part_delivered, pt) < 0) {
+        for (int k = 0; k < nidx; k++)
+            batch_job_fail(&b->jobs[idx[k]], SENDER_NO_RESPONSE_STATUS,
+                           "could not start the HTTP request", NULL, 0);
+        part_free(pt);
+        return;
+    }
+    b->parts = xrealloc(b->parts, sizeof(Part *) * (size_t)(b->nparts + 1));
+    b->parts[b->nparts++] = pt;
+    b->pending++;
+}
+
+/* The transformer's /batch answer: its merged requests are sent, its
+ * refusals fail their jobs with the status it gave (4xx abort, others are
+ * retried), and a job it does not list is retried. */
+static void on_batched(void *arg, const HttpcResponse *r)
+{
+    Batch *b = arg;
+    Sender *s = b->s;
+    b->pending--;
+    BatchOut *outs = NULL;
+    int nouts = 0;
+    Err err;
+    if (s->discard) {
+        /* nothing is sent: batch_finish hands every job to order_lost */
+    } else if (r->status != 200) {
+        char why[512];
+        if (r->status == 0)
+            snprintf(why, sizeof why, "transformer /batch: no response: %s",
+                     r->error ? r->error : "network error");
+        else
+            snprintf(why, sizeof why, "transformer /batch answered %ld", r->status);
+        /* the transformer's trouble, not the destination's: always retried */
+        long status = r->status >= 500 ? r->status : SENDER_NO_RESPONSE_STATUS;
+        for (int i = 0; i < b->njobs; i++)
+            batch_job_fail(&b->jobs[i], status, why, r->status ? r->body : NULL,
+                           r->status ? r->body_len : 0);
+    } else if (batch_parse_answer(r->body, r->body_len, &outs, &nouts, &err) < 0) {
+        for (int i = 0; i < b->njobs; i++)
+            batch_job_fail(&b->jobs[i], 500, err.msg, r->body, r->body_len);
+    } else {
+        for (int o = 0; o < nouts; o++) {
+            int *idx = xmalloc(sizeof(int) * (size_t)(outs[o].njobs + 1));
+            int nidx = 0;
+            for (int k = 0; k < outs[o].njobs; k++) {
+                int i = batch_job_index(b, outs[o].job_ids[k]);
+                if (i < 0)
+                    continue; /* not ours: ignored */
+                b->jobs[i].answered = true;
+                idx[nidx++] = i;
+            }
+            if (outs[o].status != 200) {
+                char why[512];
+                snprintf(why, sizeof why, "transformer refused the job (%d): %s", outs[o].status,
+                         outs[o].error ? outs[o].error : "no reason given");
+                for (int k = 0; k < nidx; k++)
+                    batch_job_fail(&b->jobs[idx[k]], outs[o].status, why, NULL, 0);
+                free(idx);
+                continue;
+            }
+            for (int q = 0; q < outs[o].nrequests; q++) {
+                int *copy = xmalloc(sizeof(int) * (size_t)(nidx + 1));
+                memcpy(copy, idx, sizeof(int) * (size_t)nidx);
+                part_start(s, b, outs[o].requests[q], copy, nidx);
+            }
+            free(idx);
+        }
+        for (int i = 0; i < b->njobs; i++)
+            if (!b->jobs[i].answered)
+                batch_job_fail(&b->jobs[i], 500, "the transformer's /batch answer omits the job",
+                               NULL, 0);
+        batch_outs_free(outs, nouts);
+    }
+    if (b->pending == 0)
+        batch_finish(s, b);
+}
+
+/* Sends g's jobs to /batch; g is freed. Jobs whose partition was dropped
+ * meanwhile are not sent. */
+static void group_send(Sender *s, Group *g)
+{
+    hmap_del(&s->groups, g->dest_id);
+    int64_t now = now_ms();
+    Batch *b = xcalloc(1, sizeof(*b));
+    b->s = s;
+    b->dest_id = xstrdup(g->dest_id);
+    b->jobs = xcalloc((size_t)g->njobs, sizeof(BatchJob));
+    for (int i = 0; i < g->njobs; i++) {
+        if (s->discard || order_job_dropped(g->jobs[i])) {
+            order_lost(s->order, g->jobs[i], now);
+            s->inflight--;
+            continue;
+        }
+        b->jobs[b->njobs++].j = g->jobs[i];
+    }
+    if (b->njobs == 0) {
+        batch_free(b);
+        group_free(g);
+        s->after(s->arg);
+        return;
+    }
+    OrderJob **jobs = xmalloc(sizeof(OrderJob *) * (size_t)b->njobs);
+    for (int i = 0; i < b->njobs; i++)
+        jobs[i] = b->jobs[i].j;
+    Buf body;
+    buf_init(&body);
+    batch_format_request(&body, g->dest_type, g->dest_json, jobs, b->njobs);
+    free(jobs);
+    group_free(g);
+    b->next = s->batches;
+    if (s->batches)
+        s->batches->prev = b;
+    s->batches = b;
+    metrics_inc(stats_get(s, b->dest_id)->batches, 1);
+    static const char *const headers[] = {"Content-Type: application/json", NULL};
+    HttpcRequest req = {"POST",
+                        s->batch_url,
+                        headers,
+                        body.data,
+                        body.len,
+                        s->cfg->router.timeout_ms,
+                        .max_response_bytes = SENDER_BATCH_ANSWER_BYTES,
+                        .keep_prefix = false};
+    log_debug("batch_sent", "destination_id=%s jobs=%d bytes=%zu", b->dest_id, b->njobs, body.len);
+    b->pending = 1;
+    if (httpc_start(s->http, &req, on_batched, b) < 0) {
+        b->pending = 0;
+        for (int i = 0; i < b->njobs; i++)
+            batch_job_fail(&b->jobs[i], SENDER_NO_RESPONSE_STATUS,
+                           "could not start the transformer /batch request", NULL, 0);
+        batch_finish(s, b);
+    }
+    buf_deinit(&body);
+}
+
+static void on_group_timer(evutil_socket_t fd, short what, void *arg)
+{
+    Group *g = arg;
+    group_send(g->s, g);
+}
+
+/* The destination type of j when its jobs are batched, else NULL (also
+ * when its destination is no longer in the workspace config). */
+static const WsDestination *batched_dest(Sender *s, const OrderJob *j, const WsSource **src)
+{
+    if (s->nbatch_types == 0 || s->ws == NULL)
+        return NULL;
+    const Workspace *ws = ws_watcher_get(s->ws);
+    const WsSource *so = ws ? ws_source_by_id(ws, j->source_id) : NULL;
+    const WsDestination *d = so ? ws_destination(so, j->dest_id) : NULL;
+    if (d == NULL || d->def_name == NULL)
+        return NULL;
+    for (int i = 0; i < s->nbatch_types; i++)
+        if (strcasecmp(s->batch_types[i], d->def_name) == 0) {
+            *src = so;
+            return d;
+        }
+    return NULL;
+}
+
+/* Adds j to its destination's group; true when it is batched. */
+static bool group_add(Sender *s, OrderJob *j)
+{
+    const WsSource *so = NULL;
+    const WsDestination *d = batched_dest(s, j, &so);
+    if (d == NULL)
+        return false;
+    Group *g = hmap_get(&s->groups, j->dest_id);
+    if (g == NULL) {
+        g = xcalloc(1, sizeof(*g));
+        g->s = s;
+        g->dest_id = xstrdup(j->dest_id);
+        g->dest_type = xstrdup(d->def_name);
+        g->dest_json = ws_destination_format(so, d);
+        g->jobs = xmalloc(sizeof(OrderJob *) * (size_t)s->cfg->router.batch_max_jobs);
+        hmap_put(&s->groups, g->dest_id, g);
+    }
+    g->jobs[g->njobs++] = j;
+    s->inflight++;
+    if (g->njobs >= s->cfg->router.batch_max_jobs) {
+        group_send(s, g);
+    } else if (g->timer == NULL) {
+        g->timer = evtimer_new(s->base, on_group_timer, g);
+        int ms = s->cfg->router.batch_max_wait_ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        evtimer_add(g->timer, &tv);
+    }
+    return true;
+}
+
 static void deliver(Sender *s, OrderJob *j, int64_t now)
 {
+    if (group_add(s, j))
+        return;
     Attempt *a = xcalloc(1, sizeof(*a));
     a->s = s;
     a->j = j;
@@ -215,7 +718,7 @@ static void deliver(Sender *s, OrderJob *j, int64_t now)
     if (httpc_start(s->http, &req, on_delivered, a) < 0) {
         delivery_deinit(&a->d);
         free(a);
-        fail_job(s, j, 0, "could not start the HTTP request", NULL, 0, now);
+        fail_job(s, j, SENDER_NO_RESPONSE_STATUS, "could not start the HTTP request", NULL, 0, now);
         return;
     }
     a->next = s->attempts;
@@ -233,21 +736,36 @@ int sender_dispatch(Sender *s)
     int n = 0;
     OrderJob *j;
     while ((j = order_take_ready(s->order, now)) != NULL) {
+        if (ops_paused(s->ops, j->dest_id)) {
+            log_debug("job_held", "job_id=%" PRId64 " destination_id=%s reason=paused", j->job_id,
+                      j->dest_id);
+            order_retry(s->order, j, 0, "destination paused by an operator",
+                        now + SENDER_PAUSED_RECHECK_MS, now);
+            continue;
+        }
         deliver(s, j, now);
         n++;
     }
     return n;
 }
 
+void sender_set_ops(Sender *s, const Ops *ops)
+{
+    s->ops = ops;
+}
+
 void sender_discard(Sender *s, bool on)
 {
     s->discard = on;
+    if (on)
+        groups_lose_all(s, now_ms());
 }
 
 int sender_cancel(Sender *s)
 {
     int n = s->inflight;
     s->discard = true;
+    groups_lose_all(s, now_ms());
     httpc_cancel_all(s->http);
     return n;
 }

@@ -12,19 +12,31 @@
 #include "common/cfg.h"
 #include "common/httpc.h"
 #include "common/metrics.h"
+#include "common/wsconfig.h"
+#include "common/ops.h"
 #include "router/order.h"
+
+struct event_base;
 
 typedef struct Sender Sender;
 
 /* after(arg) runs (on the loop) whenever a delivery ended, so the caller
- * can start more work. Never fails. */
-Sender *sender_create(const Config *cfg, Httpc *http, Metrics *m, Order *order,
-                      void (*after)(void *arg), void *arg);
+ * can start more work. ws (borrowed, may be NULL) names the destination
+ * types of jobs: those of router.batch_destination_types go through the
+ * transformer's /batch (ready jobs of a destination are grouped up to
+ * router.batch_max_jobs or router.batch_max_wait_ms; a merged request's
+ * answer is every listed job's outcome). Never fails. */
+Sender *sender_create(struct event_base *base, const Config *cfg, Httpc *http, Metrics *m,
+                      Order *order, WsWatcher *ws, void (*after)(void *arg), void *arg);
 /* Abandons deliveries still in flight (their jobs are marked lost); the
  * HTTP client must be destroyed after this without running callbacks.
  * NULL is a no-op. */
 void sender_destroy(Sender *s);
-/* Starts a delivery for every job order_take_ready gives. Returns how many. */
+/* Paused destinations (borrowed; NULL: none). */
+void sender_set_ops(Sender *s, const Ops *ops);
+/* Starts a delivery for every job order_take_ready gives (a paused
+ * destination's job is put back as a retry due in SENDER_PAUSED_RECHECK_MS,
+ * no attempt counted). Returns how many. */
 int sender_dispatch(Sender *s);
 /* While on, answers to deliveries in flight are not recorded: the jobs
  * count as not delivered (state is being dropped, or shutting down). */

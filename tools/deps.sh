@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(build-essential pkg-config clang libevent-dev libjson-c-dev libcurl4-openssl-dev
           libpq-dev libnanomsg-dev libconfig-dev libcmocka-dev zlib1g-dev postgresql-15
           postgresql-client-15 wrk nginx prometheus valgrind nodejs npm curl
-          python3)  # python3: node-gyp builds isolated-vm (transformer)
+          python3 openssl libssl-dev)  # python3: node-gyp builds isolated-vm (transformer);
+          # openssl: test CAs; libssl-dev: SHA-256
+# radosgw (a SigV4-verifying S3 server for the batchrouter's tests) and
+# botocore (a second S3 client for them): without recommends, ~75 MB
+NORECOMMEND_PKGS=(radosgw ceph-mon ceph-osd python3-botocore)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     # node may come from elsewhere than Debian (e.g. NodeSource); accept any working node/npm
@@ -20,6 +24,17 @@ if ((${#missing[@]})); then
     [[ $(id -u) -ne 0 ]] && SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+missing=()
+for p in "${NORECOMMEND_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "deps: installing ${missing[*]} (no recommends)"
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's postgresql package starts a system cluster on 5432; we never use it.
 for dir in tests/e2e transformer; do

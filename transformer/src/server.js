@@ -4,12 +4,14 @@
 //   POST /v0/destinations/<type>   apiVersion: 2
 //   POST /v0/<type>                apiVersion: 1 (legacy data planes)
 //   POST /customTransform          user transformations (src/usertransform)
+//   POST /batch, /routerTransform  router-side batching and transforms (src/batch.js)
 //   GET  /health, GET /features
 // Environment: PORT (9090), HOST (127.0.0.1), WORKERS (1), LOG_LEVEL (info),
 // MAX_BODY_BYTES (64 MiB); user transformations: see src/usertransform/*.js.
 const cluster = require('node:cluster');
 const http = require('node:http');
 const { transformBatch, supported } = require('./transform');
+const { batchRequest, routerTransformRequest } = require('./batch');
 const { UserTransformer } = require('./usertransform');
 
 const PORT = parseInt(process.env.PORT || '9090', 10);
@@ -44,8 +46,8 @@ function featureOn(req, name) {
 }
 
 // Reads the body (at most MAX_BODY bytes) and calls done(events) with the
-// parsed JSON array, or answers 400/413 itself.
-function readEvents(req, res, apiVersion, done) {
+// parsed JSON array (any JSON value with anyJson), or answers 400/413 itself.
+function readEvents(req, res, apiVersion, done, anyJson = false) {
   const chunks = [];
   let size = 0;
   req.on('data', (c) => {
@@ -65,7 +67,7 @@ function readEvents(req, res, apiVersion, done) {
     } catch (e) {
       return send(res, 400, 'request body is not valid JSON', { apiVersion });
     }
-    if (!Array.isArray(events)) return send(res, 400, 'request body must be an array of events', { apiVersion });
+    if (!anyJson && !Array.isArray(events)) return send(res, 400, 'request body must be an array of events', { apiVersion });
     done(events);
   });
 }
@@ -100,6 +102,18 @@ function handle(req, res) {
           send(res, 500, `user transformation failed: ${e && e.message ? e.message : e}`, { apiVersion: '2' });
         });
     });
+  }
+  if (path === '/batch' || path === '/routerTransform') {
+    if (req.method !== 'POST') return send(res, 405, 'method not allowed', { Allow: 'POST' });
+    return readEvents(req, res, '2', (body) => {
+      try {
+        const out = path === '/batch' ? batchRequest(body) : routerTransformRequest(body, transformBatch);
+        log('debug', path === '/batch' ? 'batched' : 'router_transformed', { destination: body.destType, events: body.input.length });
+        send(res, 200, out, { apiVersion: '2' });
+      } catch (e) {
+        send(res, e.statusCode || 500, e.message || 'failed', { apiVersion: '2' });
+      }
+    }, true);
   }
   let m = /^\/v0\/destinations\/([A-Za-z0-9_-]+)$/.exec(path);
   let apiVersion = '2';

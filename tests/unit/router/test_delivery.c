@@ -3,6 +3,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,6 +42,64 @@ static void test_json(void **state)
     delivery_deinit(&d);
 }
 
+/* The FORM body of one payload whose FORM object is form (JSON text). */
+static char *form_of(const char *form)
+{
+    Delivery d;
+    Err err;
+    char p[2048];
+    snprintf(p, sizeof p, "{\"endpoint\":\"http://h\",\"body\":{\"FORM\":%s}}", form);
+    assert_int_equal(delivery_build(&d, p, &err), 0);
+    char *out = strdup(d.body.data ? d.body.data : "");
+    delivery_deinit(&d);
+    return out;
+}
+
+#define ASSERT_FORM(form, want)                                                                    \
+    do {                                                                                           \
+        char *got_ = form_of(form);                                                                \
+        assert_string_equal(got_, want);                                                           \
+        free(got_);                                                                                \
+    } while (0)
+
+/* FORM values as RudderStack's router encodes them: fmt.Sprint of what
+ * encoding/json decodes, url.Values order (keys sorted) and escaping. */
+static void test_form_values(void **state)
+{
+    /* strings: decoded, space as '+', keys in byte order */
+    ASSERT_FORM("{\"b\":\"x y\",\"a\":\"\\u00e9&=\"}", "a=%C3%A9%26%3D&b=x+y");
+    /* the official AM alias/group shape: an array of one JSON text */
+    ASSERT_FORM("{\"api_key\":\"k\",\"mapping\":[\"{\\\"user_id\\\":\\\"u1\\\"}\"]}",
+                "api_key=k&mapping=%5B%7B%22user_id%22%3A%22u1%22%7D%5D");
+    /* arrays: elements separated by spaces, nested arrays, strings raw */
+    ASSERT_FORM("{\"a\":[\"x\",1,true,null,[2,\"y z\"]],\"e\":[]}",
+                "a=%5Bx+1+true+%3Cnil%3E+%5B2+y+z%5D%5D&e=%5B%5D");
+    /* numbers as float64 %v: shortest digits, %e from exponent 6 and below -4 */
+    ASSERT_FORM("{\"a\":5,\"b\":-2.5,\"c\":123456,\"d\":1234567,\"e\":1700000000000,"
+                "\"f\":0.0001,\"g\":0.00001,\"h\":1e21,\"i\":0,\"j\":1.10,\"k\":3e-7}",
+                "a=5&b=-2.5&c=123456&d=1.234567e%2B06&e=1.7e%2B12&f=0.0001&g=1e-05&h=1e%2B21&i=0&j=1.1"
+                "&k=3e-07");
+    /* booleans and null */
+    ASSERT_FORM("{\"t\":true,\"f\":false,\"n\":null}", "f=false&n=%3Cnil%3E&t=true");
+    /* objects: map[k:v] with sorted keys, nested */
+    ASSERT_FORM("{\"m\":{\"z\":1,\"a\":\"s\",\"o\":{\"q\":[1]}}}",
+                "m=map%5Ba%3As+o%3Amap%5Bq%3A%5B1%5D%5D+z%3A1%5D");
+    /* a repeated key: the last value wins, as encoding/json decodes it */
+    ASSERT_FORM("{\"a\":\"1\",\"a\":\"2\"}", "a=2");
+}
+
+static void test_param_values(void **state)
+{
+    Delivery d;
+    Err err;
+    assert_int_equal(delivery_build(&d, "{\"endpoint\":\"http://h/x\",\"params\":{\"s\":\"a b\","
+                                        "\"n\":1234567,\"b\":true,\"a\":[\"x\",2],\"o\":{\"k\":1}}}", &err), 0);
+    /* objects as their JSON text, the rest fmt.Sprint'ed */
+    assert_string_equal(d.url.data,
+                        "http://h/x?s=a%20b&n=1.234567e%2B06&b=true&a=%5Bx%202%5D&o=%7B%22k%22%3A1%7D");
+    delivery_deinit(&d);
+}
+
 static void test_formats(void **state)
 {
     Delivery d;
@@ -48,7 +107,7 @@ static void test_formats(void **state)
     assert_int_equal(delivery_build(&d, "{\"method\":\"put\",\"endpoint\":\"http://h\",\"body\":{\"JSON\":{},"
                                         "\"FORM\":{\"a\":\"x y\",\"b\":1}}}", &err), 0);
     assert_string_equal(d.method, "PUT");
-    assert_string_equal(d.body.data, "a=x%20y&b=1");
+    assert_string_equal(d.body.data, "a=x+y&b=1");
     assert_string_equal(header(&d, "Content-Type"), "application/x-www-form-urlencoded");
     delivery_deinit(&d);
 
@@ -120,6 +179,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json),
         cmocka_unit_test(test_formats),
+        cmocka_unit_test(test_form_values),
+        cmocka_unit_test(test_param_values),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_classify),
     };

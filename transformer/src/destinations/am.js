@@ -509,4 +509,76 @@ function process(event) {
   return out.length === 1 ? out[0] : out;
 }
 
-module.exports = { process };
+// ---- /batch (router): processor outputs merged into Batch API requests.
+// Requests with a JSON body of events go, up to AM_BATCH_EVENTS events and
+// under AM_BATCH_BYTES of JSON, into one POST <base>/batch (base by the
+// destination's residencyServer) without `options`; the others (FORM
+// /groupidentify and /usermap, and events whose user_id is shorter than 5
+// characters, which Amplitude's batch API refuses) are sent as they are.
+// With BATCH_NOT_MET_CRITERIA_USER=true (as the official transformer reads
+// it), such short user ids are dropped from batched events that have a
+// device_id instead.
+const AM_BATCH_BYTES = 20 * 1024 * 1024;
+const AM_BATCH_EVENTS = 500;
+const shortIdsBatched = () => globalThis.process.env.BATCH_NOT_MET_CRITERIA_USER === 'true';
+
+const firstOf = (v) => (Array.isArray(v) ? v[0] : v);
+
+function sentAsIs(jsonBody, userId, deviceId) {
+  return Object.keys(jsonBody || {}).length === 0 || (userId && userId.length < 5 && (!shortIdsBatched() || !deviceId));
+}
+
+function batch(input) {
+  const out = [];
+  let open = null; // {batchedRequest, metadata, destination}
+  for (const ev of input) {
+    const { message, metadata, destination } = ev;
+    const jsonBody = get(message, 'body.JSON');
+    const events = get(message, 'body.JSON.events');
+    const first = firstOf(events);
+    const userId = first ? first.user_id : undefined;
+    const deviceId = first ? first.device_id : undefined;
+    if (events && !userId && !deviceId) {
+      out.push({
+        metadata: [metadata],
+        batched: false,
+        statusCode: 400,
+        error: 'Both userId and deviceId cannot be undefined',
+        statTags: { errorCategory: 'dataValidation', errorType: 'instrumentation' },
+        destination,
+      });
+      continue;
+    }
+    if (sentAsIs(jsonBody, userId, deviceId)) {
+      out.push({ batchedRequest: message, metadata: [metadata], destination });
+      continue;
+    }
+    const event = first;
+    if (shortIdsBatched() && userId && userId.length < 5) delete event.user_id;
+    message.body.JSON.events = [event];
+    const config = (destination && destination.Config) || {};
+    if (open && (open.batchedRequest.body.JSON.events.length >= AM_BATCH_EVENTS ||
+        JSON.stringify(open.batchedRequest.body.JSON).length + JSON.stringify(event).length >= AM_BATCH_BYTES)) {
+      out.push(open);
+      open = null;
+    }
+    if (!open) {
+      if (JSON.stringify(message.body.JSON).length >= AM_BATCH_BYTES) {
+        out.push({ metadata: [metadata], batched: false, statusCode: 400, error: 'event is larger than the batch size limit', destination });
+        continue;
+      }
+      delete message.body.JSON.options;
+      message.endpoint = endpoint(config, '/batch');
+      if (message.endpointPath !== undefined) message.endpointPath = 'batch';
+      open = { batchedRequest: message, metadata: [metadata], destination };
+    } else {
+      open.batchedRequest.body.JSON.events.push(event);
+      open.metadata.push(metadata);
+      open.destination = destination;
+    }
+  }
+  if (open) out.push(open);
+  return out;
+}
+
+module.exports = { process, batch };

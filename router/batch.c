@@ -1,0 +1,153 @@
+#include "router/batch.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/jscan.h"
+#include "common/jsonu.h"
+#include "common/xalloc.h"
+
+/* Lower-case, as RudderStack sends destType. */
+static void put_lower_string(Buf *out, const char *s)
+{
+    char *t = xstrdup(s);
+    for (char *p = t; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    jsonu_put_string(out, t);
+    free(t);
+}
+
+/* The job's metadata, as much of RudderStack's JobMetadataT as the router
+ * knows: the transformer lists it back per merged request. */
+static void put_metadata(Buf *out, const OrderJob *j)
+{
+    buf_printf(out, "{\"jobId\":%" PRId64 ",\"userId\":", j->job_id);
+    jsonu_put_string(out, j->user_id);
+    buf_puts(out, ",\"sourceId\":");
+    jsonu_put_string(out, j->source_id);
+    buf_puts(out, ",\"destinationId\":");
+    jsonu_put_string(out, j->dest_id);
+    buf_puts(out, ",\"workspaceId\":");
+    jsonu_put_string(out, j->workspace_id);
+    buf_printf(out, ",\"attemptNum\":%d,\"transformAt\":\"processor\",\"dontBatch\":false}",
+               j->attempts);
+}
+
+void batch_format_request(Buf *out, const char *dest_type, const char *dest_json,
+                          OrderJob *const *jobs, int n)
+{
+    buf_puts(out, "{\"destType\":");
+    put_lower_string(out, dest_type);
+    buf_puts(out, ",\"input\":[");
+    for (int i = 0; i < n; i++) {
+        if (i > 0)
+            buf_putc(out, ',');
+        buf_puts(out, "{\"message\":");
+        buf_puts(out, jobs[i]->payload);
+        buf_puts(out, ",\"metadata\":");
+        put_metadata(out, jobs[i]);
+        buf_puts(out, ",\"destination\":");
+        buf_puts(out, dest_json);
+        buf_putc(out, '}');
+    }
+    buf_puts(out, "]}");
+}
+
+static char *span_dup(JSpan v)
+{
+    return xstrndup(v.p, v.n);
+}
+
+static int parse_item(JSpan item, BatchOut *o, Err *err)
+{
+    JSpan v;
+    JIter it;
+    memset(o, 0, sizeof(*o));
+    o->status = 200;
+    if (jscan_type(item) != 'o')
+        return err_set(err, ERR_INVALID, "a /batch answer item is not an object");
+    int64_t code;
+    if (jscan_get(item, "statusCode", &v) && jscan_int(v, &code) && code != 0)
+        o->status = (int)code;
+    if (jscan_get(item, "error", &v) && jscan_type(v) != 'z') {
+        Buf e;
+        buf_init(&e);
+        if (jscan_type(v) != 's' || !jscan_string(v, &e))
+            buf_append(&e, v.p, v.n);
+        o->error = buf_take(&e, NULL);
+    }
+    if (!jscan_get(item, "metadata", &v) || !jscan_array(v, &it))
+        return err_set(err, ERR_INVALID, "a /batch answer item has no metadata array");
+    JSpan m;
+    while (jscan_next_element(&it, &m)) {
+        JSpan id;
+        int64_t job_id;
+        if (!jscan_get(m, "jobId", &id) || !jscan_int(id, &job_id))
+            return err_set(err, ERR_INVALID, "a /batch answer item lists a job without jobId");
+        o->job_ids = xrealloc(o->job_ids, sizeof(int64_t) * (size_t)(o->njobs + 1));
+        o->job_ids[o->njobs++] = job_id;
+    }
+    if (it.failed)
+        return err_set(err, ERR_INVALID, "a /batch answer item has malformed metadata");
+    if (o->status == 200 && jscan_get(item, "batchedRequest", &v)) {
+        if (jscan_type(v) == 'o') {
+            o->requests = xmalloc(sizeof(char *));
+            o->requests[o->nrequests++] = span_dup(v);
+        } else if (jscan_array(v, &it)) {
+            JSpan r;
+            while (jscan_next_element(&it, &r))
+                if (jscan_type(r) == 'o') {
+                    o->requests = xrealloc(o->requests, sizeof(char *) * (size_t)(o->nrequests + 1));
+                    o->requests[o->nrequests++] = span_dup(r);
+                }
+        }
+    }
+    if (o->status == 200 && o->nrequests == 0) {
+        o->status = 500;
+        if (o->error == NULL)
+            o->error = xstrdup("the transformer's /batch answer has no batchedRequest");
+    }
+    return 0;
+}
+
+int batch_parse_answer(const char *text, size_t len, BatchOut **outs, int *nouts, Err *err)
+{
+    JSpan root = jscan_doc(text, len);
+    JIter it;
+    if (!jscan_array(root, &it))
+        return err_set(err, ERR_INVALID, "the transformer's /batch answer is not a JSON array");
+    BatchOut *o = NULL;
+    int n = 0;
+    JSpan item;
+    int rc = 0;
+    while (jscan_next_element(&it, &item)) {
+        o = xrealloc(o, sizeof(*o) * (size_t)(n + 1));
+        rc = parse_item(item, &o[n], err);
+        n++;
+        if (rc < 0)
+            break;
+    }
+    if (rc == 0 && it.failed)
+        rc = err_set(err, ERR_INVALID, "the transformer's /batch answer is malformed");
+    if (rc < 0) {
+        batch_outs_free(o, n);
+        return rc;
+    }
+    *outs = o;
+    *nouts = n;
+    return 0;
+}
+
+void batch_outs_free(BatchOut *outs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        for (int r = 0; r < outs[i].nrequests; r++)
+            free(outs[i].requests[r]);
+        free(outs[i].requests);
+        free(outs[i].error);
+        free(outs[i].job_ids);
+    }
+    free(outs);
+}

@@ -1,0 +1,38 @@
+/* The router's side of the transformer's POST /batch (RudderStack's BATCH
+ * transform): the request for a group of ready rt jobs of one destination
+ * ({destType, input: [{message: <delivery payload>, metadata, destination}]})
+ * and the answer's items (a merged delivery payload and the job ids it
+ * carries, or a refusal with a status and error). Pure: unit-tested; the
+ * HTTP and the outcomes are sender.c's. */
+#ifndef ROUTER_BATCH_H
+#define ROUTER_BATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/err.h"
+#include "router/order.h"
+
+/* One item of the answer. */
+typedef struct BatchOut {
+    char **requests; /* delivery payloads (JSON text) to send; none when refused */
+    int nrequests;
+    int status;      /* statusCode; 200 when absent or 0, as RudderStack reads it */
+    char *error;     /* error text, or NULL */
+    int64_t *job_ids; /* metadata[].jobId */
+    int njobs;
+} BatchOut;
+
+/* Appends the request body for jobs[0..n-1] (one destination: dest_type is
+ * its destinationDefinition.name, dest_json its destination object). */
+void batch_format_request(Buf *out, const char *dest_type, const char *dest_json,
+                          OrderJob *const *jobs, int n);
+/* Parses the answer (a JSON array of items). On success *outs (caller frees
+ * with batch_outs_free) and *nouts are set. Fails on text that is not such
+ * an array, or an item without a metadata array. */
+MUST_CHECK int batch_parse_answer(const char *text, size_t len, BatchOut **outs, int *nouts,
+                                  Err *err);
+void batch_outs_free(BatchOut *outs, int n);
+
+#endif
