@@ -36,13 +36,13 @@ async function sendBatch(url, events) {
   assert.equal(res.status, 200, await res.text());
 }
 
-async function newStack(dests, routerEnv) {
+async function newStack(dests, routerEnv, { handler, transformerEnv } = {}) {
   const st = new Stack();
-  st.server = await startTlsServer(HOSTS);
+  st.server = await startTlsServer(HOSTS, handler);
   await st.startPostgres();
   st.writeWorkspace(workspace(dests));
   st.migrate();
-  await st.startTransformer();
+  await st.startTransformer(undefined, transformerEnv ? transformerEnv(st.server) : {});
   st.processor = await st.startProcessor();
   st.router = await st.startRouter({ PINTLE_ROUTER_TRANSFORMER_URL: `http://127.0.0.1:${st.transformerPort}`, ...routerEnv(st.server) });
   st.gw = await st.startGateway();
@@ -98,6 +98,34 @@ describe('real destination endpoints over HTTPS (router.connect_to, router.ca_fi
     assert.ok(st.server.received.length < 150, `batched: ${st.server.received.length} requests`);
     const seen = st.server.received.flatMap((r) => JSON.parse(r.raw).events.map((e) => `${e.user_id}:${e.event_properties.seq}`));
     assert.equal(new Set(seen).size, 150, 'every event once');
+  }));
+
+  it("AM through the transformer's delivery proxy: Amplitude's response handler decides ok, retry and abort", withLogs(S, async () => {
+    await teardown(st);
+    let throttled = 0;
+    const handler = (r) => {
+      const ev = JSON.parse(r.raw).events[0];
+      if (ev.event_type === 'Throttle' && throttled++ === 0) return { status: 200, body: { code: 429, error: 'Too many requests for some devices and users' } };
+      if (ev.event_type === 'Bad') return { status: 400, body: { code: 400, error: 'invalid' } };
+      return { status: 200, body: { code: 200, events_ingested: 1 } };
+    };
+    st = await newStack([AM], (srv) => ({ PINTLE_ROUTER_PROXY_DESTINATION_TYPES: 'AM' }), {
+      handler,
+      transformerEnv: (srv) => ({ PINTLE_PROXY_CONNECT_TO: srv.connectTo, PINTLE_PROXY_CA_FILE: srv.caFile }),
+    });
+    await sendBatch(st.gw.url, [
+      { type: 'track', userId: 'user-a', event: 'Throttle', messageId: 'm1' },
+      { type: 'track', userId: 'user-b', event: 'Bad', messageId: 'm2' },
+      { type: 'track', userId: 'user-c', event: 'Fine', messageId: 'm3' },
+    ]);
+    const dead = async () => st.pg.query('SELECT status_code AS status, reason FROM pintle.dead_letters');
+    await waitFor(async () => (await dead()).length === 1 && st.server.received.filter((r) => r.status === 200).length >= 3, { timeoutMs: 30000, what: 'a dead letter and three 200 answers' });
+    const [d] = await dead();
+    assert.equal(Number(d.status), 400, 'aborted by the response handler (400)');
+    assert.match(d.reason, /Aborted/);
+    assert.match(st.router.log, /event=job_retry .*status=500 .*Too many requests/);
+    assert.equal(st.server.received.filter((r) => JSON.parse(r.raw).events[0].event_type === 'Throttle').length, 2, 'retried once');
+    for (const r of st.server.received) assert.equal(r.host, 'api2.amplitude.com');
   }));
 
   it('without the test CA the server is not trusted: nothing is delivered, the job is retried', withLogs(S, async () => {

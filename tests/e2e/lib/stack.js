@@ -217,10 +217,10 @@ class Stack {
     return p;
   }
 
-  async startTransformer(port) {
+  async startTransformer(port, extraEnv = {}) {
     port = port || this.transformerPort || await freePort();
     this.transformerPort = port;
-    const p = new Proc('transformer', process.execPath, [path.join(ROOT, 'transformer/src/server.js')], { PORT: String(port), LOG_LEVEL: 'info' });
+    const p = new Proc('transformer', process.execPath, [path.join(ROOT, 'transformer/src/server.js')], { PORT: String(port), LOG_LEVEL: 'info', ...extraEnv });
     p.port = port;
     this.procs.push(p);
     await p.start();
