@@ -100,7 +100,8 @@ static int parse_item(JSpan item, BatchOut *o, Err *err)
             JSpan r;
             while (jscan_next_element(&it, &r))
                 if (jscan_type(r) == 'o') {
-                    o->requests = xrealloc(o->requests, sizeof(char *) * (size_t)(o->nrequests + 1));
+                    o->requests =
+                        xrealloc(o->requests, sizeof(char *) * (size_t)(o->nrequests + 1));
                     o->requests[o->nrequests++] = span_dup(r);
                 }
         }

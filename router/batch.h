@@ -18,8 +18,8 @@
 typedef struct BatchOut {
     char **requests; /* delivery payloads (JSON text) to send; none when refused */
     int nrequests;
-    int status;      /* statusCode; 200 when absent or 0, as RudderStack reads it */
-    char *error;     /* error text, or NULL */
+    int status;       /* statusCode; 200 when absent or 0, as RudderStack reads it */
+    char *error;      /* error text, or NULL */
     int64_t *job_ids; /* metadata[].jobId */
     int njobs;
 } BatchOut;

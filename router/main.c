@@ -45,7 +45,8 @@ static void *create(const StageEnv *env, Err *err)
         env->cfg->router.proxy_destination_types[0] != '\0') {
         r->ws = ws_watcher_create(env->base, &env->cfg->workspace, NULL, NULL, err);
         if (r->ws == NULL) {
-            err_prefix(err, "router.batch_destination_types and proxy_destination_types need the workspace config");
+            err_prefix(err, "router.batch_destination_types and proxy_destination_types need the "
+                            "workspace config");
             httpc_destroy(r->http);
             free(r);
             return NULL;
