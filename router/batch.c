@@ -1,6 +1,7 @@
 #include "router/batch.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,7 +100,8 @@ static int parse_item(JSpan item, BatchOut *o, Err *err)
             JSpan r;
             while (jscan_next_element(&it, &r))
                 if (jscan_type(r) == 'o') {
-                    o->requests = xrealloc(o->requests, sizeof(char *) * (size_t)(o->nrequests + 1));
+                    o->requests =
+                        xrealloc(o->requests, sizeof(char *) * (size_t)(o->nrequests + 1));
                     o->requests[o->nrequests++] = span_dup(r);
                 }
         }
@@ -150,4 +152,58 @@ void batch_outs_free(BatchOut *outs, int n)
         free(outs[i].job_ids);
     }
     free(outs);
+}
+
+void batch_format_proxy(Buf *out, const char *payload, OrderJob *const *jobs, int n,
+                        const char *dest_config)
+{
+    JSpan root = jscan_doc(payload, strlen(payload));
+    /* the payload's members, without its closing brace */
+    size_t keep = root.n > 0 ? root.n - 1 : 0;
+    while (keep > 1 && (root.p[keep - 1] == ' ' || root.p[keep - 1] == '\n'))
+        keep--;
+    bool empty = keep <= 1;
+    buf_append(out, root.p, keep);
+    buf_puts(out, empty ? "\"metadata\":[" : ",\"metadata\":[");
+    for (int i = 0; i < n; i++) {
+        if (i > 0)
+            buf_putc(out, ',');
+        put_metadata(out, jobs[i]);
+    }
+    buf_puts(out, "],\"destinationConfig\":");
+    buf_puts(out, dest_config && *dest_config ? dest_config : "{}");
+    buf_putc(out, '}');
+}
+
+long batch_proxy_status(const char *body, size_t len, int64_t job_id, long http_status, Buf *why)
+{
+    JSpan root = jscan_doc(body ? body : "", body ? len : 0);
+    JSpan output, v, item;
+    JIter it;
+    if (!jscan_get(root, "output", &output) || jscan_type(output) != 'o')
+        return http_status;
+    long status = http_status;
+    int64_t x;
+    if (jscan_get(output, "status", &v) && jscan_int(v, &x) && x > 0)
+        status = (long)x;
+    if (jscan_get(output, "message", &v) && jscan_type(v) == 's') {
+        buf_reset(why);
+        jscan_string(v, why);
+    }
+    if (jscan_get(output, "response", &v) && jscan_array(v, &it))
+        while (jscan_next_element(&it, &item)) {
+            JSpan m, id, code, err;
+            int64_t jid, c;
+            if (!jscan_get(item, "metadata", &m) || !jscan_get(m, "jobId", &id) ||
+                !jscan_int(id, &jid) || jid != job_id)
+                continue;
+            if (jscan_get(item, "statusCode", &code) && jscan_int(code, &c) && c > 0)
+                status = (long)c;
+            if (jscan_get(item, "error", &err) && jscan_type(err) == 's') {
+                buf_reset(why);
+                jscan_string(err, why);
+            }
+            break;
+        }
+    return status;
 }

@@ -18,8 +18,8 @@
 typedef struct BatchOut {
     char **requests; /* delivery payloads (JSON text) to send; none when refused */
     int nrequests;
-    int status;      /* statusCode; 200 when absent or 0, as RudderStack reads it */
-    char *error;     /* error text, or NULL */
+    int status;       /* statusCode; 200 when absent or 0, as RudderStack reads it */
+    char *error;      /* error text, or NULL */
     int64_t *job_ids; /* metadata[].jobId */
     int njobs;
 } BatchOut;
@@ -34,5 +34,16 @@ void batch_format_request(Buf *out, const char *dest_type, const char *dest_json
 MUST_CHECK int batch_parse_answer(const char *text, size_t len, BatchOut **outs, int *nouts,
                                   Err *err);
 void batch_outs_free(BatchOut *outs, int n);
+
+/* The transformer's delivery proxy (POST /v1/destinations/<type>/proxy,
+ * RudderStack's v1 contract). Appends the request body: the delivery
+ * payload's members plus "metadata" (one entry per job) and
+ * "destinationConfig" (the destination's Config object text, or {}). */
+void batch_format_proxy(Buf *out, const char *payload, OrderJob *const *jobs, int n,
+                        const char *dest_config);
+/* The status the proxy's answer gives job_id: output.response[] entry of
+ * that jobId (its statusCode, and error into why), else the answer's
+ * output.status, else http_status. */
+long batch_proxy_status(const char *body, size_t len, int64_t job_id, long http_status, Buf *why);
 
 #endif

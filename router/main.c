@@ -18,7 +18,7 @@
 
 typedef struct Router {
     Httpc *http;
-    WsWatcher *ws; /* only when some destination type is batched */
+    WsWatcher *ws; /* only when some destination type is batched or proxied */
     Engine *engine;
 } Router;
 
@@ -41,10 +41,12 @@ static void *create(const StageEnv *env, Err *err)
     }
     /* the workspace config names destination types; read only when the
      * router needs them, so a router without batching needs no file */
-    if (env->cfg->router.batch_destination_types[0] != '\0') {
+    if (env->cfg->router.batch_destination_types[0] != '\0' ||
+        env->cfg->router.proxy_destination_types[0] != '\0') {
         r->ws = ws_watcher_create(env->base, &env->cfg->workspace, NULL, NULL, err);
         if (r->ws == NULL) {
-            err_prefix(err, "router.batch_destination_types needs the workspace config");
+            err_prefix(err, "router.batch_destination_types and proxy_destination_types need the "
+                            "workspace config");
             httpc_destroy(r->http);
             free(r);
             return NULL;

@@ -19,6 +19,7 @@
 #include <strings.h>
 
 #include "common/hmap.h"
+#include "common/jsonu.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "router/batch.h"
@@ -85,6 +86,7 @@ typedef struct Batch {
 typedef struct Part {
     Batch *b;
     Delivery d;
+    bool proxied;
     int *idx; /* indexes into b->jobs */
     int nidx;
 } Part;
@@ -102,6 +104,7 @@ typedef struct Attempt {
     struct Sender *s;
     OrderJob *j;
     Delivery d;
+    bool proxied; /* sent to the transformer's delivery proxy */
     struct Attempt *prev, *next;
 } Attempt;
 
@@ -122,6 +125,9 @@ struct Sender {
     WsWatcher *ws;            /* borrowed; NULL when nothing is batched */
     char **batch_types;       /* router.batch_destination_types */
     int nbatch_types;
+    char **proxy_types;       /* router.proxy_destination_types */
+    int nproxy_types;
+    char *transformer_url;    /* without a trailing slash */
     HMap groups;              /* destination id -> Group */
     Batch *batches;           /* in flight */
     char *batch_url;
@@ -211,6 +217,8 @@ Sender *sender_create(struct event_base *base, const Config *cfg, Httpc *http, M
     while (ul > 0 && u[ul - 1] == '/')
         ul--;
     s->batch_url = xasprintf("%.*s/batch", (int)ul, u);
+    s->transformer_url = xstrndup(u, ul);
+    s->proxy_types = split_list(cfg->router.proxy_destination_types, &s->nproxy_types);
     return s;
 }
 
@@ -300,6 +308,10 @@ void sender_destroy(Sender *s)
     for (int i = 0; i < s->nbatch_types; i++)
         free(s->batch_types[i]);
     free(s->batch_types);
+    for (int i = 0; i < s->nproxy_types; i++)
+        free(s->proxy_types[i]);
+    free(s->proxy_types);
+    free(s->transformer_url);
     free(s->batch_url);
     free(s);
 }
@@ -351,6 +363,7 @@ static void on_delivered(void *arg, const HttpcResponse *r)
     Attempt *a = arg;
     Sender *s = a->s;
     OrderJob *j = a->j;
+    bool proxied = a->proxied;
     attempt_unlink(s, a);
     delivery_deinit(&a->d);
     free(a);
@@ -364,11 +377,6 @@ static void on_delivered(void *arg, const HttpcResponse *r)
         log_debug("delivery_ignored", "job_id=%" PRId64 " destination_id=%s status=%ld", j->job_id,
                   j->dest_id, r->status);
         order_lost(s->order, j, now);
-    } else if (delivery_classify(r->status) == DELIVERY_OK) {
-        metrics_inc(st->ok, 1);
-        log_debug("job_delivered", "job_id=%" PRId64 " destination_id=%s status=%ld", j->job_id,
-                  j->dest_id, r->status);
-        order_ok(s->order, j, now);
     } else if (r->status == 0) {
         /* no answer (connection, TLS, timeout): recorded as 504, the status
          * RudderStack's router gives a request that got no response */
@@ -376,11 +384,81 @@ static void on_delivered(void *arg, const HttpcResponse *r)
         snprintf(why, sizeof why, "no response: %s", r->error ? r->error : "network error");
         fail_job(s, j, SENDER_NO_RESPONSE_STATUS, why, NULL, 0, now);
     } else {
-        char why[512];
-        snprintf(why, sizeof why, "destination answered %ld", r->status);
-        fail_job(s, j, r->status, why, r->body, r->body_len, now);
+        Buf why;
+        buf_init(&why);
+        long status = r->status;
+        if (proxied)
+            status = batch_proxy_status(r->body, r->body_len, j->job_id, r->status, &why);
+        if (delivery_classify(status) == DELIVERY_OK) {
+            metrics_inc(st->ok, 1);
+            log_debug("job_delivered", "job_id=%" PRId64 " destination_id=%s status=%ld",
+                      j->job_id, j->dest_id, status);
+            order_ok(s->order, j, now);
+        } else {
+            char w[600];
+            if (proxied)
+                snprintf(w, sizeof w, "delivery proxy: %ld: %.500s", status,
+                         why.data ? why.data : "");
+            else
+                snprintf(w, sizeof w, "destination answered %ld", status);
+            fail_job(s, j, status, w, r->body, r->body_len, now);
+        }
+        buf_deinit(&why);
     }
     s->after(s->arg);
+}
+
+/* j's destination in the workspace config, or NULL (no config kept, or the
+ * destination is gone). */
+static const WsDestination *dest_of(Sender *s, const OrderJob *j, const WsSource **src)
+{
+    if (s->ws == NULL)
+        return NULL;
+    const Workspace *ws = ws_watcher_get(s->ws);
+    const WsSource *so = ws ? ws_source_by_id(ws, j->source_id) : NULL;
+    const WsDestination *d = so ? ws_destination(so, j->dest_id) : NULL;
+    if (d == NULL || d->def_name == NULL)
+        return NULL;
+    *src = so;
+    return d;
+}
+
+static bool type_listed(char *const *types, int n, const char *type)
+{
+    for (int i = 0; i < n; i++)
+        if (strcasecmp(types[i], type) == 0)
+            return true;
+    return false;
+}
+
+/* The request for payload on behalf of jobs: the payload itself, or, for a
+ * destination of router.proxy_destination_types, a POST to the
+ * transformer's /v1/destinations/<type>/proxy carrying it (*proxied set). */
+static int prepare(Sender *s, Delivery *d, const char *payload, OrderJob *const *jobs, int n,
+                   bool *proxied, Err *err)
+{
+    *proxied = false;
+    const WsSource *so = NULL;
+    const WsDestination *dest = s->nproxy_types > 0 ? dest_of(s, jobs[0], &so) : NULL;
+    if (dest == NULL || !type_listed(s->proxy_types, s->nproxy_types, dest->def_name))
+        return delivery_build(d, payload, err);
+    memset(d, 0, sizeof(*d));
+    buf_init(&d->url);
+    buf_init(&d->body);
+    strcpy(d->method, "POST");
+    buf_printf(&d->url, "%s/v1/destinations/", s->transformer_url);
+    for (const char *p = dest->def_name; *p; p++)
+        buf_putc(&d->url, (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p));
+    buf_puts(&d->url, "/proxy");
+    json_object *cfg = jsonu_get_ci(dest->obj, "config");
+    batch_format_proxy(&d->body, payload, jobs, n, cfg ? jsonu_to_string(cfg, NULL) : "{}");
+    d->has_body = 1;
+    d->headers = xcalloc(3, sizeof(char *));
+    d->headers[0] = xstrdup("Content-Type: application/json");
+    d->headers[1] = xasprintf("RdProxy-Timeout: %d", s->cfg->router.timeout_ms);
+    d->nheaders = 2;
+    *proxied = true;
+    return 0;
 }
 
 /* ---- batches (router.batch_destination_types) ---- */
@@ -451,18 +529,30 @@ static void on_part_delivered(void *arg, const HttpcResponse *r)
     DestStats *st = stats_get(s, b->dest_id);
     metrics_observe(st->latency, r->seconds);
     count_class(st, r->status);
-    if (delivery_classify(r->status) != DELIVERY_OK || r->status == 0) {
+    if (r->status == 0) {
         char why[512];
-        long status = r->status;
-        if (status == 0) {
-            status = SENDER_NO_RESPONSE_STATUS;
-            snprintf(why, sizeof why, "no response: %s", r->error ? r->error : "network error");
-        } else {
-            snprintf(why, sizeof why, "destination answered %ld (batched request)", r->status);
-        }
+        snprintf(why, sizeof why, "no response: %s", r->error ? r->error : "network error");
         for (int k = 0; k < pt->nidx; k++)
-            batch_job_fail(&b->jobs[pt->idx[k]], status, why, r->status ? r->body : NULL,
-                           r->status ? r->body_len : 0);
+            batch_job_fail(&b->jobs[pt->idx[k]], SENDER_NO_RESPONSE_STATUS, why, NULL, 0);
+    } else {
+        Buf pwhy;
+        buf_init(&pwhy);
+        for (int k = 0; k < pt->nidx; k++) {
+            BatchJob *bj = &b->jobs[pt->idx[k]];
+            long status = r->status;
+            if (pt->proxied)
+                status = batch_proxy_status(r->body, r->body_len, bj->j->job_id, r->status, &pwhy);
+            if (delivery_classify(status) == DELIVERY_OK)
+                continue;
+            char why[600];
+            if (pt->proxied)
+                snprintf(why, sizeof why, "delivery proxy: %ld: %.500s", status,
+                         pwhy.data ? pwhy.data : "");
+            else
+                snprintf(why, sizeof why, "destination answered %ld (batched request)", status);
+            batch_job_fail(bj, status, why, r->body, r->body_len);
+        }
+        buf_deinit(&pwhy);
     }
     for (int i = 0; i < b->nparts; i++)
         if (b->parts[i] == pt)
@@ -488,7 +578,13 @@ static void part_start(Sender *s, Batch *b, const char *payload, int *idx, int n
     pt->idx = idx;
     pt->nidx = nidx;
     Err err;
-    if (delivery_build(&pt->d, payload, &err) < 0) {
+    OrderJob **jobs = xmalloc(sizeof(OrderJob *) * (size_t)(nidx + 1));
+    for (int k = 0; k < nidx; k++)
+        jobs[k] = b->jobs[idx[k]].j;
+    int rc = nidx > 0 ? prepare(s, &pt->d, payload, jobs, nidx, &pt->proxied, &err)
+                      : delivery_build(&pt->d, payload, &err);
+    free(jobs);
+    if (rc < 0) {
         for (int k = 0; k < nidx; k++)
             batch_job_fail(&b->jobs[idx[k]], 400, err.msg, NULL, 0);
         part_free(pt);
@@ -647,19 +743,10 @@ static void on_group_timer(evutil_socket_t fd, short what, void *arg)
  * when its destination is no longer in the workspace config). */
 static const WsDestination *batched_dest(Sender *s, const OrderJob *j, const WsSource **src)
 {
-    if (s->nbatch_types == 0 || s->ws == NULL)
+    if (s->nbatch_types == 0)
         return NULL;
-    const Workspace *ws = ws_watcher_get(s->ws);
-    const WsSource *so = ws ? ws_source_by_id(ws, j->source_id) : NULL;
-    const WsDestination *d = so ? ws_destination(so, j->dest_id) : NULL;
-    if (d == NULL || d->def_name == NULL)
-        return NULL;
-    for (int i = 0; i < s->nbatch_types; i++)
-        if (strcasecmp(s->batch_types[i], d->def_name) == 0) {
-            *src = so;
-            return d;
-        }
-    return NULL;
+    const WsDestination *d = dest_of(s, j, src);
+    return d != NULL && type_listed(s->batch_types, s->nbatch_types, d->def_name) ? d : NULL;
 }
 
 /* Adds j to its destination's group; true when it is batched. */
@@ -700,7 +787,7 @@ static void deliver(Sender *s, OrderJob *j, int64_t now)
     a->s = s;
     a->j = j;
     Err err;
-    if (delivery_build(&a->d, j->payload, &err) < 0) {
+    if (prepare(s, &a->d, j->payload, &j, 1, &a->proxied, &err) < 0) {
         delivery_deinit(&a->d);
         free(a);
         order_note_failure(j, now);

@@ -5,6 +5,7 @@
 //   POST /v0/<type>                apiVersion: 1 (legacy data planes)
 //   POST /customTransform          user transformations (src/usertransform)
 //   POST /batch, /routerTransform  router-side batching and transforms (src/batch.js)
+//   POST /v1/destinations/<type>/proxy  delivery proxy (src/proxy.js)
 //   GET  /health, GET /features
 // Environment: PORT (9090), HOST (127.0.0.1), WORKERS (1), LOG_LEVEL (info),
 // MAX_BODY_BYTES (64 MiB); user transformations: see src/usertransform/*.js.
@@ -12,6 +13,7 @@ const cluster = require('node:cluster');
 const http = require('node:http');
 const { transformBatch, supported } = require('./transform');
 const { batchRequest, routerTransformRequest } = require('./batch');
+const { proxyRequest } = require('./proxy');
 const { UserTransformer } = require('./usertransform');
 
 const PORT = parseInt(process.env.PORT || '9090', 10);
@@ -113,6 +115,16 @@ function handle(req, res) {
       } catch (e) {
         send(res, e.statusCode || 500, e.message || 'failed', { apiVersion: '2' });
       }
+    }, true);
+  }
+  const pm = /^\/v1\/destinations\/([A-Za-z0-9_-]+)\/proxy$/.exec(path);
+  if (pm) {
+    if (req.method !== 'POST') return send(res, 405, 'method not allowed', { Allow: 'POST' });
+    const timeoutMs = parseInt(req.headers['rdproxy-timeout'] || '30000', 10) || 30000;
+    return readEvents(req, res, '2', (payload) => {
+      proxyRequest(pm[1], payload, timeoutMs)
+        .then(({ status, body }) => send(res, status, body))
+        .catch((e) => send(res, 500, { output: { status: 500, message: `proxy failed: ${e.message}`, response: [] } }));
     }, true);
   }
   let m = /^\/v0\/destinations\/([A-Za-z0-9_-]+)$/.exec(path);

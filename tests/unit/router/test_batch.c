@@ -12,8 +12,10 @@
 
 static void test_request(void **state)
 {
-    OrderJob *a = order_job_create(7, 3, "ws", "src", "d1", "u\"1", "{\"endpoint\":\"https://x\"}", 24);
-    OrderJob *b = order_job_create(9, 3, "ws", "src", "d1", "u2", "{\"endpoint\":\"https://y\"}", 24);
+    OrderJob *a =
+        order_job_create(7, 3, "ws", "src", "d1", "u\"1", "{\"endpoint\":\"https://x\"}", 24);
+    OrderJob *b =
+        order_job_create(9, 3, "ws", "src", "d1", "u2", "{\"endpoint\":\"https://y\"}", 24);
     b->attempts = 2;
     OrderJob *jobs[] = {a, b};
     Buf out;
