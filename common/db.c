@@ -412,10 +412,17 @@ void db_pool_expect_partitions(DbPool *p, int partitions, DbFatalCb fatal, void 
 
 DbPool *db_pool_create(struct event_base *base, const DbConfig *cfg, const char *app, int size)
 {
+    return db_pool_create_with(base, cfg, app, size, NULL);
+}
+
+DbPool *db_pool_create_with(struct event_base *base, const DbConfig *cfg, const char *app,
+                            int size, const char *settings)
+{
     DbPool *p = xcalloc(1, sizeof(*p));
     p->base = base;
     p->dsn = xstrdup(cfg->dsn);
-    p->options = xasprintf("-c search_path=%s,public -c client_min_messages=warning", cfg->schema);
+    p->options = xasprintf("-c search_path=%s,public -c client_min_messages=warning%s%s",
+                           cfg->schema, settings ? " " : "", settings ? settings : "");
     p->app = xstrdup(app);
     snprintf(p->timeout_s, sizeof(p->timeout_s), "%d", (cfg->connect_timeout_ms + 999) / 1000);
     p->reconnect_max_ms = cfg->reconnect_max_ms;

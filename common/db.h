@@ -39,6 +39,10 @@ typedef void (*DbDoneCb)(void *arg, DbConn *conn, PGresult *res, const Err *err)
 /* Creates the pool and starts connecting; never fails (connections that
  * cannot be made are retried). app is the application_name. */
 DbPool *db_pool_create(struct event_base *base, const DbConfig *cfg, const char *app, int size);
+/* The same, with more server settings for every connection of the pool
+ * (libpq "options" syntax, e.g. "-c lock_timeout=1000"). */
+DbPool *db_pool_create_with(struct event_base *base, const DbConfig *cfg, const char *app,
+                            int size, const char *settings);
 void db_pool_destroy(DbPool *pool);
 typedef void (*DbFatalCb)(void *arg, const Err *err);
 /* Checks every new connection (before it counts as connected or can be

@@ -24,6 +24,9 @@
 #include "common/log.h"
 #include "common/xalloc.h"
 
+#define OPS_LOCK_TIMEOUT_MS "1000"
+#define SQLSTATE_LOCK_NOT_AVAILABLE "55P03"
+
 typedef enum OpsStep { STEP_NONE, STEP_START, STEP_POLL, STEP_STATS, STEP_LEAVE } OpsStep;
 
 /* The gauges of one destination of this stage. */
@@ -51,6 +54,7 @@ struct Ops {
     char *paused_text; /* as last read, to see changes */
     struct timeval stats_at;
     bool db_ok;
+    bool lock_waited; /* the last query gave up on a lock (logged once) */
     HMap dests; /* destination id -> DestGauges */
     HMap queues; /* queue -> MetricSeries (datasets) */
     HMap stages; /* stage -> MetricSeries (dead letters) */
@@ -239,6 +243,19 @@ static void on_done(void *arg, DbConn *c, PGresult *res, const Err *err)
         try_leave(o, c);
         return;
     }
+    if (err != NULL && strstr(err->msg, "sqlstate=" SQLSTATE_LOCK_NOT_AVAILABLE) != NULL) {
+        /* the database answers: a dataset is locked, this round is skipped */
+        if (!o->lock_waited) {
+            char q[1100];
+            log_warn("ops_lock_timeout", "step=%s error=%s",
+                     step == STEP_START ? "record_start" : step == STEP_POLL ? "poll" : "stats",
+                     log_quote(q, sizeof q, err->msg));
+        }
+        o->lock_waited = true;
+        if (step == STEP_STATS)
+            gettimeofday(&o->stats_at, NULL);
+        return;
+    }
     if (err != NULL) {
         db_error(o, step == STEP_START ? "record_start" : step == STEP_POLL ? "poll" : "stats",
                  err);
@@ -272,6 +289,9 @@ static void on_done(void *arg, DbConn *c, PGresult *res, const Err *err)
         if (changed && o->changed)
             o->changed(o->arg);
     } else if (step == STEP_STATS && res) {
+        if (o->lock_waited)
+            log_info("ops_stats_resumed", "stage=%s", o->stage);
+        o->lock_waited = false;
         gettimeofday(&o->stats_at, NULL);
         on_stats(o, res);
     }
@@ -337,7 +357,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         ops_send(o, c, STEP_START, "SELECT record_start($1, $2)", 2, params);
         return;
     }
-    if (since_ms(&o->stats_at) >= o->cfg->ops.stats_interval_ms) {
+    if (o->known && since_ms(&o->stats_at) >= o->cfg->ops.stats_interval_ms) {
         gettimeofday(&o->stats_at, NULL);
         stats(o, c);
         return;
@@ -373,7 +393,10 @@ Ops *ops_create(struct event_base *base, const Config *cfg, const char *stage, L
     snprintf(o->cap, sizeof o->cap, "%d", cfg->ops.stats_cap);
     char app[64];
     snprintf(app, sizeof app, "pintle-%s-ops", stage);
-    o->pool = db_pool_create(base, &cfg->db, app, 1);
+    /* the operations queries never queue behind a lock on a dataset (an
+     * operator's LOCK TABLE, maintenance dropping it): the mode must stay
+     * readable, and statistics are skipped for a round instead */
+    o->pool = db_pool_create_with(base, &cfg->db, app, 1, "-c lock_timeout=" OPS_LOCK_TIMEOUT_MS);
     o->m_normal = metrics_series(m, "pintle_mode", "1 for the current mode of the pipeline",
                                  METRIC_GAUGE, "mode=\"normal\"");
     o->m_degraded = metrics_series(m, "pintle_mode", "1 for the current mode of the pipeline",
