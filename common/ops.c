@@ -363,11 +363,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     }
     const char *params[3] = {o->limit, o->window, o->grace};
-    ops_send(o, c, STEP_POLL,
-         "SELECT check_restarts($1::int, $2::int, $3::int), (SELECT reason FROM ops_mode),"
-         " (SELECT coalesce(string_agg(destination_id, E'\\n' ORDER BY destination_id), '')"
-         " FROM paused_destinations)",
-         3, params);
+    ops_send(o, c, STEP_POLL, "SELECT mode, reason, paused FROM poll_mode($1::int, $2::int, $3::int)",
+             3, params);
 }
 
 Ops *ops_create(struct event_base *base, const Config *cfg, const char *stage, Lease *lease,
