@@ -114,7 +114,35 @@ struct Engine {
     void (*stop_done)(void *);
     void *stop_arg;
     MetricSeries *m_events, *m_batches, *m_failures, *m_dead, *m_bytes, *m_seconds;
+    Metrics *m;
 };
+
+/* A series of one destination of this stage (families shared with the
+ * router: stage in/out, retries, aborts, delivery latency, responses by
+ * status class). Looked up per batch, not per event: a hash lookup. */
+static MetricSeries *dest_series(Engine *e, const char *name, const char *help, MetricType type,
+                                 const char *dest_id, const char *status_class)
+{
+    char d[300], l[400];
+    metrics_format_label(d, sizeof d, "destination", dest_id);
+    if (status_class)
+        snprintf(l, sizeof l, "%s,status_class=\"%s\"", d, status_class);
+    else
+        snprintf(l, sizeof l, "stage=\"batchrouter\",%s", d);
+    return metrics_series(e->m, name, help, type, l);
+}
+
+/* One upload or load answered with status (a warehouse or network failure
+ * without an HTTP status counts as 504, as the router's). */
+static void count_response(Engine *e, const char *dest_id, int status)
+{
+    static const char *const classes[4] = {"2xx", "3xx", "4xx", "5xx"};
+    int c = (status >= 200 && status < 600 ? status : 504) / 100;
+    metrics_inc(dest_series(e, "pintle_deliveries_total",
+                            "Delivery attempts by status class (no answer counts as 504)",
+                            METRIC_COUNTER, dest_id, classes[c - 2]),
+                1);
+}
 
 static int64_t now_ms(void)
 {
@@ -386,6 +414,12 @@ static void on_dead(Conn *c, PGresult *res, const Err *err)
         return;
     }
     metrics_inc(c->e->m_dead, c->nevents);
+    metrics_inc(dest_series(c->e, "pintle_aborts_total", METRICS_ABORTS_HELP, METRIC_COUNTER,
+                            c->dest_id, NULL),
+                c->nevents);
+    metrics_inc(dest_series(c->e, "pintle_stage_out_total", METRICS_STAGE_OUT_HELP,
+                            METRIC_COUNTER, c->dest_id, NULL),
+                c->nevents);
     log_error("batch_aborted",
               "batch_id=%s source_id=%s destination_id=%s events=%d attempts=%d status=%d"
               " reason=%s action=dead_letters",
@@ -442,6 +476,11 @@ static void attempt_failed(Conn *c, int status, const char *reason, const char *
 {
     Engine *e = c->e;
     metrics_inc(e->m_failures, 1);
+    count_response(e, c->dest_id, status);
+    if (!abort_now)
+        metrics_inc(dest_series(e, "pintle_retries_total", METRICS_RETRIES_HELP, METRIC_COUNTER,
+                                c->dest_id, NULL),
+                    c->nevents);
     c->status = status;
     snprintf(c->reason, sizeof c->reason, "%s", reason);
     free(c->response);
@@ -478,6 +517,13 @@ static void on_done(Conn *c, PGresult *res, const Err *err)
     metrics_inc(e->m_events, c->nevents);
     metrics_inc(e->m_batches, 1);
     metrics_observe(e->m_seconds, (double)(t - c->started_ms) / 1000.0);
+    metrics_observe(dest_series(e, "pintle_delivery_duration_seconds", "Delivery request latency",
+                                METRIC_HISTOGRAM, c->dest_id, NULL),
+                    (double)(t - c->started_ms) / 1000.0);
+    metrics_inc(dest_series(e, "pintle_stage_out_total", METRICS_STAGE_OUT_HELP, METRIC_COUNTER,
+                            c->dest_id, NULL),
+                c->nevents);
+    count_response(e, c->dest_id, 200);
     log_info("batch_delivered", "batch_id=%s source_id=%s destination_id=%s type=%s events=%d"
              " attempts=%d ms=%" PRId64,
              c->batch_id, c->source_id, c->dest_id, c->def_name, c->nevents, c->attempts + 1,
@@ -766,6 +812,7 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
         free(e);
         return NULL;
     }
+    e->m = metrics;
     e->m_events = metrics_series(metrics, "pintle_batchrouter_events_delivered_total",
                                  "events delivered in batches (objects or warehouse loads)",
                                  METRIC_COUNTER, "");

@@ -11,6 +11,19 @@ typedef enum MetricType { METRIC_COUNTER, METRIC_GAUGE, METRIC_HISTOGRAM } Metri
 
 typedef struct Metrics Metrics;
 
+/* Help texts of the families several executables export: one text per
+ * family across the processes of a pipeline. pintle_stage_in_total is
+ * counted by the stage that writes the queue (the gateway for the
+ * processor, the processor for router and batchrouter), out by the stage
+ * that consumes it, so rate(in) - rate(out) is how fast the stage's queue
+ * grows. */
+#define METRICS_STAGE_IN_HELP                                                                      \
+    "Jobs written into the stage's input queue (counted by the stage that writes them)"
+#define METRICS_STAGE_OUT_HELP                                                                     \
+    "Jobs that left the stage's input queue: handed on, delivered, aborted or dead-lettered"
+#define METRICS_ABORTS_HELP  "Jobs given up into dead letters (aborted or rejected)"
+#define METRICS_RETRIES_HELP "Failed attempts that will be retried"
+
 #define METRICS_NBUCKETS 14
 
 typedef struct MetricSeries {

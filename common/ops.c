@@ -58,6 +58,7 @@ struct Ops {
     HMap dests; /* destination id -> DestGauges */
     HMap queues; /* queue -> MetricSeries (datasets) */
     HMap stages; /* stage -> MetricSeries (dead letters) */
+    HMap unowned; /* stage -> MetricSeries (partitions no instance leases) */
     MetricSeries *m_normal, *m_degraded, *m_db_up, *m_db_bytes;
     Buf sql;
     char limit[16], window[16], grace[16], cap[16];
@@ -100,10 +101,10 @@ static DestGauges *dest_gauges(Ops *o, const char *dest)
     if (strcmp(o->stage, "router") == 0) {
         g->retrying = metrics_series(o->m, "pintle_retrying_jobs",
                                      "Jobs waiting for a retry (heads in rt_retries)",
-                                     METRIC_GAUGE, d);
+                                     METRIC_GAUGE, l);
         g->parked = metrics_series(o->m, "pintle_parked_jobs",
                                    "Jobs parked behind a failing job of their user",
-                                   METRIC_GAUGE, d);
+                                   METRIC_GAUGE, l);
     }
     hmap_put(&o->dests, dest, g);
     return g;
@@ -155,6 +156,7 @@ static void on_stats(Ops *o, PGresult *res)
     zero_map(&o->dests, true);
     zero_map(&o->queues, false);
     zero_map(&o->stages, false);
+    zero_map(&o->unowned, false);
     for (int i = 0; i < PQntuples(res); i++) {
         const char *kind = PQgetvalue(res, i, 0);
         const char *key = PQgetvalue(res, i, 1);
@@ -183,6 +185,12 @@ static void on_stats(Ops *o, PGresult *res)
                         n);
         } else if (kind[0] == 's') {
             metrics_set(o->m_db_bytes, n);
+        } else if (kind[0] == 'u') {
+            metrics_set(keyed(o, &o->unowned, "pintle_lease_partitions_unowned",
+                              "Partitions of a stage no live instance leases (the same on every"
+                              " instance: use max)",
+                              "stage", key),
+                        n);
         }
     }
 }
@@ -333,7 +341,16 @@ static void stats(Ops *o, DbConn *c)
         " UNION ALL SELECT 'd', queue, count(*), NULL, 0 FROM datasets GROUP BY queue"
         " UNION ALL SELECT 'l', stage, count(*), NULL, 0 FROM dead_letters"
         " WHERE replayed_at IS NULL GROUP BY stage"
-        " UNION ALL SELECT 's', '', pg_database_size(current_database()), NULL, 0";
+        " UNION ALL SELECT 's', '', pg_database_size(current_database()), NULL, 0"
+        /* partitions nobody leases, for the stages that should run: one
+         * with a live instance or a start not gracefully stopped (running
+         * or crashed) in the last day; a stage scaled to 0 on purpose is
+         * not reported */
+        " UNION ALL SELECT 'u', l.stage, count(*) FILTER (WHERE l.owner IS NULL"
+        " OR l.expires_at < now()), NULL, 0 FROM leases l"
+        " WHERE EXISTS (SELECT 1 FROM instances i WHERE i.stage = l.stage)"
+        " OR EXISTS (SELECT 1 FROM starts s WHERE s.stage = l.stage AND s.stopped_at IS NULL)"
+        " GROUP BY l.stage";
     const char *params[3] = {o->stage, o->sql.data, o->cap};
     ops_send(o, c, STEP_STATS, sql, 3, params);
 }
@@ -382,6 +399,7 @@ Ops *ops_create(struct event_base *base, const Config *cfg, const char *stage, L
     hmap_init(&o->dests);
     hmap_init(&o->queues);
     hmap_init(&o->stages);
+    hmap_init(&o->unowned);
     buf_init(&o->sql);
     o->parts = xcalloc((size_t)lease_partitions(lease) + 1, sizeof(int));
     snprintf(o->limit, sizeof o->limit, "%d", cfg->ops.restart_limit);
@@ -396,6 +414,8 @@ Ops *ops_create(struct event_base *base, const Config *cfg, const char *stage, L
     o->pool = db_pool_create_with(base, &cfg->db, app, 1, "-c lock_timeout=" OPS_LOCK_TIMEOUT_MS);
     o->m_normal = metrics_series(m, "pintle_mode", "1 for the current mode of the pipeline",
                                  METRIC_GAUGE, "mode=\"normal\"");
+    if (strcmp(stage, "processor") == 0)
+        dest_gauges(o, ""); /* gw jobs: destination "", exported from the start */
     o->m_degraded = metrics_series(m, "pintle_mode", "1 for the current mode of the pipeline",
                                    METRIC_GAUGE, "mode=\"degraded\"");
     o->m_db_up = metrics_series(m, "pintle_db_up",
@@ -427,6 +447,7 @@ void ops_destroy(Ops *o)
     hmap_deinit(&o->paused);
     hmap_deinit(&o->queues);
     hmap_deinit(&o->stages);
+    hmap_deinit(&o->unowned);
     free(o->paused_text);
     buf_deinit(&o->sql);
     free(o->parts);

@@ -101,6 +101,8 @@ static void collect(void *arg, Metrics *m)
     metrics_set(metrics_series(m, "pintle_db_connections", "Connected database connections",
                                METRIC_GAUGE, ""),
                 db_pool_connected(app->pool));
+    metrics_set(metrics_series(m, "pintle_db_up", "1 while the database answers", METRIC_GAUGE, ""),
+                writer_db_ready(app->writer) ? 1 : 0);
 }
 
 static int run(App *app)

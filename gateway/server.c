@@ -45,15 +45,22 @@ struct Server {
     IngestOut scratch;
     Buf body;
     HMap buckets; /* workspace id -> Bucket */
-    MetricSeries *m_code[600];
+    HMap codes; /* "code source_id" -> CodeSeries */
     MetricSeries *m_latency;
 };
+
+/* The requests and events counters of one (status code, source). */
+typedef struct CodeSeries {
+    MetricSeries *requests, *events;
+} CodeSeries;
 
 typedef struct Pending {
     Server *s;
     struct evhttp_request *req;
     bool pixel;
+    int events;
     struct timeval start;
+    char source_id[128];
 } Pending;
 
 static const unsigned char gif_1x1[] = {
@@ -87,22 +94,37 @@ static const char *reason(int code)
     }
 }
 
-static void count_code(Server *s, int code)
+/* Counts one answered request and its events (as parsed; 0 when the body
+ * was not read) by status code and source ("" before the write key named
+ * one; NULL: not counted, for /health, /metrics and /version, whose
+ * scrapes would drown the traffic). Never by user. */
+static void count_code(Server *s, int code, const char *source_id, int events)
 {
-    if (code < 100 || code >= 600)
+    if (code < 100 || code >= 600 || source_id == NULL)
         return;
-    if (s->m_code[code] == NULL) {
-        char labels[32];
-        snprintf(labels, sizeof labels, "code=\"%d\"", code);
-        s->m_code[code] =
-            metrics_series(s->metrics, "pintle_gateway_requests_total",
-                           "HTTP requests answered, by status code", METRIC_COUNTER, labels);
+    char key[160];
+    snprintf(key, sizeof key, "%d %s", code, source_id);
+    CodeSeries *c = hmap_get(&s->codes, key);
+    if (c == NULL) {
+        char src[160], labels[200];
+        metrics_format_label(src, sizeof src, "source", source_id);
+        snprintf(labels, sizeof labels, "code=\"%d\",%s", code, src);
+        c = xmalloc(sizeof *c);
+        c->requests = metrics_series(s->metrics, "pintle_gateway_requests_total",
+                                     "HTTP requests answered, by status code and source",
+                                     METRIC_COUNTER, labels);
+        c->events = metrics_series(s->metrics, "pintle_gateway_events_total",
+                                   "Events in the ingestion requests answered (as parsed; 0 for"
+                                   " a body never read), by status code and source",
+                                   METRIC_COUNTER, labels);
+        hmap_put(&s->codes, key, c);
     }
-    metrics_inc(s->m_code[code], 1);
+    metrics_inc(c->requests, 1);
+    metrics_inc(c->events, events);
 }
 
-static void reply_body(Server *s, struct evhttp_request *req, int code, const char *ctype,
-                       const void *body, size_t len)
+static void reply_counted(Server *s, struct evhttp_request *req, int code, const char *ctype,
+                          const void *body, size_t len, const char *source_id, int events)
 {
     struct evbuffer *out = evbuffer_new();
     evbuffer_add(out, body, len);
@@ -115,12 +137,26 @@ static void reply_body(Server *s, struct evhttp_request *req, int code, const ch
     conns_reply_started(s->conns, req);
     evhttp_send_reply(req, code, reason(code), out);
     evbuffer_free(out);
-    count_code(s, code);
+    count_code(s, code, source_id, events);
+}
+
+static void reply_body(Server *s, struct evhttp_request *req, int code, const char *ctype,
+                       const void *body, size_t len)
+{
+    reply_counted(s, req, code, ctype, body, len, "", 0);
 }
 
 static void reply_text(Server *s, struct evhttp_request *req, int code, const char *text)
 {
     reply_body(s, req, code, "text/plain; charset=utf-8", text, strlen(text));
+}
+
+/* An ingestion request's answer once its source is known. */
+static void reply_source(Server *s, struct evhttp_request *req, int code, const char *text,
+                         const char *source_id, int events)
+{
+    reply_counted(s, req, code, "text/plain; charset=utf-8", text, strlen(text), source_id,
+                  events);
 }
 
 static void maybe_drained(Server *s)
@@ -141,9 +177,10 @@ static void on_stored(void *arg, int status, const char *msg)
     metrics_observe(s->m_latency, (double)(now.tv_sec - p->start.tv_sec) +
                                       (double)(now.tv_usec - p->start.tv_usec) / 1e6);
     if (status == 200 && p->pixel)
-        reply_body(s, p->req, 200, "image/gif", gif_1x1, sizeof gif_1x1);
+        reply_counted(s, p->req, 200, "image/gif", gif_1x1, sizeof gif_1x1, p->source_id,
+                      p->events);
     else
-        reply_text(s, p->req, status, msg);
+        reply_source(s, p->req, status, msg, p->source_id, p->events);
     free(p);
     s->open_requests--;
     maybe_drained(s);
@@ -362,7 +399,7 @@ static void handle_ingest(Server *s, struct evhttp_request *req, const Route *r,
         return;
     }
     if (!src->enabled) {
-        reply_text(s, req, 404, "source is disabled");
+        reply_source(s, req, 404, "source is disabled", src->id, 0);
         return;
     }
 
@@ -377,7 +414,7 @@ static void handle_ingest(Server *s, struct evhttp_request *req, const Route *r,
         struct evbuffer *in = evhttp_request_get_input_buffer(req);
         len = evbuffer_get_length(in);
         if (len > (size_t)s->cfg->gateway.max_body_bytes) {
-            reply_text(s, req, 413, "request size exceeds max limit");
+            reply_source(s, req, 413, "request size exceeds max limit", src->id, 0);
             return;
         }
         body = (const char *)evbuffer_pullup(in, -1);
@@ -388,11 +425,11 @@ static void handle_ingest(Server *s, struct evhttp_request *req, const Route *r,
         if (enc != NULL && strcasecmp(enc, "gzip") == 0) {
             int rc = gunzip(s, (const unsigned char *)body, len);
             if (rc == 413) {
-                reply_text(s, req, 413, "request size exceeds max limit");
+                reply_source(s, req, 413, "request size exceeds max limit", src->id, 0);
                 return;
             }
             if (rc != 0) {
-                reply_text(s, req, 400, "invalid gzip body");
+                reply_source(s, req, 400, "invalid gzip body", src->id, 0);
                 return;
             }
             body = s->body.data;
@@ -416,23 +453,25 @@ static void handle_ingest(Server *s, struct evhttp_request *req, const Route *r,
     int status = ingest_parse(r->kind, body, len, &ctx, &s->scratch, &msg);
     free(pixel);
     if (status != 200) {
-        reply_text(s, req, status, msg);
+        reply_source(s, req, status, msg, src->id, s->scratch.nevents);
         return;
     }
     if (rate_limited(s, src->workspace_id, s->scratch.nevents)) {
-        reply_text(s, req, 429, "too many requests");
+        reply_source(s, req, 429, "too many requests", src->id, s->scratch.nevents);
         return;
     }
     Pending *p = xmalloc(sizeof(*p));
     p->s = s;
     p->req = req;
     p->pixel = r->how == ROUTE_PIXEL;
+    p->events = s->scratch.nevents;
+    snprintf(p->source_id, sizeof p->source_id, "%s", src->id);
     gettimeofday(&p->start, NULL);
     const char *why = NULL;
     int refused = writer_submit(s->writer, &s->scratch, on_stored, p, &why);
     if (refused != 0) {
         free(p);
-        reply_text(s, req, refused, why);
+        reply_source(s, req, refused, why, src->id, s->scratch.nevents);
         return;
     }
     s->open_requests++;
@@ -447,7 +486,7 @@ static void handle_health(Server *s, struct evhttp_request *req)
              "{\"server\":\"%s\",\"db\":\"%s\",\"acceptingEvents\":%s,\"backlog\":%d}",
              s->draining ? "DRAINING" : "UP", db ? "UP" : "DOWN", ready ? "true" : "false",
              writer_backlog(s->writer));
-    reply_body(s, req, ready ? 200 : 503, "application/json", body, strlen(body));
+    reply_counted(s, req, ready ? 200 : 503, "application/json", body, strlen(body), NULL, 0);
 }
 
 static void handle(struct evhttp_request *req, void *arg)
@@ -474,15 +513,16 @@ static void handle(struct evhttp_request *req, void *arg)
         } else if (strcmp(path, "/health") == 0) {
             handle_health(s, req);
         } else if (strcmp(path, "/health/live") == 0) {
-            reply_text(s, req, 200, "ok");
+            reply_counted(s, req, 200, "text/plain; charset=utf-8", "ok", 2, NULL, 0);
         } else if (strcmp(path, "/version") == 0) {
             const char *v = "{\"version\":\"" PINTLE_VERSION "\",\"service\":\"pintle-gateway\"}";
-            reply_body(s, req, 200, "application/json", v, strlen(v));
+            reply_counted(s, req, 200, "application/json", v, strlen(v), NULL, 0);
         } else {
             Buf out;
             buf_init(&out);
             metrics_render(s->metrics, &out);
-            reply_body(s, req, 200, "text/plain; version=0.0.4", out.data ? out.data : "", out.len);
+            reply_counted(s, req, 200, "text/plain; version=0.0.4", out.data ? out.data : "",
+                          out.len, NULL, 0);
             buf_deinit(&out);
         }
         return;
@@ -521,6 +561,7 @@ Server *server_create(struct event_base *base, const Config *cfg, Writer *writer
     ingest_out_init(&s->scratch);
     buf_init(&s->body);
     hmap_init(&s->buckets);
+    hmap_init(&s->codes);
     struct sockaddr_in bound;
     socklen_t blen = sizeof bound;
     getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&bound, &blen);
@@ -570,6 +611,10 @@ void server_destroy(Server *s)
     while (hmap_next(&s->buckets, &i, &e))
         free(e->value);
     hmap_deinit(&s->buckets);
+    i = 0;
+    while (hmap_next(&s->codes, &i, &e))
+        free(e->value);
+    hmap_deinit(&s->codes);
     free(s);
 }
 

@@ -71,7 +71,7 @@ struct Writer {
     void *idle_arg;
     void (*ready_cb)(void *);
     void *ready_arg;
-    MetricSeries *m_commits, *m_events, *m_failures, *m_batch_events, *m_commit_seconds;
+    MetricSeries *m_commits, *m_events, *m_stage_in, *m_failures, *m_batch_events, *m_commit_seconds;
     MetricSeries *m_refused, *m_verified[3];
 };
 
@@ -247,6 +247,7 @@ static void committed(Writer *w, Batch *b)
     double secs = elapsed_s(&b->started);
     metrics_inc(w->m_commits, 1);
     metrics_inc(w->m_events, b->nevents);
+    metrics_inc(w->m_stage_in, b->nevents);
     metrics_observe(w->m_commit_seconds, secs);
     metrics_observe(w->m_batch_events, (double)b->nevents / 1000.0);
     log_debug("batch_committed", "events=%d requests=%d seconds=%.4f", b->nevents, b->nwaiters,
@@ -662,6 +663,8 @@ Writer *writer_create(struct event_base *base, const Config *cfg, DbPool *pool, 
                                   "Group-commit transactions committed", METRIC_COUNTER, "");
     w->m_events = metrics_series(m, "pintle_gateway_events_stored_total",
                                  "Events committed to the gw queue", METRIC_COUNTER, "");
+    w->m_stage_in = metrics_series(m, "pintle_stage_in_total", METRICS_STAGE_IN_HELP,
+                                   METRIC_COUNTER, "stage=\"processor\",destination=\"\"");
     w->m_failures = metrics_series(m, "pintle_gateway_batch_write_failures_total",
                                    "Batch writes that failed (retried, isolated or answered 503)",
                                    METRIC_COUNTER, "");

@@ -106,11 +106,14 @@ struct Pipeline {
     bool kicked;
     int64_t last_claim_rows;
     MetricSeries *m_events, *m_outputs, *m_filtered, *m_batches, *m_fenced, *m_partitions;
-    MetricSeries *m_user_filtered;
+    MetricSeries *m_user_filtered, *m_out;
+    Metrics *m;
+    HMap m_dest; /* "<kind> <destination>" -> MetricSeries (stage in, aborts) */
     MetricSeries *m_dead[DEAD_NREASONS];
 };
 
 static void next_step(Pipeline *p, DbConn *c, bool in_cb);
+static void count_outputs(Pipeline *p);
 
 static int64_t now_ms(void)
 {
@@ -268,6 +271,8 @@ static void on_committed(void *arg, DbConn *c, PGresult *res, const Err *err)
     CommitTally t;
     commit_publish(&p->batch, p->rt_hints, p->batch_hints, &t);
     metrics_inc(p->m_events, p->batch.njobs);
+    metrics_inc(p->m_out, p->batch.njobs);
+    count_outputs(p);
     metrics_inc(p->m_outputs, t.rt + t.batch_rt);
     for (int r = 0; r < DEAD_NREASONS; r++)
         if (t.dead_by[r] > 0) {
@@ -551,6 +556,58 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
     cycle(arg);
 }
 
+/* The counter of one destination: jobs into the router's or batchrouter's
+ * queue (pintle_stage_in_total of that stage), or events this stage gave
+ * up into dead letters (pintle_aborts_total). */
+static MetricSeries *dest_counter(Pipeline *p, OutputKind kind, const char *dest_id)
+{
+    char key[300];
+    snprintf(key, sizeof key, "%d %s", (int)kind, dest_id);
+    MetricSeries *s = hmap_get(&p->m_dest, key);
+    if (s != NULL)
+        return s;
+    char d[300], l[360];
+    metrics_format_label(d, sizeof d, "destination", dest_id);
+    if (kind == OUTPUT_DEAD) {
+        snprintf(l, sizeof l, "stage=\"processor\",%s", d);
+        s = metrics_series(p->m, "pintle_aborts_total", METRICS_ABORTS_HELP, METRIC_COUNTER, l);
+    } else {
+        snprintf(l, sizeof l, "stage=\"%s\",%s", kind == OUTPUT_RT ? "router" : "batchrouter", d);
+        s = metrics_series(p->m, "pintle_stage_in_total", METRICS_STAGE_IN_HELP, METRIC_COUNTER,
+                           l);
+    }
+    hmap_put(&p->m_dest, key, s);
+    return s;
+}
+
+static void count_outputs(Pipeline *p)
+{
+    for (int i = 0; i < p->batch.outs.n; i++) {
+        const Output *o = &p->batch.outs.v[i];
+        if (o->kind == OUTPUT_RT || o->kind == OUTPUT_BATCH_RT || o->kind == OUTPUT_DEAD)
+            metrics_inc(dest_counter(p, o->kind, o->dest_id), 1);
+    }
+}
+
+static void transformer_metrics(Metrics *m, const char *call, TfMetrics *tm)
+{
+    char l[64];
+    snprintf(l, sizeof l, "call=\"%s\"", call);
+    tm->seconds = metrics_series(m, "pintle_transformer_request_duration_seconds",
+                                 "Transformer request latency (call: destination transform or"
+                                 " user transformation)",
+                                 METRIC_HISTOGRAM, l);
+    static const char *const classes[4] = {"2xx", "3xx", "4xx", "5xx"};
+    for (int c = 0; c < 4; c++) {
+        char lc[96];
+        snprintf(lc, sizeof lc, "%s,status_class=\"%s\"", l, classes[c]);
+        tm->errors[c] = metrics_series(m, "pintle_transformer_errors_total",
+                                       "Transformer requests not answered 200 (no answer counts"
+                                       " as 504), retried or failing their events",
+                                       METRIC_COUNTER, lc);
+    }
+}
+
 Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *pool, Lease *lease,
                           Httpc *http, HintPub *rt_hints, HintPub *batch_hints, WsWatcher *ws,
                           Metrics *m)
@@ -564,6 +621,8 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
     p->rt_hints = rt_hints;
     p->batch_hints = batch_hints;
     p->ws = ws;
+    p->m = m;
+    hmap_init(&p->m_dest);
     buf_init(&p->sql);
     route_batch_init(&p->batch);
     commit_init(&p->commit);
@@ -581,6 +640,8 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
         metrics_series(m, "pintle_processor_events_total", "gw jobs processed", METRIC_COUNTER, "");
     p->m_outputs = metrics_series(m, "pintle_processor_outputs_total",
                                   "rt and batch_rt jobs written", METRIC_COUNTER, "");
+    p->m_out = metrics_series(m, "pintle_stage_out_total", METRICS_STAGE_OUT_HELP, METRIC_COUNTER,
+                              "stage=\"processor\",destination=\"\"");
     for (int r = 0; r < DEAD_NREASONS; r++) {
         char labels[64];
         snprintf(labels, sizeof labels, "reason=\"%s\"", outputs_reason_label((DeadReason)r));
@@ -594,9 +655,7 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
         metrics_series(m, "pintle_processor_user_transform_filtered_total",
                        "Events a user transformation dropped (also counted in filtered_total)",
                        METRIC_COUNTER, "");
-    p->ut_metrics.seconds =
-        metrics_series(m, "pintle_processor_user_transform_request_duration_seconds",
-                       "/customTransform request latency", METRIC_HISTOGRAM, "");
+    transformer_metrics(m, "user", &p->ut_metrics);
     p->ut_metrics.retries = metrics_series(m, "pintle_processor_user_transform_retries_total",
                                            "/customTransform requests retried", METRIC_COUNTER, "");
     p->ut_metrics.splits =
@@ -604,9 +663,7 @@ Pipeline *pipeline_create(struct event_base *base, const Config *cfg, DbPool *po
                        "/customTransform chunks split in halves", METRIC_COUNTER, "");
     p->m_batches = metrics_series(m, "pintle_processor_batches_total", "Batches committed",
                                   METRIC_COUNTER, "");
-    p->tf_metrics.seconds =
-        metrics_series(m, "pintle_processor_transformer_request_duration_seconds",
-                       "Transformer request latency", METRIC_HISTOGRAM, "");
+    transformer_metrics(m, "destination", &p->tf_metrics);
     p->tf_metrics.retries = metrics_series(m, "pintle_processor_transformer_retries_total",
                                            "Transformer requests retried", METRIC_COUNTER, "");
     p->tf_metrics.splits = metrics_series(
@@ -641,6 +698,7 @@ void pipeline_destroy(Pipeline *p)
     free(p->move_new);
     free(p->rt_table);
     free(p->brt_table);
+    hmap_deinit(&p->m_dest);
     free(p);
 }
 

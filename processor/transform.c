@@ -695,6 +695,10 @@ static void on_transformed(void *arg, const HttpcResponse *r)
     const char *dest_id = c->dc->d->id;
     b->requests--;
     metrics_observe(b->m->seconds, r->seconds);
+    if (r->status != 200) {
+        long cls = (r->status >= 200 && r->status < 600 ? r->status : 504) / 100;
+        metrics_inc(b->m->errors[cls - 2], 1);
+    }
     if (b->abandoned) {
         chunk_end(c);
         return;

@@ -48,6 +48,7 @@ typedef struct TfMetrics {
     MetricSeries *seconds; /* request latency histogram */
     MetricSeries *retries; /* requests retried */
     MetricSeries *splits;  /* chunks split because the answer was too large */
+    MetricSeries *errors[4]; /* requests not answered 200, by status class 2xx..5xx (none: 5xx) */
 } TfMetrics;
 
 typedef struct TfBatch TfBatch;

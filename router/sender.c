@@ -43,7 +43,7 @@ typedef enum StatusClass { CLASS_2XX, CLASS_3XX, CLASS_4XX, CLASS_5XX, CLASS_N }
 #define SENDER_BATCH_ANSWER_BYTES ((size_t)64 << 20)
 
 typedef struct DestStats {
-    MetricSeries *ok, *retry, *abort, *latency, *batches;
+    MetricSeries *ok, *out, *retry, *abort, *latency, *batches;
     MetricSeries *by_class[CLASS_N];
 } DestStats;
 
@@ -151,12 +151,16 @@ static DestStats *stats_get(Sender *s, const char *dest_id)
     snprintf(l, sizeof l, "destination_id=%s", q);
     st->ok = metrics_series(s->m, "pintle_router_delivered_total", "Jobs delivered (2xx)",
                             METRIC_COUNTER, l);
-    st->retry = metrics_series(s->m, "pintle_router_retries_total",
-                               "Deliveries that failed and will be retried", METRIC_COUNTER, l);
-    st->abort = metrics_series(s->m, "pintle_router_aborted_total",
-                               "Jobs aborted into dead letters", METRIC_COUNTER, l);
-    st->latency = metrics_series(s->m, "pintle_router_delivery_duration_seconds",
-                                 "Delivery request latency", METRIC_HISTOGRAM, l);
+    char dl[320], sd[360];
+    metrics_format_label(dl, sizeof dl, "destination", dest_id);
+    snprintf(sd, sizeof sd, "stage=\"router\",%s", dl);
+    st->out = metrics_series(s->m, "pintle_stage_out_total", METRICS_STAGE_OUT_HELP,
+                             METRIC_COUNTER, sd);
+    st->retry =
+        metrics_series(s->m, "pintle_retries_total", METRICS_RETRIES_HELP, METRIC_COUNTER, sd);
+    st->abort = metrics_series(s->m, "pintle_aborts_total", METRICS_ABORTS_HELP, METRIC_COUNTER, sd);
+    st->latency = metrics_series(s->m, "pintle_delivery_duration_seconds",
+                                 "Delivery request latency", METRIC_HISTOGRAM, sd);
     st->batches = metrics_series(s->m, "pintle_router_batch_requests_total",
                                  "Requests to the transformer's /batch", METRIC_COUNTER, l);
     static const char *const classes[CLASS_N] = {"2xx", "3xx", "4xx", "5xx"};
@@ -319,7 +323,9 @@ void sender_destroy(Sender *s)
 static void abort_job(Sender *s, OrderJob *j, int status, const char *why, const char *resp,
                       size_t resp_len, int64_t now)
 {
-    metrics_inc(stats_get(s, j->dest_id)->abort, 1);
+    DestStats *st = stats_get(s, j->dest_id);
+    metrics_inc(st->abort, 1);
+    metrics_inc(st->out, 1);
     char q[600];
     log_warn("job_aborted", "job_id=%" PRId64 " destination_id=%s status=%d attempts=%d reason=%s",
              j->job_id, j->dest_id, status, j->attempts, log_quote(q, sizeof q, why));
@@ -391,6 +397,7 @@ static void on_delivered(void *arg, const HttpcResponse *r)
             status = batch_proxy_status(r->body, r->body_len, j->job_id, r->status, &why);
         if (delivery_classify(status) == DELIVERY_OK) {
             metrics_inc(st->ok, 1);
+            metrics_inc(st->out, 1);
             log_debug("job_delivered", "job_id=%" PRId64 " destination_id=%s status=%ld",
                       j->job_id, j->dest_id, status);
             order_ok(s->order, j, now);
@@ -510,6 +517,7 @@ static void batch_finish(Sender *s, Batch *b)
             order_lost(s->order, j, now);
         } else if (bj->status == 0) {
             metrics_inc(st->ok, 1);
+            metrics_inc(st->out, 1);
             log_debug("job_delivered", "job_id=%" PRId64 " destination_id=%s batched=true",
                       j->job_id, j->dest_id);
             order_ok(s->order, j, now);

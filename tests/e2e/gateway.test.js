@@ -167,7 +167,7 @@ describe('gateway', () => {
     const ver = await fetch(`${gw.url}/version`);
     assert.equal(ver.status, 200);
     const metrics = await (await fetch(`${gw.url}/metrics`)).text();
-    assert.match(metrics, /pintle_gateway_requests_total\{code="200"\} \d+/);
+    assert.match(metrics, /pintle_gateway_requests_total\{code="200",source="[^"]+"\} [1-9]/);
   }));
 
   it('answers every error with its exact status and body, storing nothing', withLogs(S, async () => {

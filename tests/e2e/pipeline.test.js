@@ -162,8 +162,8 @@ describe('failing destinations', () => {
     const rep = await st.pg.query("SELECT replayed_at FROM pintle.dead_letters WHERE queue = 'rt'");
     assert.ok(rep[0].replayed_at, 'dead letter marked replayed');
     const m = await (await fetch(`http://127.0.0.1:${st.routers[0].port}/metrics`)).text();
-    assert.match(m, /pintle_router_retries_total\{destination_id="dst-hook"\} [1-9]/);
-    assert.match(m, /pintle_router_aborted_total\{destination_id="dst-hook"\} 1/);
+    assert.match(m, /pintle_retries_total\{stage="router",destination="dst-hook"\} [1-9]/);
+    assert.match(m, /pintle_aborts_total\{stage="router",destination="dst-hook"\} 1/);
   }));
 
   it('dead-letters events the transformer rejects, per destination', withLogs(S, async () => {
