@@ -213,3 +213,76 @@ void metrics_render_with(Metrics *m, const char *extra, Buf *out)
         }
     }
 }
+
+/* Snapshot records: per family "F" name\0 help\0 type(1 byte), then per
+ * series "S" labels\0 and the raw MetricSeries. Native byte order: the
+ * reader is a sibling process of the same binary. */
+void metrics_snapshot(Metrics *m, Buf *out)
+{
+    if (m->collect)
+        m->collect(m->collect_arg, m);
+    for (int i = 0; i < m->nfams; i++) {
+        Family *f = m->fams[i];
+        buf_putc(out, 'F');
+        buf_append(out, f->name, strlen(f->name) + 1);
+        buf_append(out, f->help, strlen(f->help) + 1);
+        buf_putc(out, (char)f->type);
+        for (Series *s = f->first; s; s = s->next) {
+            buf_putc(out, 'S');
+            buf_append(out, s->labels, strlen(s->labels) + 1);
+            buf_append(out, &s->s, sizeof s->s);
+        }
+    }
+}
+
+/* The NUL-terminated string at *p (within end), or NULL. */
+static const char *take_str(const char **p, const char *end)
+{
+    const char *z = memchr(*p, '\0', (size_t)(end - *p));
+    if (z == NULL)
+        return NULL;
+    const char *s = *p;
+    *p = z + 1;
+    return s;
+}
+
+int metrics_merge(Metrics *m, const char *data, size_t len, const char *extra)
+{
+    const char *p = data, *end = data + len;
+    const char *name = NULL, *help = NULL;
+    MetricType type = METRIC_GAUGE;
+    Buf labels;
+    buf_init(&labels);
+    int rc = 0;
+    while (p < end) {
+        char tag = *p++;
+        if (tag == 'F') {
+            name = take_str(&p, end);
+            help = name ? take_str(&p, end) : NULL;
+            if (help == NULL || p >= end || (unsigned char)*p > METRIC_HISTOGRAM) {
+                rc = -1;
+                break;
+            }
+            type = (MetricType)*p++;
+            continue;
+        }
+        const char *own = tag == 'S' && name ? take_str(&p, end) : NULL;
+        MetricSeries v;
+        if (own == NULL || (size_t)(end - p) < sizeof v) {
+            rc = -1;
+            break;
+        }
+        memcpy(&v, p, sizeof v);
+        p += sizeof v;
+        buf_reset(&labels);
+        buf_printf(&labels, "%s%s%s", own, own[0] && extra[0] ? "," : "", extra);
+        MetricSeries *s = metrics_series(m, name, help, type, labels.data ? labels.data : "");
+        s->value += v.value;
+        for (int b = 0; b < METRICS_NBUCKETS; b++)
+            s->buckets[b] += v.buckets[b];
+        s->count += v.count;
+        s->sum += v.sum;
+    }
+    buf_deinit(&labels);
+    return rc;
+}

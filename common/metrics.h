@@ -49,6 +49,16 @@ void metrics_render(Metrics *m, Buf *out);
 /* The same with extra preformatted labels on every series ("" for none),
  * e.g. `worker="2"` for one of several processes serving one target. */
 void metrics_render_with(Metrics *m, const char *extra_labels, Buf *out);
+/* Appends a binary snapshot of every series (after the collect callback)
+ * to out: what another process of the same target merges into its
+ * scrape. Only metrics_merge reads it (same build, same host). */
+void metrics_snapshot(Metrics *m, Buf *out);
+/* Adds the series of snapshot data[0..len) to m, each with the extra
+ * preformatted labels (e.g. `worker="2"`) after its own: counters and
+ * gauges are added, histograms bucket by bucket. Returns 0, or -1 (m
+ * unchanged from the first bad record on) when the snapshot is cut or
+ * malformed. */
+int metrics_merge(Metrics *m, const char *data, size_t len, const char *extra_labels);
 /* Writes name="value" into out (size bytes), the value escaped as the text
  * format wants (backslash, double quote, newline); cut to fit. */
 void metrics_format_label(char *out, size_t size, const char *name, const char *value);

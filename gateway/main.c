@@ -25,6 +25,7 @@
 #include "common/svc.h"
 #include "common/wsconfig.h"
 #include "common/xalloc.h"
+#include "gateway/mshare.h"
 #include "gateway/server.h"
 #include "gateway/writer.h"
 
@@ -38,6 +39,10 @@ typedef struct App {
     Writer *writer;
     Server *server;
     struct event *sig_term, *sig_int, *deadline;
+    MetricsShare *share; /* several workers: every worker's metrics (supervisor's mapping) */
+    int worker;
+    struct event *publish;
+    Buf snap;
     SvcFatal fatal;
     bool stopping;
     int exit_code;
@@ -105,6 +110,16 @@ static void collect(void *arg, Metrics *m)
                 writer_db_ready(app->writer) ? 1 : 0);
 }
 
+/* Publishes this worker's metrics for the others' /metrics. */
+static void on_publish(evutil_socket_t fd, short what, void *arg)
+{
+    App *app = arg;
+    buf_reset(&app->snap);
+    metrics_snapshot(app->metrics, &app->snap);
+    if (!mshare_publish(app->share, app->worker, app->snap.data, app->snap.len))
+        log_warn("worker_metrics_too_large", "worker=%d bytes=%zu", app->worker, app->snap.len);
+}
+
 static int run(App *app)
 {
     Err err;
@@ -142,6 +157,15 @@ static int run(App *app)
         log_error("startup_failed", "error=%s", log_quote(q, sizeof q, err.msg));
         return 1;
     }
+    if (app->share) {
+        server_share_metrics(app->server, app->share, app->worker);
+        buf_init(&app->snap);
+        app->publish = event_new(app->base, -1, EV_PERSIST, on_publish, app);
+        int ms = app->cfg.ops.metrics_publish_ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        event_add(app->publish, &tv);
+        on_publish(-1, 0, app);
+    }
     app->sig_term = evsignal_new(app->base, SIGTERM, on_signal, app);
     app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
     event_add(app->sig_term, NULL);
@@ -155,6 +179,9 @@ static int run(App *app)
 
 static void teardown(App *app)
 {
+    if (app->publish)
+        event_free(app->publish);
+    buf_deinit(&app->snap);
     server_destroy(app->server);
     writer_destroy(app->writer);
     db_pool_destroy(app->pool);
@@ -195,7 +222,7 @@ static long long mono_ms(void)
  * child that dies on its own (with a growing delay while it keeps dying,
  * so a worker crashing at start cannot make the supervisor spin), exits
  * once all have exited after a signal. */
-static int supervise(int workers)
+static int supervise(int workers, int *worker)
 {
     WorkerSlot *slots = xcalloc((size_t)workers, sizeof(WorkerSlot));
     sigset_t set, old;
@@ -230,6 +257,7 @@ static int supervise(int workers)
                     raise(SIGTERM);
                 sigprocmask(SIG_SETMASK, &old, NULL);
                 free(slots);
+                *worker = i;
                 return -1; /* child: run the gateway */
             }
             if (pid < 0) {
@@ -320,8 +348,15 @@ int main(int argc, char **argv)
              app.cfg.gateway.port, app.cfg.gateway.workers, dsn, app.cfg.workspace.path,
              app.cfg.db.pool_size);
     if (app.cfg.gateway.workers > 1) {
-        rc = supervise(app.cfg.gateway.workers);
+        app.share = mshare_create(app.cfg.gateway.workers);
+        if (app.share == NULL)
+            log_warn("worker_metrics_unshared",
+                     "workers=%d reason=\"could not map shared memory: each worker's /metrics"
+                     " shows only itself\"",
+                     app.cfg.gateway.workers);
+        rc = supervise(app.cfg.gateway.workers, &app.worker);
         if (rc >= 0) {
+            mshare_destroy(app.share);
             log_info("stopped", "code=%d", rc);
             cfg_deinit(&app.cfg);
             return rc;
@@ -330,6 +365,7 @@ int main(int argc, char **argv)
     }
     rc = run(&app);
     teardown(&app);
+    mshare_destroy(app.share);
     cfg_deinit(&app.cfg);
     log_info("stopped", "code=%d", rc);
     return rc;

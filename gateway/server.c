@@ -46,6 +46,8 @@ struct Server {
     Buf body;
     HMap buckets; /* workspace id -> Bucket */
     HMap codes; /* "code source_id" -> CodeSeries */
+    MetricsShare *share; /* borrowed; NULL with one worker */
+    int worker;
     MetricSeries *m_latency;
 };
 
@@ -489,6 +491,39 @@ static void handle_health(Server *s, struct evhttp_request *req)
     reply_counted(s, req, ready ? 200 : 503, "application/json", body, strlen(body), NULL, 0);
 }
 
+/* One worker alone: its registry. Several: every worker's latest
+ * snapshot (this one's taken now), each series labelled worker="i". */
+static void render_metrics(Server *s, Buf *out)
+{
+    if (s->share == NULL) {
+        metrics_render(s->metrics, out);
+        return;
+    }
+    Metrics *all = metrics_create();
+    Buf snap;
+    buf_init(&snap);
+    for (int i = 0; i < mshare_workers(s->share); i++) {
+        buf_reset(&snap);
+        if (i == s->worker)
+            metrics_snapshot(s->metrics, &snap);
+        else if (!mshare_read(s->share, i, &snap))
+            continue; /* not published yet, or restarting */
+        char label[32];
+        snprintf(label, sizeof label, "worker=\"%d\"", i);
+        if (metrics_merge(all, snap.data ? snap.data : "", snap.len, label) < 0)
+            log_warn("worker_metrics_unreadable", "worker=%d bytes=%zu", i, snap.len);
+    }
+    buf_deinit(&snap);
+    metrics_render(all, out);
+    metrics_destroy(all);
+}
+
+void server_share_metrics(Server *s, MetricsShare *share, int worker)
+{
+    s->share = share;
+    s->worker = worker;
+}
+
 static void handle(struct evhttp_request *req, void *arg)
 {
     Server *s = arg;
@@ -520,7 +555,7 @@ static void handle(struct evhttp_request *req, void *arg)
         } else {
             Buf out;
             buf_init(&out);
-            metrics_render(s->metrics, &out);
+            render_metrics(s, &out);
             reply_counted(s, req, 200, "text/plain; version=0.0.4", out.data ? out.data : "",
                           out.len, NULL, 0);
             buf_deinit(&out);

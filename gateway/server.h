@@ -9,6 +9,7 @@
 #include "common/err.h"
 #include "common/metrics.h"
 #include "common/wsconfig.h"
+#include "gateway/mshare.h"
 #include "gateway/writer.h"
 
 struct event_base;
@@ -19,6 +20,9 @@ typedef struct Server Server;
 Server *server_create(struct event_base *base, const Config *cfg, Writer *writer, WsWatcher *ws,
                       Metrics *metrics, Err *err);
 void server_destroy(Server *s);
+/* With several workers: /metrics shows every worker's snapshot in share
+ * (borrowed, outlives s), this one being worker. */
+void server_share_metrics(Server *s, MetricsShare *share, int worker);
 /* Stops accepting connections; ingestion requests still arriving on open
  * connections get 503 "shutting down". done runs once every accepted request
  * has been answered. */
