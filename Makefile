@@ -50,7 +50,7 @@ UNIT_BINS  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
 INTEG_SRC  := $(wildcard tests/integration/test_*.c)
 INTEG_BINS := $(INTEG_SRC:tests/integration/%.c=$(BUILD)/tests/integration/%)
 
-.PHONY: all deps run stop test config-check unit integration transformer-test e2e check asan fuzz fuzz-smoke bench clean format format-check
+.PHONY: all deps run stop test config-check prom-check unit integration transformer-test e2e check asan fuzz fuzz-smoke bench clean format format-check
 .SECONDARY:
 
 all: $(BINS)
@@ -128,7 +128,15 @@ config-check: all
 	else echo "config/pintle.conf is stale: run build/bin/pintlectl config-doc > config/pintle.conf"; \
 	  echo "config-doc: 0 passed, 1 failed"; exit 1; fi
 
-check: config-check unit integration transformer-test e2e
+# deploy/prometheus: the scrape config and alert rules parse, and every
+# alert's promtool unit test passes (promtool: Debian's prometheus package).
+prom-check:
+	@promtool check config deploy/prometheus/prometheus.yml >/dev/null && \
+	  promtool check rules deploy/prometheus/alerts.yml >/dev/null && \
+	  promtool test rules deploy/prometheus/alerts.test.yml && \
+	  echo "promtool: 1 passed, 0 failed" || { echo "promtool: 0 passed, 1 failed"; exit 1; }
+
+check: config-check prom-check unit integration transformer-test e2e
 
 # make test: what CI runs. Installs what is missing, builds, runs everything.
 test: deps
