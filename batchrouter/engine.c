@@ -417,8 +417,8 @@ static void on_dead(Conn *c, PGresult *res, const Err *err)
     metrics_inc(dest_series(c->e, "pintle_aborts_total", METRICS_ABORTS_HELP, METRIC_COUNTER,
                             c->dest_id, NULL),
                 c->nevents);
-    metrics_inc(dest_series(c->e, "pintle_stage_out_total", METRICS_STAGE_OUT_HELP,
-                            METRIC_COUNTER, c->dest_id, NULL),
+    metrics_inc(dest_series(c->e, "pintle_stage_out_total", METRICS_STAGE_OUT_HELP, METRIC_COUNTER,
+                            c->dest_id, NULL),
                 c->nevents);
     log_error("batch_aborted",
               "batch_id=%s source_id=%s destination_id=%s events=%d attempts=%d status=%d"

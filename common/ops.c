@@ -99,12 +99,12 @@ static DestGauges *dest_gauges(Ops *o, const char *dest)
                             "Age of the oldest pending job of the stage, per destination",
                             METRIC_GAUGE, l);
     if (strcmp(o->stage, "router") == 0) {
-        g->retrying = metrics_series(o->m, "pintle_retrying_jobs",
-                                     "Jobs waiting for a retry (heads in rt_retries)",
-                                     METRIC_GAUGE, l);
-        g->parked = metrics_series(o->m, "pintle_parked_jobs",
-                                   "Jobs parked behind a failing job of their user",
-                                   METRIC_GAUGE, l);
+        g->retrying =
+            metrics_series(o->m, "pintle_retrying_jobs",
+                           "Jobs waiting for a retry (heads in rt_retries)", METRIC_GAUGE, l);
+        g->parked =
+            metrics_series(o->m, "pintle_parked_jobs",
+                           "Jobs parked behind a failing job of their user", METRIC_GAUGE, l);
     }
     hmap_put(&o->dests, dest, g);
     return g;

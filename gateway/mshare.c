@@ -1,8 +1,8 @@
 #include "gateway/mshare.h"
 
 #include <sched.h>
-#include <stdlib.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 

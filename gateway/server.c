@@ -45,7 +45,7 @@ struct Server {
     IngestOut scratch;
     Buf body;
     HMap buckets; /* workspace id -> Bucket */
-    HMap codes; /* "code source_id" -> CodeSeries */
+    HMap codes;   /* "code source_id" -> CodeSeries */
     MetricsShare *share; /* borrowed; NULL with one worker */
     int worker;
     MetricSeries *m_latency;
@@ -157,8 +157,7 @@ static void reply_text(Server *s, struct evhttp_request *req, int code, const ch
 static void reply_source(Server *s, struct evhttp_request *req, int code, const char *text,
                          const char *source_id, int events)
 {
-    reply_counted(s, req, code, "text/plain; charset=utf-8", text, strlen(text), source_id,
-                  events);
+    reply_counted(s, req, code, "text/plain; charset=utf-8", text, strlen(text), source_id, events);
 }
 
 static void maybe_drained(Server *s)

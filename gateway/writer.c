@@ -71,7 +71,8 @@ struct Writer {
     void *idle_arg;
     void (*ready_cb)(void *);
     void *ready_arg;
-    MetricSeries *m_commits, *m_events, *m_stage_in, *m_failures, *m_batch_events, *m_commit_seconds;
+    MetricSeries *m_commits, *m_events, *m_stage_in, *m_failures, *m_batch_events,
+        *m_commit_seconds;
     MetricSeries *m_refused, *m_verified[3];
 };
 

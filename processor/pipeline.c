@@ -573,8 +573,7 @@ static MetricSeries *dest_counter(Pipeline *p, OutputKind kind, const char *dest
         s = metrics_series(p->m, "pintle_aborts_total", METRICS_ABORTS_HELP, METRIC_COUNTER, l);
     } else {
         snprintf(l, sizeof l, "stage=\"%s\",%s", kind == OUTPUT_RT ? "router" : "batchrouter", d);
-        s = metrics_series(p->m, "pintle_stage_in_total", METRICS_STAGE_IN_HELP, METRIC_COUNTER,
-                           l);
+        s = metrics_series(p->m, "pintle_stage_in_total", METRICS_STAGE_IN_HELP, METRIC_COUNTER, l);
     }
     hmap_put(&p->m_dest, key, s);
     return s;

@@ -154,11 +154,12 @@ static DestStats *stats_get(Sender *s, const char *dest_id)
     char dl[320], sd[360];
     metrics_format_label(dl, sizeof dl, "destination", dest_id);
     snprintf(sd, sizeof sd, "stage=\"router\",%s", dl);
-    st->out = metrics_series(s->m, "pintle_stage_out_total", METRICS_STAGE_OUT_HELP,
-                             METRIC_COUNTER, sd);
+    st->out =
+        metrics_series(s->m, "pintle_stage_out_total", METRICS_STAGE_OUT_HELP, METRIC_COUNTER, sd);
     st->retry =
         metrics_series(s->m, "pintle_retries_total", METRICS_RETRIES_HELP, METRIC_COUNTER, sd);
-    st->abort = metrics_series(s->m, "pintle_aborts_total", METRICS_ABORTS_HELP, METRIC_COUNTER, sd);
+    st->abort =
+        metrics_series(s->m, "pintle_aborts_total", METRICS_ABORTS_HELP, METRIC_COUNTER, sd);
     st->latency = metrics_series(s->m, "pintle_delivery_duration_seconds",
                                  "Delivery request latency", METRIC_HISTOGRAM, sd);
     st->batches = metrics_series(s->m, "pintle_router_batch_requests_total",

@@ -73,6 +73,7 @@ describe('metrics, alert rules and dashboard against a real Prometheus', { skip:
   let sending = false;
   let sent = 0;
   let traffic;
+  let trafficError = null;
   const S = () => st;
 
   before(async () => {
@@ -130,7 +131,7 @@ describe('metrics, alert rules and dashboard against a real Prometheus', { skip:
         sent++;
         await new Promise((r) => setTimeout(r, 100));
       }
-    })();
+    })().catch((e) => { sending = false; trafficError = e; });
     assert.equal(await post('no-such-key', '{"batch":[]}'), 401);
     assert.equal(await post(KEY, '{not json'), 400);
 
@@ -171,6 +172,7 @@ describe('metrics, alert rules and dashboard against a real Prometheus', { skip:
     // the two workers: one target, both labelled, their sum is every request sent
     sending = false;
     await traffic;
+    assert.equal(trafficError, null, `traffic: ${trafficError}`);
     const workers = await promQuery(promUrl, 'count by (worker) (pintle_gateway_connections)');
     assert.deepEqual(workers.map((s) => s.metric.worker).sort(), ['0', '1']);
     await waitFor(async () => {
