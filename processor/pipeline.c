@@ -592,6 +592,7 @@ static void transformer_metrics(Metrics *m, const char *call, TfMetrics *tm)
 {
     char l[64];
     snprintf(l, sizeof l, "call=\"%s\"", call);
+    tm->registry = m;
     tm->seconds = metrics_series(m, "pintle_transformer_request_duration_seconds",
                                  "Transformer request latency (call: destination transform or"
                                  " user transformation)",

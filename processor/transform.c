@@ -737,6 +737,14 @@ static void on_transformed(void *arg, const HttpcResponse *r)
                  "destination_id=%s attempt=%d status=%ld backoff_ms=%d error=%s", dest_id,
                  c->attempt, r->status, ms, log_quote(q, sizeof q, r->error ? r->error : r->body));
         metrics_inc(b->m->retries, 1);
+        if (b->m->registry) { /* a lookup per retry, not per event */
+            char d[300], l[360];
+            metrics_format_label(d, sizeof d, "destination", dest_id);
+            snprintf(l, sizeof l, "stage=\"processor\",%s", d);
+            metrics_inc(metrics_series(b->m->registry, "pintle_retries_total", METRICS_RETRIES_HELP,
+                                       METRIC_COUNTER, l),
+                        c->n);
+        }
         if (c->retry_ev == NULL)
             c->retry_ev = evtimer_new(b->base, on_retry, c);
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};

@@ -49,6 +49,7 @@ typedef struct TfMetrics {
     MetricSeries *retries; /* requests retried */
     MetricSeries *splits;  /* chunks split because the answer was too large */
     MetricSeries *errors[4]; /* requests not answered 200, by status class 2xx..5xx (none: 5xx) */
+    Metrics *registry;       /* per-destination retries: pintle_retries_total{stage="processor"} */
 } TfMetrics;
 
 typedef struct TfBatch TfBatch;

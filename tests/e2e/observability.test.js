@@ -196,3 +196,22 @@ describe('metrics, alert rules and dashboard against a real Prometheus', { skip:
     }, { timeoutMs: 20000, what: 'PintleDestinationAborting pending for dst-abort only' });
   }));
 });
+
+describe('deploy/prometheus', () => {
+  it('the make run scrape config names the ports deploy/run.sh gives each service', () => {
+    const run = fs.readFileSync(path.join(ROOT, 'deploy/run.sh'), 'utf8');
+    const yml = fs.readFileSync(path.join(ROOT, 'deploy/prometheus/prometheus.yml'), 'utf8');
+    const bases = {
+      gateway: /PINTLE_GATEWAY_PORT=\$\(\((\d+) \+ i\)\)/, processor: /PINTLE_PROCESSOR_ADMIN_PORT=\$\(\((\d+) \+ i\)\)/,
+      router: /PINTLE_ROUTER_ADMIN_PORT=\$\(\((\d+) \+ i\)\)/, batchrouter: /PINTLE_BATCHROUTER_ADMIN_PORT=\$\(\((\d+) \+ i\)\)/,
+    };
+    for (const [svc, re] of Object.entries(bases)) {
+      const m = re.exec(run);
+      assert.ok(m, `deploy/run.sh: no port of ${svc}`);
+      const job = new RegExp(`job_name: pintle-${svc}\\n[^]*?targets: \\[([^\\]]*)\\]`).exec(yml);
+      assert.ok(job, `prometheus.yml: no job pintle-${svc}`);
+      const ports = job[1].split(',').map((t) => Number(t.trim().replace(/'/g, '').split(':')[1]));
+      assert.deepEqual(ports, [1, 2, 3].map((i) => Number(m[1]) + i), `pintle-${svc} targets`);
+    }
+  });
+});
