@@ -1,10 +1,10 @@
 'use strict';
 // Observability end to end (DESIGN §8, issue 10): the stack (a gateway
-// with two workers, processor, router, transformer) is scraped by a REAL
+// with two workers, processor, router, batchrouter, transformer) is scraped by a REAL
 // Prometheus (Debian's binary, a free port, a private directory, a 1 s
 // scrape interval) loaded with deploy/prometheus/alerts.yml. Traffic goes
-// to three webhook destinations: one answering 200, one 500 (retried), one
-// 400 (aborted). Then every query of every panel of the Grafana dashboard
+// to three webhook destinations, one answering 200, one 500 (retried), one
+// 400 (aborted), and to a Postgres warehouse (the batchrouter). Then every query of every panel of the Grafana dashboard
 // (deploy/grafana/pintle.json, template variables substituted) is run
 // through Prometheus's HTTP API and must return data; so must the
 // dashboard's variable queries. The two gateway workers are one target
@@ -26,11 +26,17 @@ const FAST = {
   PINTLE_OPS_METRICS_PUBLISH_MS: '200',
 };
 
-function workspace(sinkUrl) {
+function workspace(sinkUrl, pgPort) {
   const ws = webhookWorkspace(sinkUrl);
   const d = ws.sources[0].destinations[0];
   ws.sources[0].destinations.push({ ...d, id: 'dst-retry', config: { ...d.config, webhookUrl: `${sinkUrl}/retry` } });
   ws.sources[0].destinations.push({ ...d, id: 'dst-abort', config: { ...d.config, webhookUrl: `${sinkUrl}/abort` } });
+  // a warehouse in the test's own Postgres: the batchrouter's metrics
+  ws.sources[0].destinations.push({
+    id: 'dst-wh', name: 'wh', enabled: true, isProcessorEnabled: true,
+    config: { host: '127.0.0.1', port: String(pgPort), database: 'pintle', user: 'postgres', password: '', namespace: 'obs_wh', sslMode: 'disable' },
+    destinationDefinition: { id: 'def-pg', name: 'POSTGRES', displayName: 'Postgres', config: { supportedMessageTypes: ['track', 'identify', 'page', 'screen', 'group', 'alias'] } },
+  });
   return ws;
 }
 
@@ -80,11 +86,12 @@ describe('metrics, alert rules and dashboard against a real Prometheus', { skip:
     st = new Stack();
     sink = await startSink((r) => (r.url.startsWith('/retry') ? 500 : r.url.startsWith('/abort') ? 400 : 200));
     await st.startPostgres();
-    st.writeWorkspace(workspace(sink.url));
+    st.writeWorkspace(workspace(sink.url, st.pg.port));
     st.migrate(FAST);
     await st.startTransformer();
     st.proc = await st.startProcessor(FAST);
     st.router = await st.startRouter(FAST);
+    st.brt = await st.startService('batchrouter', { ...FAST, PINTLE_BATCHROUTER_UPLOAD_INTERVAL_S: '1' });
     st.gw = await st.startGateway({ ...FAST, PINTLE_GATEWAY_WORKERS: '2' });
     await waitFor(async () => (await fetch(`${st.gw.url}/health`)).status === 200, { what: 'gateway healthy' });
 
@@ -94,7 +101,7 @@ describe('metrics, alert rules and dashboard against a real Prometheus', { skip:
     const targets = (job, port) => `  - job_name: ${job}\n    static_configs:\n      - targets: ['127.0.0.1:${port}']\n`;
     fs.writeFileSync(path.join(dir, 'prometheus.yml'),
       `global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - ${ALERTS}\nscrape_configs:\n`
-      + targets('pintle-gateway', st.gw.port) + targets('pintle-processor', st.proc.port) + targets('pintle-router', st.router.port));
+      + targets('pintle-gateway', st.gw.port) + targets('pintle-processor', st.proc.port) + targets('pintle-router', st.router.port) + targets('pintle-batchrouter', st.brt.port));
     const port = await freePort();
     promUrl = `http://127.0.0.1:${port}`;
     prom = new Proc('prometheus', PROMETHEUS, [
@@ -137,14 +144,17 @@ describe('metrics, alert rules and dashboard against a real Prometheus', { skip:
 
     const up = await waitFor(async () => {
       const r = await promQuery(promUrl, 'up == 1');
-      return r.length === 3 && r;
-    }, { timeoutMs: 30000, what: 'prometheus scraping all three targets' });
-    assert.deepEqual(up.map((s) => s.metric.job).sort(), ['pintle-gateway', 'pintle-processor', 'pintle-router']);
+      return r.length === 4 && r;
+    }, { timeoutMs: 30000, what: 'prometheus scraping all four targets' });
+    assert.deepEqual(up.map((s) => s.metric.job).sort(), ['pintle-batchrouter', 'pintle-gateway', 'pintle-processor', 'pintle-router']);
     // failures reach the metrics: retries for one destination, aborts for another
     await waitFor(async () => (await promQuery(promUrl, 'sum(pintle_retries_total{destination="dst-retry"}) > 0')).length
       && (await promQuery(promUrl, 'sum(pintle_aborts_total{destination="dst-abort"}) > 0')).length
-      && (await promQuery(promUrl, 'sum(pintle_queue_pending_jobs{destination="dst-retry"}) > 0')).length,
-    { timeoutMs: 60000, what: 'retries, aborts and pending jobs in Prometheus' });
+      && (await promQuery(promUrl, 'sum(pintle_queue_pending_jobs{destination="dst-retry"}) > 0')).length
+      // the warehouse loads (or, while its loader is not built, retries them)
+      && (await promQuery(promUrl, '(sum(pintle_stage_out_total{stage="batchrouter",destination="dst-wh"}) or vector(0))'
+        + ' + (sum(pintle_retries_total{stage="batchrouter",destination="dst-wh"}) or vector(0)) > 0')).length,
+    { timeoutMs: 60000, what: 'retries, aborts, pending jobs and warehouse loads in Prometheus' });
 
     const { panels, vars, names } = dashboardQueries();
     assert.ok(panels.length >= 20, `dashboard has ${panels.length} queries`);
@@ -167,7 +177,7 @@ describe('metrics, alert rules and dashboard against a real Prometheus', { skip:
       assert.ok(res.data.length > 0, `variable ${v.name} has no values`);
     }
     const dests = await promQuery(promUrl, 'count by (destination) (pintle_deliveries_total)');
-    assert.deepEqual(dests.map((s) => s.metric.destination).sort(), ['dst-abort', 'dst-hook', 'dst-retry']);
+    assert.deepEqual(dests.map((s) => s.metric.destination).sort(), ['dst-abort', 'dst-hook', 'dst-retry', 'dst-wh']);
 
     // the two workers: one target, both labelled, their sum is every request sent
     sending = false;
