@@ -50,7 +50,7 @@ UNIT_BINS  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
 INTEG_SRC  := $(wildcard tests/integration/test_*.c)
 INTEG_BINS := $(INTEG_SRC:tests/integration/%.c=$(BUILD)/tests/integration/%)
 
-.PHONY: all deps run stop test config-check unit integration transformer-test e2e check asan fuzz fuzz-smoke bench clean format format-check
+.PHONY: all deps run stop test config-check unit integration transformer-test deploy-test e2e check asan fuzz fuzz-smoke bench clean format format-check
 .SECONDARY:
 
 all: $(BINS)
@@ -121,6 +121,12 @@ e2e: all
 transformer-test:
 	@cd transformer && node --test test/
 
+# Offline checks of helm/pintle and the Dockerfiles (tests/helm): helm lint,
+# helm template validated against the Kubernetes schemas, --check-config of the
+# rendered config by the built binaries.
+deploy-test: all
+	@cd tests/helm && node --test --test-concurrency=1 *.test.js
+
 # config/pintle.conf documents every key at its default: it must match the table.
 config-check: all
 	@if $(BUILD)/bin/pintlectl config-doc | diff -u config/pintle.conf - ; then \
@@ -128,7 +134,7 @@ config-check: all
 	else echo "config/pintle.conf is stale: run build/bin/pintlectl config-doc > config/pintle.conf"; \
 	  echo "config-doc: 0 passed, 1 failed"; exit 1; fi
 
-check: config-check unit integration transformer-test e2e
+check: config-check unit integration transformer-test deploy-test e2e
 
 # make test: what CI runs. Installs what is missing, builds, runs everything.
 test: deps
