@@ -144,6 +144,8 @@ test('HPAs: on CPU for gateway and transformer, queue lag for processor and rout
       const name = ext[0].external.metric.name;
       assert.ok(opsSrc.includes(`"${name}"`), `${c}: the services export no metric ${name}`);
       assert.deepEqual(ext[0].external.metric.selector.matchLabels, { stage: c });
+      // the stage label's value is the StageOps name the component registers
+      assert.ok(fs.readFileSync(path.join(ROOT, c, 'main.c'), 'utf8').includes(`StageOps ops = {"${c}"`), `${c}: stage label`);
       assert.equal(ext[0].external.target.value, String(v[c].autoscaling.queueLag.targetSeconds));
     } else {
       assert.equal(ext.length, 0, `${c}: no external metric`);
