@@ -241,6 +241,16 @@ test('the rendered pintle.conf and each Deployment\'s env pass the binaries\' --
         for (const [k, val] of Object.entries(keys)) assert.equal(kv[`${sec}.${k}`], String(val), `${where}: config.${sec}.${k}`);
       if (env.PINTLE_DB_DSN !== undefined) assert.ok(kv['db.dsn'] !== '', `${where}: DSN`);
     }
+    // pintlectl with the rendered file itself (what `kubectl exec ... pintlectl` reads)
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pintle-helm-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'pintle.conf'), find(objs, 'ConfigMap', full('config')).data['pintle.conf']);
+      const r = spawnSync(path.join(BIN, 'pintlectl'), ['-c', path.join(dir, 'pintle.conf'), 'check-config'], { encoding: 'utf8', env: { PATH: process.env.PATH } });
+      assert.equal(r.status, 0, `${set}: pintlectl check-config of the rendered pintle.conf:\n${r.stderr}`);
+      assert.match(r.stdout, new RegExp(`^queue\\.partitions=${v.partitions}$`, 'm'), set);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
     const job = find(objs, 'Job', full('migrate'));
     const jctr = job.spec.template.spec.containers.find((x) => x.name === 'migrate');
     assert.deepEqual(jctr.command, ['/usr/local/bin/pintlectl', 'migrate'], set);
@@ -437,4 +447,19 @@ test('NOTES.txt tells how to send a first event, and warns about the bundled Pos
   const pg = notes(VALUE_SETS['bundled-pg']);
   assert.match(pg, /NOT FOR PRODUCTION/);
   assert.match(notes(VALUE_SETS['external-db']), /GATEWAY=https:\/\/events\.example\.com/);
+});
+
+test('a config value the binaries refuse is caught by the check-config step (it can fail)', () => {
+  for (const bad of ['config.router.no_such_key=1', 'config.router.max_attempts=-5']) {
+    const objs = render([], [bad]);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pintle-helm-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'pintle.conf'), find(objs, 'ConfigMap', full('config')).data['pintle.conf']);
+      const r = spawnSync(path.join(BIN, 'pintlectl'), ['-c', path.join(dir, 'pintle.conf'), 'check-config'], { encoding: 'utf8', env: { PATH: process.env.PATH } });
+      assert.notEqual(r.status, 0, `--set ${bad}: accepted`);
+      assert.match(r.stderr, /router|max_attempts|no_such_key/, r.stderr);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
 });

