@@ -156,6 +156,16 @@ test('HPAs: on CPU for gateway and transformer, queue lag for processor and rout
   for (const c of COMPONENTS) assert.equal(typeof find(def, 'Deployment', full(c)).spec.replicas, 'number', c);
 });
 
+test('extra volumes reach the component that asks for them only', () => {
+  const objs = objects('scaled');
+  const pod = (c) => find(objs, 'Deployment', full(c)).spec.template.spec;
+  const br = pod('batchrouter');
+  assert.equal(br.volumes.find((x) => x.name === 'uploads').persistentVolumeClaim.claimName, 'pintle-uploads');
+  assert.equal(br.containers[0].volumeMounts.find((x) => x.name === 'uploads').mountPath, '/var/lib/pintle/uploads');
+  for (const c of ['gateway', 'processor', 'router', 'transformer'])
+    assert.ok(!pod(c).volumes.some((x) => x.name === 'uploads'), c);
+});
+
 test('an HPA that could exceed the partitions is refused', () => {
   const r = helm(['template', 'pin', CHART, '--set', 'processor.autoscaling.enabled=true', '--set', 'processor.autoscaling.maxReplicas=65']);
   assert.notEqual(r.code, 0);
