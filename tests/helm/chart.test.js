@@ -473,3 +473,10 @@ test('a config value the binaries refuse is caught by the check-config step (it 
     }
   }
 });
+
+test('the chart states the Kubernetes versions its APIs need (autoscaling/v2, policy/v1)', () => {
+  assert.equal(helm(['template', 'pin', CHART, '--kube-version', '1.23.0']).code, 0);
+  const r = helm(['template', 'pin', CHART, '--kube-version', '1.22.0']);
+  assert.notEqual(r.code, 0, 'rendered for Kubernetes 1.22');
+  assert.match(r.err, /kubeVersion/);
+});
