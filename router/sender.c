@@ -663,6 +663,15 @@ static void on_batched(void *arg, const HttpcResponse *r)
                 b->jobs[i].answered = true;
                 idx[nidx++] = i;
             }
+            if (outs[o].status != 200 && delivery_classify(outs[o].status) == DELIVERY_OK) {
+                /* another 2xx with nothing to send (298: filtered by the
+                 * transformer): the job is done, as a processor filter is */
+                for (int k = 0; k < nidx; k++)
+                    log_debug("job_filtered", "job_id=%" PRId64 " destination_id=%s status=%d",
+                              b->jobs[idx[k]].j->job_id, b->dest_id, outs[o].status);
+                free(idx);
+                continue;
+            }
             if (outs[o].status != 200) {
                 char why[512];
                 snprintf(why, sizeof why, "transformer refused the job (%d): %s", outs[o].status,
