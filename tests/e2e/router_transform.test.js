@@ -6,12 +6,13 @@
 // groups and delivers each returned request, in per-user order. An output
 // with an error status aborts its jobs into dead letters (stage router,
 // with the transformer's reason), without holding back the other
-// destination.
+// destination; replayed after the destination is fixed, they arrive.
 const { describe, it, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { Stack, withLogs, waitFor, startSink } = require('./lib/stack');
+const { execFileSync } = require('node:child_process');
+const { Stack, BIN, withLogs, waitFor, startSink } = require('./lib/stack');
 const { sendBatch, checkDelivered } = require('./lib/router');
 
 const KEY = 'e2e-key';
@@ -96,7 +97,7 @@ describe('transformAt router: /routerTransform from the router', () => {
     assert.equal(repeats, 0, 'each event delivered once');
     // the transformer's WEBHOOK transform ran (its header) on the
     // user-transformed event
-    for (const r of sink.ok()) {
+    for (const r of sink.ok().filter((x) => x.url !== '/fixed')) {
       assert.equal(r.url, '/hook');
       assert.equal(r.headers['x-test'], 'rt');
       assert.equal(r.body.properties.tagged, true, 'user transformation applied before /routerTransform');
@@ -138,6 +139,21 @@ describe('transformAt router: /routerTransform from the router', () => {
     assert.equal(new Set(dead.map((d) => d.job_id)).size, total, 'one dead letter per job');
     // nothing of dst-nourl reached the sink, and no retry loop
     assert.equal(sink.received.length, sink.ok().length);
+
+    // the operator fixes the destination and replays its dead letters: the
+    // events (not delivery payloads) go through /routerTransform again and
+    // arrive, in per-user order
+    const reloads = () => (st.router.log.match(/event=workspace_reloaded/g) || []).length;
+    const before = reloads();
+    const fixed = workspace(sink.url);
+    fixed.sources[0].destinations[1].config.webhookUrl = `${sink.url}/fixed`;
+    st.writeWorkspace(fixed);
+    await waitFor(() => reloads() > before, { what: 'router reloaded the workspace config' });
+    const out = execFileSync(path.join(BIN, 'pintlectl'), ['replay', '--destination', 'dst-nourl'], { env: { ...process.env, ...st.env() }, encoding: 'utf8' });
+    assert.match(out, new RegExp(`replayed ${total} dead letters`));
+    const atFixed = () => sink.ok().filter((r) => r.url === '/fixed');
+    await waitFor(() => atFixed().length >= total, { timeoutMs: 60000, what: `${total} replayed deliveries (have ${atFixed().length})` });
+    assert.equal(checkDelivered('dst-nourl replayed', sent, atFixed()).repeats, 0);
 
     const code = await st.router.stop();
     assert.equal(code.code, 0);
