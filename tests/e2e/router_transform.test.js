@@ -157,5 +157,6 @@ describe('transformAt router: /routerTransform from the router', () => {
 
     const code = await st.router.stop();
     assert.equal(code.code, 0);
+    for (const p of st.procs) assert.deepEqual(p.errors ? p.errors() : [], [], `${p.name} logged no error`);
   }));
 });
