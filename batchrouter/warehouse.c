@@ -36,7 +36,7 @@
 struct Warehouse {
     char *host, *port, *dbname, *user, *password, *sslmode;
     char ns[WH_NAME_BUF];
-    char options[64];
+    char options[96];
     char timeout[16];
     PGconn *conn;
 };
@@ -87,7 +87,7 @@ Warehouse *warehouse_create(const char *config_json, const WarehouseSettings *s,
         return NULL;
     }
     free(ssl);
-    snprintf(w->options, sizeof w->options, "-c statement_timeout=%d", s->statement_timeout_ms);
+    snprintf(w->options, sizeof w->options, "-c statement_timeout=%d -c client_min_messages=warning", s->statement_timeout_ms);
     snprintf(w->timeout, sizeof w->timeout, "%d", s->connect_timeout_s);
     return w;
 }
@@ -129,7 +129,6 @@ static int wh_connect(Warehouse *w, Err *err)
         return err_set(err, ERR_AGAIN, "could not connect to the warehouse %s:%s/%s: %s", w->host,
                        w->port, w->dbname, msg);
     }
-    PQsetNoticeProcessor(w->conn, NULL, NULL);
     return 0;
 }
 
