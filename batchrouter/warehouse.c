@@ -87,6 +87,9 @@ Warehouse *warehouse_create(const char *config_json, const WarehouseSettings *s,
         return NULL;
     }
     free(ssl);
+    /* hmap's hash key is set on first use: set it here, on the loop's
+     * thread, before worker threads hash */
+    (void)hmap_hash("");
     snprintf(w->options, sizeof w->options, "-c statement_timeout=%d -c client_min_messages=warning", s->statement_timeout_ms);
     snprintf(w->timeout, sizeof w->timeout, "%d", s->connect_timeout_s);
     return w;
@@ -133,14 +136,15 @@ static int wh_connect(Warehouse *w, Err *err)
 }
 
 /* The status a failed statement gives the load: data and definition errors
- * (classes 22, 23, 42 but privileges) are the batch's own: abort; anything
+ * (classes 22, 23, 42 but privileges, 54 limits such as too many columns)
+ * are the batch's own: abort; anything
  * else (connection, timeouts, locks, resources) is worth a retry. */
 static WhStatus classify(PGresult *res)
 {
     const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     if (st == NULL)
         return WH_RETRY;
-    if (strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0 ||
+    if (strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0 || strncmp(st, "54", 2) == 0 ||
         (strncmp(st, "42", 2) == 0 && strcmp(st, "42501") != 0))
         return WH_ABORT;
     return WH_RETRY;
@@ -400,7 +404,7 @@ static int ddl(Load *l, WhStatus *st, Err *err)
         free(newc);
         free(newt);
         if (rc < 0)
-            return err_prefix(err, "table %s: ", t->name);
+            return err_prefix(err, "table %s", t->name);
     }
     return 0;
 }
@@ -691,7 +695,7 @@ WhStatus warehouse_load(Warehouse *w, const WhLoad *in, WhResult *res, Err *err)
             return WH_OK;
         *err = e2;
     }
-    err_prefix(err, "load %s into %s: ", in->load_id, w->ns);
+    err_prefix(err, "load %s into %s", in->load_id, w->ns);
     if (PQstatus(w->conn) == CONNECTION_OK) {
         PGresult *r = PQexec(w->conn, "ROLLBACK");
         PQclear(r);
