@@ -79,9 +79,9 @@ Warehouse *warehouse_create(const char *config_json, const WarehouseSettings *s,
             w->sslmode = xstrdup(ssl);
     if (w->host == NULL || w->dbname == NULL || w->sslmode == NULL) {
         err_set(err, ERR_INVALID, "the POSTGRES destination config has %s",
-                w->host == NULL       ? "no host"
-                : w->dbname == NULL   ? "no database"
-                                      : "an unknown sslMode");
+                w->host == NULL     ? "no host"
+                : w->dbname == NULL ? "no database"
+                                    : "an unknown sslMode");
         free(ssl);
         warehouse_destroy(w);
         return NULL;
@@ -90,7 +90,8 @@ Warehouse *warehouse_create(const char *config_json, const WarehouseSettings *s,
     /* hmap's hash key is set on first use: set it here, on the loop's
      * thread, before worker threads hash */
     (void)hmap_hash("");
-    snprintf(w->options, sizeof w->options, "-c statement_timeout=%d -c client_min_messages=warning", s->statement_timeout_ms);
+    snprintf(w->options, sizeof w->options,
+             "-c statement_timeout=%d -c client_min_messages=warning", s->statement_timeout_ms);
     snprintf(w->timeout, sizeof w->timeout, "%d", s->connect_timeout_s);
     return w;
 }
@@ -116,12 +117,21 @@ static int wh_connect(Warehouse *w, Err *err)
         return 0;
     if (w->conn)
         PQfinish(w->conn);
-    const char *keys[] = {"host",     "port",    "dbname",          "user",
-                          "password", "sslmode", "connect_timeout", "options",
-                          "application_name", "keepalives_idle", NULL};
-    const char *vals[] = {w->host,     w->port,    w->dbname,          w->user,
-                          w->password, w->sslmode, w->timeout,         w->options,
-                          "pintle-batchrouter-warehouse", "10", NULL};
+    const char *keys[] = {"host",
+                          "port",
+                          "dbname",
+                          "user",
+                          "password",
+                          "sslmode",
+                          "connect_timeout",
+                          "options",
+                          "application_name",
+                          "keepalives_idle",
+                          NULL};
+    const char *vals[] = {w->host,    w->port,     w->dbname,
+                          w->user,    w->password, w->sslmode,
+                          w->timeout, w->options,  "pintle-batchrouter-warehouse",
+                          "10",       NULL};
     w->conn = PQconnectdbParams(keys, vals, 0);
     if (PQstatus(w->conn) != CONNECTION_OK) {
         char msg[512];
@@ -194,10 +204,10 @@ static void put_table(Buf *b, const Warehouse *w, const char *table)
 typedef struct Table {
     char name[WH_NAME_BUF];
     bool exists, is_users;
-    HMap types;     /* column -> (void *)(intptr_t)(WhType + 1) */
-    char **order;   /* the columns written, in first-seen order */
+    HMap types;   /* column -> (void *)(intptr_t)(WhType + 1) */
+    char **order; /* the columns written, in first-seen order */
     int ncols, cap;
-    int *rows;      /* indices into the WhRows */
+    int *rows; /* indices into the WhRows */
     int nrows, rcap;
 } Table;
 
@@ -584,8 +594,8 @@ static int load_tx(Load *l, const WhLoad *in, WhStatus *st, Err *err)
     Warehouse *w = l->w;
     Buf *s = &l->sql;
     const char *ns[] = {w->ns};
-    if (run(w, "SELECT pg_advisory_xact_lock(hashtext('pintle_warehouse:' || $1))", 1, ns, NULL,
-            st, err) < 0)
+    if (run(w, "SELECT pg_advisory_xact_lock(hashtext('pintle_warehouse:' || $1))", 1, ns, NULL, st,
+            err) < 0)
         return -1;
     buf_reset(s);
     buf_puts(s, "CREATE SCHEMA IF NOT EXISTS ");
@@ -625,8 +635,8 @@ static int load_tx(Load *l, const WhLoad *in, WhStatus *st, Err *err)
         Err e2;
         if (wh_rows_add_event(&l->rows, in->events[i], in->lens[i], &meta, &e2) < 0) {
             if (invalid++ == 0)
-                log_warn("warehouse_event_skipped", "load_id=%s index=%d error=%s", in->load_id,
-                         i, e2.msg);
+                log_warn("warehouse_event_skipped", "load_id=%s index=%d error=%s", in->load_id, i,
+                         e2.msg);
         }
     }
     if (read_schema(l, st, err) < 0)

@@ -170,8 +170,7 @@ static json_object *first_of(json_object *ev, const char *a, const char *b)
 }
 
 /* RudderStack's default columns, which override the event's data. */
-static void set_common(WhRow *row, json_object *ev, const char *message_id,
-                       const char *received_at)
+static void set_common(WhRow *row, json_object *ev, const char *message_id, const char *received_at)
 {
     row_set_text(row, "id", WH_TYPE_STRING, message_id);
     row_set_json(row, "anonymous_id", first_of(ev, "anonymousId", NULL));
@@ -200,8 +199,7 @@ static void copy_cols(WhRow *dst, const WhRow *src)
     }
 }
 
-int wh_rows_add_event(WhRows *out, const char *json, size_t len, const WhEventMeta *meta,
-                      Err *err)
+int wh_rows_add_event(WhRows *out, const char *json, size_t len, const WhEventMeta *meta, Err *err)
 {
     json_tokener *tok = json_tokener_new();
     json_object *ev = json_tokener_parse_ex(tok, json, (int)len);
@@ -215,8 +213,8 @@ int wh_rows_add_event(WhRows *out, const char *json, size_t len, const WhEventMe
     for (char *p = type; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
     static const char *const types[] = {"track", "identify", "page", "screen", "group", "alias"};
-    static const char *const tables[] = {"tracks", "identifies", "pages",
-                                         "screens", "groups",    "aliases"};
+    static const char *const tables[] = {"tracks",  "identifies", "pages",
+                                         "screens", "groups",     "aliases"};
     int k = -1;
     for (int i = 0; i < 6; i++)
         if (strcmp(type, types[i]) == 0)
@@ -235,8 +233,7 @@ int wh_rows_add_event(WhRows *out, const char *json, size_t len, const WhEventMe
     if (meta->source_id && meta->source_id[0])
         json_object_object_add(ctx, "sourceId", json_object_new_string(meta->source_id));
     if (meta->destination_id && meta->destination_id[0]) {
-        json_object_object_add(ctx, "destinationId",
-                               json_object_new_string(meta->destination_id));
+        json_object_object_add(ctx, "destinationId", json_object_new_string(meta->destination_id));
         json_object_object_add(ctx, "destinationType", json_object_new_string("POSTGRES"));
     }
     json_object *mid = jsonu_get_ci(ev, "messageId");
@@ -250,9 +247,8 @@ int wh_rows_add_event(WhRows *out, const char *json, size_t len, const WhEventMe
     flatten(row, type, ctx, "context_", 0);
     if (k == 0) { /* track */
         json_object *evn = jsonu_get_ci(ev, "event");
-        const char *text = evn && json_object_is_type(evn, json_type_string)
-                               ? json_object_get_string(evn)
-                               : "";
+        const char *text =
+            evn && json_object_is_type(evn, json_type_string) ? json_object_get_string(evn) : "";
         set_common(row, ev, message_id, received_at);
         if (text[0])
             row_set_text(row, "event_text", WH_TYPE_STRING, text);

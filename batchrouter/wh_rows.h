@@ -49,8 +49,8 @@ void wh_rows_clear(WhRows *r);
 /* Appends the rows of the event json[0..len) to out. ERR_INVALID (and
  * nothing appended) when it is not a JSON object or its type is missing or
  * unknown: RudderStack fails such an event. */
-MUST_CHECK int wh_rows_add_event(WhRows *out, const char *json, size_t len,
-                                 const WhEventMeta *meta, Err *err);
+MUST_CHECK int wh_rows_add_event(WhRows *out, const char *json, size_t len, const WhEventMeta *meta,
+                                 Err *err);
 
 /* The column named name in row, or NULL. */
 const WhCol *wh_row_get(const WhRow *row, const char *name);

@@ -169,13 +169,16 @@ static bool is_blank(json_object *j)
     if (j == NULL)
         return true;
     switch (json_object_get_type(j)) {
-    case json_type_null: return true;
-    case json_type_string: return json_object_get_string_len(j) == 0;
+    case json_type_null:
+        return true;
+    case json_type_string:
+        return json_object_get_string_len(j) == 0;
     case json_type_array:
         /* lodash toString: [] and [null] print as "" */
         return json_object_array_length(j) == 0 ||
                (json_object_array_length(j) == 1 && is_blank(json_object_array_get_idx(j, 0)));
-    default: return false;
+    default:
+        return false;
     }
 }
 
@@ -235,7 +238,8 @@ bool wh_value_infer(json_object *j, WhValue *v)
         v->text = xstrdup(jsonu_to_string(j, &n));
         return true;
     }
-    default: return false;
+    default:
+        return false;
     }
 }
 

@@ -178,9 +178,10 @@ static void test_load(void **state)
     col_type("product_clicked", "color", "text");
     expect("SELECT color FROM " NS ".product_clicked WHERE id = 't3'", "red");
     expect("SELECT price FROM " NS ".product_clicked WHERE id = 't3'", NULL);
-    expect("SELECT table_name || '|' || column_name || '|' || column_value || '|' || row_id FROM " NS
-           ".rudder_discards",
-           "product_clicked|price|not a number|t3");
+    expect(
+        "SELECT table_name || '|' || column_name || '|' || column_value || '|' || row_id FROM " NS
+        ".rudder_discards",
+        "product_clicked|price|not a number|t3");
     expect("SELECT count(*) FROM " NS ".users", "2");
     expect("SELECT name || ',' || plan FROM " NS ".users WHERE id = 'u1'", "Ann,pro");
     expect("SELECT plan FROM " NS ".users WHERE id = 'u3'", "y");
@@ -219,8 +220,8 @@ static void *loader(void *arg)
                      "{\"type\":\"%s\",\"event\":\"Shared %d\",\"messageId\":\"c%d-%d-%d\","
                      "\"userId\":\"cu%d\",\"traits\":{\"t%d_%d\":1},"
                      "\"properties\":{\"p%d_%d\":%d}}",
-                     i % 2 ? "identify" : "track", b % 2, l->who, b, i, i % 3, l->who, b, l->who,
-                     b, i);
+                     i % 2 ? "identify" : "track", b % 2, l->who, b, i, i % 3, l->who, b, l->who, b,
+                     i);
             ptr[i] = evs[i];
         }
         char id[32];
@@ -309,10 +310,8 @@ static void test_refused(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_load),
-        cmocka_unit_test(test_concurrent),
-        cmocka_unit_test(test_abort),
-        cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_load),    cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_abort),   cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

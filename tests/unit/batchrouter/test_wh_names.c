@@ -204,8 +204,9 @@ static void test_rows(void **state)
     assert_string_equal(val(e, "user_id"), "u1");
 
     wh_rows_clear(&r);
-    const char *ident = "{\"type\":\"identify\",\"userId\":\"u1\",\"traits\":{\"firstName\":\"Ann\","
-                        "\"age\":30},\"context\":{\"traits\":{\"email\":\"a@b.c\"}}}";
+    const char *ident =
+        "{\"type\":\"identify\",\"userId\":\"u1\",\"traits\":{\"firstName\":\"Ann\","
+        "\"age\":30},\"context\":{\"traits\":{\"email\":\"a@b.c\"}}}";
     assert_int_equal(wh_rows_add_event(&r, ident, strlen(ident), &meta, &err), 0);
     assert_int_equal(r.n, 2);
     const WhRow *i = find_row(&r, "identifies"), *u = find_row(&r, "users");
