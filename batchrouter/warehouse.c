@@ -627,17 +627,28 @@ static int load_tx(Load *l, const WhLoad *in, WhStatus *st, Err *err)
     char now[32];
     now_iso(now);
     snprintf(l->uuid_ts, sizeof l->uuid_ts, "%s", now);
-    int invalid = 0;
+    /* events RudderStack's transform fails (no object, unknown type): the
+     * processor only sends the types the destination takes, so this is
+     * rare; they are logged once per load with the first reason */
+    int invalid = 0, first_bad = -1;
+    Err bad;
+    err_clear(&bad);
     for (int i = 0; i < in->nevents; i++) {
         char auto_id[200];
         snprintf(auto_id, sizeof auto_id, "auto-%s-%d", in->load_id, i);
         WhEventMeta meta = {in->source_id, in->destination_id, now, auto_id};
         Err e2;
         if (wh_rows_add_event(&l->rows, in->events[i], in->lens[i], &meta, &e2) < 0) {
-            if (invalid++ == 0)
-                log_warn("warehouse_event_skipped", "load_id=%s index=%d error=%s", in->load_id, i,
-                         e2.msg);
+            if (invalid++ == 0) {
+                first_bad = i;
+                bad = e2;
+            }
         }
+    }
+    if (invalid > 0) {
+        char q[600];
+        log_warn("warehouse_events_skipped", "load_id=%s skipped=%d first_index=%d error=%s",
+                 in->load_id, invalid, first_bad, log_quote(q, sizeof q, bad.msg));
     }
     if (read_schema(l, st, err) < 0)
         return -1;
