@@ -112,9 +112,12 @@ static const char *const reserved[] = {
     "WHERE",
 };
 
-/* Tables RudderStack creates itself: an event of the same name gets "_". */
-static const char *const rudder_tables[] = {"tracks", "pages",    "screens", "aliases",
-                                            "groups", "accounts", "users",   "identifies"};
+/* Tables RudderStack creates itself: an event of the same name gets "_".
+ * pintle adds its ledger and the discards table, so that no event's rows
+ * can land in either (RudderStack's list stops at identifies). */
+static const char *const rudder_tables[] = {
+    "tracks",   "pages", "screens",    "aliases",         "groups",
+    "accounts", "users", "identifies", "rudder_discards", "pintle_loads"};
 
 static int cmp_ci(const void *a, const void *b)
 {

@@ -36,7 +36,8 @@ void wh_name_column(const char *in, char *out, size_t outsz);
 /* The table of a track event named event (the "event" property text):
  * transformName twice, lower case, cut to 63, reserved words and the
  * tables RudderStack creates itself (tracks, pages, screens, aliases,
- * groups, accounts, users, identifies) prefixed with "_". "" when the name
+ * groups, accounts, users, identifies) and rudder_discards and the ledger
+ * pintle_loads prefixed with "_". "" when the name
  * has no letter or digit (no event table, as RudderStack). */
 void wh_name_event_table(const char *event, char *out, size_t outsz);
 

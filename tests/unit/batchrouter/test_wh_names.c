@@ -78,6 +78,9 @@ static void test_event_tables(void **state)
     check_table("tracks", "_tracks");
     check_table("Identifies", "_identifies");
     check_table("users", "_users");
+    /* nor may an event write into the discards or the ledger */
+    check_table("Rudder Discards", "_rudder_discards");
+    check_table("pintle_loads", "_pintle_loads");
     check_table("!!!", "");
     char lng[200];
     for (int i = 0; i < 80; i++)
