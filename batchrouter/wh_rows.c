@@ -90,6 +90,7 @@ static const char *const common_cols[] = {"id",
                                           "context_ip",
                                           "context_request_ip",
                                           "context_passed_ip",
+                                          "uuid_ts", /* the loader's */
                                           NULL};
 
 static bool is_reserved_col(const char *type, const char *name)

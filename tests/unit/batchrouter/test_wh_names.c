@@ -183,7 +183,7 @@ static void test_rows(void **state)
                         "\"2026-02-03T04:05:06.007Z\",\"request_ip\":\"1.1.1.1\","
                         "\"context\":{\"library\":{\"name\":\"js\"}},"
                         "\"properties\":{\"productId\":5,\"price\":9.5,\"id\":\"mine\","
-                        "\"nested\":{\"deepKey\":true}}}";
+                        "\"nested\":{\"deepKey\":true},\"uuid_ts\":\"x\"}}";
     assert_int_equal(wh_rows_add_event(&r, track, strlen(track), &meta, &err), 0);
     assert_int_equal(r.n, 2);
     const WhRow *t = find_row(&r, "tracks"), *e = find_row(&r, "product_clicked");
@@ -205,6 +205,7 @@ static void test_rows(void **state)
     /* a property cannot overwrite RudderStack's id */
     assert_string_equal(val(e, "id"), "m1");
     assert_string_equal(val(e, "user_id"), "u1");
+    assert_null(val(e, "uuid_ts")); /* the loader's column */
 
     wh_rows_clear(&r);
     const char *ident =
