@@ -182,6 +182,9 @@ class Stack {
       PINTLE_HINTS_BIND: `ipc://${this.tmp}/hint-%s-%p.ipc`,
       PINTLE_WORKSPACE_PATH: this.workspacePath || path.join(ROOT, 'config/workspaceConfig.sample.json'),
       PINTLE_LOG_LEVEL: 'info',
+      // tests kill -9 services on purpose, more often than the automatic
+      // degraded trigger allows; degraded.test.js sets its own limit
+      PINTLE_OPS_RESTART_LIMIT: '0',
       ...extra,
     };
   }
