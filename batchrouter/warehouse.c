@@ -696,9 +696,16 @@ WhStatus warehouse_load(Warehouse *w, const WhLoad *in, WhResult *res, Err *err)
         return WH_RETRY;
     WhStatus st = WH_RETRY;
     if (run(w, "BEGIN", 0, NULL, NULL, &st, err) < 0) {
+        /* a connection the server closed while idle (restart, idle
+         * timeout) is only found out now: one fresh connection */
         PQfinish(w->conn);
         w->conn = NULL;
-        return WH_RETRY;
+        if (wh_connect(w, err) < 0 || run(w, "BEGIN", 0, NULL, NULL, &st, err) < 0) {
+            if (w->conn)
+                PQfinish(w->conn);
+            w->conn = NULL;
+            return WH_RETRY;
+        }
     }
     Load l;
     memset(&l, 0, sizeof l);

@@ -279,6 +279,15 @@ static void test_abort(void **state)
     const char *ok[] = {"{\"type\":\"page\",\"messageId\":\"x2\"}"};
     assert_int_equal(load(w, "LY", ok, 1, &res, &err), WH_OK);
     expect("SELECT count(*) FROM " NS ".pages WHERE id = 'x2'", "1");
+    /* a connection the server dropped while idle is replaced at once */
+    expect("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+           " WHERE application_name = 'pintle-batchrouter-warehouse'",
+           "1");
+    const char *ok2[] = {"{\"type\":\"page\",\"messageId\":\"x3\"}"};
+    WhStatus st = load(w, "LZ", ok2, 1, &res, &err);
+    if (st != WH_OK)
+        fail_msg("load after a dropped connection: %d %s", st, err.msg);
+    expect("SELECT count(*) FROM " NS ".pages WHERE id = 'x3'", "1");
     warehouse_destroy(w);
 }
 
