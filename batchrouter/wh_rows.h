@@ -17,13 +17,18 @@
 #include "batchrouter/wh_types.h"
 #include "common/err.h"
 
+/* A column or table name: at most 63 bytes plus a "_" prefix. Rows are
+ * many (a batch of 10,000 events holds some 600,000 columns), so names are
+ * stored in this, not WH_NAME_BUF. */
+#define WH_COL_BUF (WH_NAME_MAX + 2)
+
 typedef struct WhCol {
-    char name[WH_NAME_BUF];
+    char name[WH_COL_BUF];
     WhValue value;
 } WhCol;
 
 typedef struct WhRow {
-    char table[WH_NAME_BUF];
+    char table[WH_COL_BUF];
     bool is_users; /* the users table: merged per id instead of appended */
     WhCol *cols;
     int ncols, cap;
