@@ -22,6 +22,11 @@ function workspace(pgPort) {
         id: 'dst-pg', name: 'warehouse', enabled: true, isProcessorEnabled: true,
         config: { host: '127.0.0.1', port: String(pgPort), database: 'wh', user: 'postgres', password: '', namespace: NS, sslMode: 'disable' },
         destinationDefinition: { id: 'def-pg', name: 'POSTGRES', displayName: 'Postgres', config: { supportedMessageTypes: ['track', 'identify', 'page', 'screen', 'group', 'alias'] } },
+      }, {
+        // no host: its batches go to dead letters, the good one keeps loading
+        id: 'dst-nohost', name: 'broken warehouse', enabled: true, isProcessorEnabled: true,
+        config: { database: 'wh', user: 'postgres', namespace: 'never' },
+        destinationDefinition: { id: 'def-pg', name: 'POSTGRES', displayName: 'Postgres', config: { supportedMessageTypes: ['track', 'identify', 'page', 'screen', 'group', 'alias'] } },
       }],
     }],
   };
@@ -110,6 +115,14 @@ describe('Postgres warehouse (POSTGRES destination)', () => {
     const a = await whQuery(st, `SELECT previous_id FROM ${NS}.aliases WHERE id = 'm-5'`);
     assert.equal(a[0].previous_id, 'old-5');
     assert.ok((await count(st, 'pintle_loads')) >= 1);
+    // the destination without a host: every event a dead letter with the reason
+    const dead = await waitFor(async () => {
+      const r = await st.pg.query("SELECT count(*)::int AS n, min(reason) AS reason FROM pintle.dead_letters WHERE destination_id = 'dst-nohost'");
+      return r[0].n >= 60 && r[0];
+    }, { timeoutMs: 30000, what: 'the no-host destination\'s events in dead letters' });
+    assert.equal(dead.n, 60);
+    assert.match(dead.reason, /no host/);
+    assert.equal((await whQuery(st, "SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = 'never'"))[0].n, 0);
     await st.stopAll();
     st = null;
   }));
