@@ -112,7 +112,8 @@ unit: $(UNIT_BINS)
 
 # Unit tests with database cases (skipped without PINTLE_DB_DSN) also run
 # here, against the private Postgres, so those cases never go unrun.
-DB_UNIT_BINS := $(BUILD)/tests/unit/router/test_store $(BUILD)/tests/unit/router/test_parts
+DB_UNIT_BINS := $(BUILD)/tests/unit/router/test_store $(BUILD)/tests/unit/router/test_parts \
+                $(BUILD)/tests/unit/batchrouter/test_warehouse
 integration: all $(INTEG_BINS) $(DB_UNIT_BINS)
 	@tests/integration/run.sh $(INTEG_BINS) $(DB_UNIT_BINS)
 

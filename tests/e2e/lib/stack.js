@@ -240,6 +240,11 @@ class Stack {
     return this.startService('router', { PINTLE_ROUTER_RETRY_INITIAL_S: '1', PINTLE_ROUTER_RETRY_MAX_S: '1', PINTLE_ROUTER_POLL_INTERVAL_MS: '100', ...extra });
   }
 
+  // Batchrouter with fast test timings.
+  async startBatchrouter(extra = {}) {
+    return this.startService('batchrouter', { PINTLE_BATCHROUTER_UPLOAD_INTERVAL_S: '1', PINTLE_BATCHROUTER_POLL_INTERVAL_MS: '100', PINTLE_BATCHROUTER_RETRY_INITIAL_MS: '100', PINTLE_BATCHROUTER_RETRY_MAX_MS: '500', ...extra });
+  }
+
   dumpLogs() {
     for (const p of this.procs) {
       process.stderr.write(`\n----- ${p.name} log -----\n${p.log}\n`);
