@@ -6,6 +6,7 @@
 #   make asan       sanitizer build + C tests under it
 #   make fuzz       build and run the request-parser fuzzer (FUZZ_SECONDS, default 60)
 #   make bench      benchmarks (not part of make test)
+#   make images     docker build of deploy/docker/* (not part of make test)
 SHELL   := /bin/bash
 BUILD   ?= build
 PKGS    := libevent libpq json-c libcurl nanomsg libconfig zlib libcrypto
@@ -50,7 +51,7 @@ UNIT_BINS  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
 INTEG_SRC  := $(wildcard tests/integration/test_*.c)
 INTEG_BINS := $(INTEG_SRC:tests/integration/%.c=$(BUILD)/tests/integration/%)
 
-.PHONY: all deps run stop test config-check unit integration transformer-test e2e check asan fuzz fuzz-smoke bench clean format format-check
+.PHONY: all deps run stop test config-check unit integration transformer-test deploy-test e2e check asan fuzz fuzz-smoke bench images clean format format-check
 .SECONDARY:
 
 all: $(BINS)
@@ -111,7 +112,8 @@ unit: $(UNIT_BINS)
 
 # Unit tests with database cases (skipped without PINTLE_DB_DSN) also run
 # here, against the private Postgres, so those cases never go unrun.
-DB_UNIT_BINS := $(BUILD)/tests/unit/router/test_store $(BUILD)/tests/unit/router/test_parts
+DB_UNIT_BINS := $(BUILD)/tests/unit/router/test_store $(BUILD)/tests/unit/router/test_parts \
+                $(BUILD)/tests/unit/batchrouter/test_warehouse
 integration: all $(INTEG_BINS) $(DB_UNIT_BINS)
 	@tests/integration/run.sh $(INTEG_BINS) $(DB_UNIT_BINS)
 
@@ -121,6 +123,12 @@ e2e: all
 transformer-test:
 	@cd transformer && node --test test/
 
+# Offline checks of helm/pintle and the Dockerfiles (tests/helm): helm lint,
+# helm template validated against the Kubernetes schemas, --check-config of the
+# rendered config by the built binaries.
+deploy-test: all
+	@cd tests/helm && node --test *.test.js
+
 # config/pintle.conf documents every key at its default: it must match the table.
 config-check: all
 	@if $(BUILD)/bin/pintlectl config-doc | diff -u config/pintle.conf - ; then \
@@ -128,7 +136,7 @@ config-check: all
 	else echo "config/pintle.conf is stale: run build/bin/pintlectl config-doc > config/pintle.conf"; \
 	  echo "config-doc: 0 passed, 1 failed"; exit 1; fi
 
-check: config-check unit integration transformer-test e2e
+check: config-check unit integration transformer-test deploy-test e2e
 
 # make test: what CI runs. Installs what is missing, builds, runs everything.
 test: deps
@@ -158,6 +166,13 @@ fuzz-smoke: $(BUILD)-fuzz/fuzz_ingest
 	@$(BUILD)-fuzz/fuzz_ingest -max_total_time=10 -max_len=8192 $(BUILD)-fuzz/corpus fuzz/seeds 2>$(BUILD)-fuzz/last.log \
 	  && { tail -n 1 $(BUILD)-fuzz/last.log; echo "fuzz: 1 passed, 0 failed"; } \
 	  || { tail -n 40 $(BUILD)-fuzz/last.log; echo "fuzz: 0 passed, 1 failed"; exit 1; }
+
+# The two images (deploy/docker), tagged with the chart's appVersion and named as
+# helm/pintle/values.yaml expects; needs docker (not part of make test).
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' helm/pintle/Chart.yaml)
+images:
+	docker build -f deploy/docker/Dockerfile -t pintle/pintle:$(IMAGE_TAG) .
+	docker build -f deploy/docker/transformer.Dockerfile -t pintle/pintle-transformer:$(IMAGE_TAG) .
 
 bench: deps all
 	@bench/run.sh $(if $(QUICK),--quick)

@@ -226,7 +226,7 @@ static const CfgKey keys[] = {
     S("router", "ca_file", router.ca_file, "",
       "PEM file of the CAs destination servers are verified with; empty: the system's"),
     S("router", "transformer_url", router.transformer_url, "http://127.0.0.1:9090",
-      "transformer the router calls for /batch and the delivery proxy"),
+      "transformer the router calls for /batch, /routerTransform and the delivery proxy"),
     S("router", "batch_destination_types", router.batch_destination_types, "",
       "comma-separated destination types (destinationDefinition.name, e.g. AM) whose jobs are"
       " merged by the transformer's /batch and delivered in batches (RudderStack's"
@@ -235,6 +235,12 @@ static const CfgKey keys[] = {
       "jobs of one destination sent to /batch together, at most"),
     I("router", "batch_max_wait_ms", router.batch_max_wait_ms, "500", 0, 60000,
       "longest a ready job waits for its batch to fill"),
+    I("router", "router_transform_max_jobs", router.router_transform_max_jobs, "20", 1, 500,
+      "jobs of one transformAt router destination sent to /routerTransform together, at most"
+      " (RudderStack's Router.noOfJobsToBatchInAWorker)"),
+    I("router", "router_transform_max_wait_ms", router.router_transform_max_wait_ms, "500", 0,
+      60000, "longest a ready job of a transformAt router destination waits for its"
+      " /routerTransform request to fill"),
     S("router", "proxy_destination_types", router.proxy_destination_types, "",
       "comma-separated destination types (e.g. AM,GA4) delivered through the transformer's"
       " POST /v1/destinations/<type>/proxy, whose answer decides ok, retry or abort;"

@@ -126,6 +126,8 @@ typedef struct RouterConfig {
     char *batch_destination_types;
     int batch_max_jobs;
     int batch_max_wait_ms;
+    int router_transform_max_jobs;
+    int router_transform_max_wait_ms;
     char *proxy_destination_types;
 } RouterConfig;
 

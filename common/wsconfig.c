@@ -44,6 +44,12 @@ static int parse_destination(WsDestination *d, json_object *o, const char *src_i
                        d->id);
     d->def_display_name = jsonu_str_ci(def, "displayName", d->def_name);
     d->batch = is_batch_type(d->def_name);
+    /* as rudder-server reads it: transformAtV1, else the older transformAt */
+    json_object *dcfg = jsonu_get_ci(def, "config");
+    d->transform_at = jsonu_str_ci(dcfg, "transformAtV1", jsonu_str_ci(dcfg, "transformAt", NULL));
+    if (d->transform_at == NULL || d->transform_at[0] == '\0')
+        d->transform_at = "processor";
+    d->router_transform = !d->batch && strcasecmp(d->transform_at, "router") == 0;
     json_object *types = jsonu_get_ci(jsonu_get_ci(def, "config"), "supportedMessageTypes");
     if (types != NULL && json_object_is_type(types, json_type_array)) {
         size_t n = json_object_array_length(types);
@@ -464,8 +470,21 @@ char *ws_destination_format(const WsSource *s, const WsDestination *d)
     json_object *dcfg = jsonu_get_ci(def, "config");
     json_object_object_add(dd, "Config", dcfg ? json_object_get(dcfg) : json_object_new_object());
     json_object_object_add(o, "DestinationDefinition", dd);
+    /* RudderStack's TransformationT: {VersionID, ID, Config} */
     json_object *tr = jsonu_get_ci(d->obj, "transformations");
-    json_object_object_add(o, "Transformations", tr ? json_object_get(tr) : json_object_new_array());
+    json_object *trs = json_object_new_array();
+    for (size_t i = 0;
+         tr && json_object_is_type(tr, json_type_array) && i < json_object_array_length(tr); i++) {
+        json_object *t = json_object_array_get_idx(tr, i);
+        json_object *x = json_object_new_object();
+        json_object_object_add(x, "VersionID",
+                               json_object_new_string(jsonu_str_ci(t, "versionId", "")));
+        json_object_object_add(x, "ID", json_object_new_string(jsonu_str_ci(t, "id", "")));
+        json_object *tc = jsonu_get_ci(t, "config");
+        json_object_object_add(x, "Config", tc ? json_object_get(tc) : json_object_new_object());
+        json_object_array_add(trs, x);
+    }
+    json_object_object_add(o, "Transformations", trs);
     char *text = xstrdup(jsonu_to_string(o, NULL));
     json_object_put(o);
     return text;

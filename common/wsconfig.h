@@ -30,6 +30,12 @@ typedef struct WsDestination {
     bool enabled;
     bool processor_enabled;
     bool batch;                   /* delivered by the batchrouter (object storage, warehouses) */
+    /* destinationDefinition.config.transformAtV1 (else transformAt), else
+     * "processor": where the destination transform runs */
+    const char *transform_at;
+    /* transform_at is "router" (and not a batch type): the processor stores
+     * the event as it is and the router sends it through /routerTransform */
+    bool router_transform;
     const char **supported_types; /* lower-case; NULL when not restricted */
     int n_supported_types;
     json_object *obj; /* the destination object as exported (borrowed) */
@@ -76,7 +82,7 @@ bool ws_dest_supports(const WsDestination *d, const char *type);
 /* The destination object as RudderStack sends it to the transformer
  * (capitalised keys: ID, Name, Config, Enabled, WorkspaceID,
  * IsProcessorEnabled, DestinationDefinition{ID, Name, DisplayName, Config},
- * Transformations). Caller frees. */
+ * Transformations[{VersionID, ID, Config}]). Caller frees. */
 char *ws_destination_format(const WsSource *s, const WsDestination *d);
 
 typedef struct WsWatcher WsWatcher;

@@ -94,6 +94,7 @@ echo "starting Postgres on 127.0.0.1:$PG_PORT (data in var/pg)"
 export PINTLE_DB_DSN="host=127.0.0.1 port=$PG_PORT dbname=pintle user=postgres"
 export PINTLE_WORKSPACE_PATH=$WORKSPACE
 export PINTLE_PROCESSOR_TRANSFORMER_URL=${PINTLE_PROCESSOR_TRANSFORMER_URL:-http://127.0.0.1:$TF_PORT}
+export PINTLE_ROUTER_TRANSFORMER_URL=${PINTLE_ROUTER_TRANSFORMER_URL:-http://127.0.0.1:$TF_PORT}
 # every consumer instance binds its own hint endpoint; producers find them
 # in the instances table (common/hint.h)
 export PINTLE_HINTS_BIND="ipc://$VAR/run/hint-%s-%p.ipc"

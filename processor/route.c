@@ -1,5 +1,13 @@
 /* Routing of a claimed batch (see route.h).
  *
+ * A destination whose definition says transformAt router (transformAtV1,
+ * as rudder-server reads it) is not transformed here: its event (user-
+ * transformed first, if it has a transformation) is written to rt as it
+ * is, and the router transforms it through the transformer's
+ * /routerTransform. (rudder-server also requires the transformer's
+ * /features to list the type under routerTransform; pintle trusts the
+ * definition.)
+ *
  * Snapshot: a batch is routed with one workspace snapshot, held until the
  * batch is reset, because its chunks and outputs point into it; a reload
  * meanwhile applies from the next batch on.
@@ -142,9 +150,11 @@ static void route_job(Batch *b, TfBatch *ut, TfBatch *tf, int i, json_object *ev
             tf_batch_add(ut, s, d, &te);
             continue;
         }
-        if (d->batch) {
-            /* object storage and warehouses take the event as it is */
-            outputs_add_job(&b->outs, i, seq, d->id, true, j->text, j->text_len);
+        if (d->batch || d->router_transform) {
+            /* object storage and warehouses take the event as it is; a
+             * transformAt router destination gets it transformed by the
+             * router's /routerTransform */
+            outputs_add_job(&b->outs, i, seq, d->id, d->batch, j->text, j->text_len);
             continue;
         }
         tf_batch_add(tf, s, d, &te);
@@ -172,9 +182,10 @@ void route_user_output(Batch *b, TfBatch *tf, int job, int seq, const WsDestinat
         outputs_add_user_filtered(&b->outs, job, seq, d->id);
         return;
     }
-    if (d->batch) {
-        /* object storage and warehouses take the transformed event as it is */
-        outputs_add_job(&b->outs, job, seq, d->id, true, out, len);
+    if (d->batch || d->router_transform) {
+        /* object storage and warehouses take the transformed event as it
+         * is; a transformAt router destination's goes to rt as it is */
+        outputs_add_job(&b->outs, job, seq, d->id, d->batch, out, len);
         return;
     }
     const WsSource *s = ws_source_by_id(b->snap, b->jobs[job].source_id);

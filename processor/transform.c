@@ -172,45 +172,6 @@ int tf_batch_chunks(const TfBatch *b)
     return b->nchunks;
 }
 
-/* The destination object in RudderStack's capitalised form. */
-static char *format_destination(const WsSource *s, const WsDestination *d)
-{
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "ID", json_object_new_string(d->id));
-    json_object_object_add(o, "Name", json_object_new_string(d->name));
-    json_object *cfg = jsonu_get_ci(d->obj, "config");
-    json_object_object_add(o, "Config", cfg ? json_object_get(cfg) : json_object_new_object());
-    json_object_object_add(o, "Enabled", json_object_new_boolean(d->enabled));
-    json_object_object_add(o, "WorkspaceID", json_object_new_string(s->workspace_id));
-    json_object_object_add(o, "IsProcessorEnabled", json_object_new_boolean(d->processor_enabled));
-    json_object *def = jsonu_get_ci(d->obj, "destinationDefinition");
-    json_object *dd = json_object_new_object();
-    json_object_object_add(dd, "ID", json_object_new_string(jsonu_str_ci(def, "id", "")));
-    json_object_object_add(dd, "Name", json_object_new_string(d->def_name));
-    json_object_object_add(dd, "DisplayName", json_object_new_string(d->def_display_name));
-    json_object *dcfg = jsonu_get_ci(def, "config");
-    json_object_object_add(dd, "Config", dcfg ? json_object_get(dcfg) : json_object_new_object());
-    json_object_object_add(o, "DestinationDefinition", dd);
-    /* RudderStack's TransformationT: {VersionID, ID, Config} */
-    json_object *tr = jsonu_get_ci(d->obj, "transformations");
-    json_object *trs = json_object_new_array();
-    for (size_t i = 0;
-         tr && json_object_is_type(tr, json_type_array) && i < json_object_array_length(tr); i++) {
-        json_object *t = json_object_array_get_idx(tr, i);
-        json_object *x = json_object_new_object();
-        json_object_object_add(x, "VersionID",
-                               json_object_new_string(jsonu_str_ci(t, "versionId", "")));
-        json_object_object_add(x, "ID", json_object_new_string(jsonu_str_ci(t, "id", "")));
-        json_object *tc = jsonu_get_ci(t, "config");
-        json_object_object_add(x, "Config", tc ? json_object_get(tc) : json_object_new_object());
-        json_object_array_add(trs, x);
-    }
-    json_object_object_add(o, "Transformations", trs);
-    char *text = xstrdup(jsonu_to_string(o, NULL));
-    json_object_put(o);
-    return text;
-}
-
 /* The metadata members that are the same for every event of s and d. */
 static char *format_md_dest(const WsSource *s, const WsDestination *d)
 {
@@ -218,7 +179,6 @@ static char *format_md_dest(const WsSource *s, const WsDestination *d)
     buf_init(&m);
     json_object *sdef = jsonu_get_ci(s->obj, "sourceDefinition");
     json_object *ddef = jsonu_get_ci(d->obj, "destinationDefinition");
-    const char *transform_at = jsonu_str_ci(jsonu_get_ci(ddef, "config"), "transformAt", NULL);
     json_object *trs = jsonu_get_ci(d->obj, "transformations");
     json_object *tr0 =
         trs && json_object_is_type(trs, json_type_array) && json_object_array_length(trs) > 0
@@ -243,7 +203,7 @@ static char *format_md_dest(const WsSource *s, const WsDestination *d)
     buf_puts(&m, ",\"destinationDefinitionId\":");
     jsonu_put_string(&m, jsonu_str_ci(ddef, "id", ""));
     buf_puts(&m, ",\"transformAt\":");
-    jsonu_put_string(&m, transform_at ? transform_at : "processor");
+    jsonu_put_string(&m, d->transform_at);
     if (d->transformation_id != NULL) {
         buf_puts(&m, ",\"transformationId\":");
         jsonu_put_string(&m, jsonu_str_ci(tr0, "id", ""));
@@ -284,7 +244,7 @@ static DestChunks *dest_chunks(TfBatch *b, const WsSource *s, const WsDestinatio
         return dc;
     dc = xcalloc(1, sizeof(*dc));
     dc->d = d;
-    dc->dest_json = format_destination(s, d);
+    dc->dest_json = ws_destination_format(s, d);
     dc->md_dest = format_md_dest(s, d);
     if (b->user) {
         dc->url = xasprintf("%s/customTransform", b->cfg->transformer_url);

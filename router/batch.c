@@ -22,7 +22,7 @@ static void put_lower_string(Buf *out, const char *s)
 
 /* The job's metadata, as much of RudderStack's JobMetadataT as the router
  * knows: the transformer lists it back per merged request. */
-static void put_metadata(Buf *out, const OrderJob *j)
+static void put_metadata(Buf *out, const OrderJob *j, const char *transform_at)
 {
     buf_printf(out, "{\"jobId\":%" PRId64 ",\"userId\":", j->job_id);
     jsonu_put_string(out, j->user_id);
@@ -32,12 +32,12 @@ static void put_metadata(Buf *out, const OrderJob *j)
     jsonu_put_string(out, j->dest_id);
     buf_puts(out, ",\"workspaceId\":");
     jsonu_put_string(out, j->workspace_id);
-    buf_printf(out, ",\"attemptNum\":%d,\"transformAt\":\"processor\",\"dontBatch\":false}",
-               j->attempts);
+    buf_printf(out, ",\"attemptNum\":%d,\"transformAt\":\"%s\",\"dontBatch\":false}",
+               j->attempts, transform_at);
 }
 
 void batch_format_request(Buf *out, const char *dest_type, const char *dest_json,
-                          OrderJob *const *jobs, int n)
+                          OrderJob *const *jobs, int n, bool router_transform)
 {
     buf_puts(out, "{\"destType\":");
     put_lower_string(out, dest_type);
@@ -48,7 +48,7 @@ void batch_format_request(Buf *out, const char *dest_type, const char *dest_json
         buf_puts(out, "{\"message\":");
         buf_puts(out, jobs[i]->payload);
         buf_puts(out, ",\"metadata\":");
-        put_metadata(out, jobs[i]);
+        put_metadata(out, jobs[i], router_transform ? "router" : "processor");
         buf_puts(out, ",\"destination\":");
         buf_puts(out, dest_json);
         buf_putc(out, '}');
@@ -61,14 +61,14 @@ static char *span_dup(JSpan v)
     return xstrndup(v.p, v.n);
 }
 
-static int parse_item(JSpan item, BatchOut *o, Err *err)
+static int parse_item(JSpan item, const char *what, BatchOut *o, Err *err)
 {
     JSpan v;
     JIter it;
     memset(o, 0, sizeof(*o));
     o->status = 200;
     if (jscan_type(item) != 'o')
-        return err_set(err, ERR_INVALID, "a /batch answer item is not an object");
+        return err_set(err, ERR_INVALID, "a %s answer item is not an object", what);
     int64_t code;
     if (jscan_get(item, "statusCode", &v) && jscan_int(v, &code) && code != 0)
         o->status = (int)code;
@@ -80,18 +80,20 @@ static int parse_item(JSpan item, BatchOut *o, Err *err)
         o->error = buf_take(&e, NULL);
     }
     if (!jscan_get(item, "metadata", &v) || !jscan_array(v, &it))
-        return err_set(err, ERR_INVALID, "a /batch answer item has no metadata array");
+        return err_set(err, ERR_INVALID, "a %s answer item has no metadata array",
+                       what);
     JSpan m;
     while (jscan_next_element(&it, &m)) {
         JSpan id;
         int64_t job_id;
         if (!jscan_get(m, "jobId", &id) || !jscan_int(id, &job_id))
-            return err_set(err, ERR_INVALID, "a /batch answer item lists a job without jobId");
+            return err_set(err, ERR_INVALID, "a %s answer item lists a job without jobId",
+                           what);
         o->job_ids = xrealloc(o->job_ids, sizeof(int64_t) * (size_t)(o->njobs + 1));
         o->job_ids[o->njobs++] = job_id;
     }
     if (it.failed)
-        return err_set(err, ERR_INVALID, "a /batch answer item has malformed metadata");
+        return err_set(err, ERR_INVALID, "a %s answer item has malformed metadata", what);
     if (o->status == 200 && jscan_get(item, "batchedRequest", &v)) {
         if (jscan_type(v) == 'o') {
             o->requests = xmalloc(sizeof(char *));
@@ -109,30 +111,37 @@ static int parse_item(JSpan item, BatchOut *o, Err *err)
     if (o->status == 200 && o->nrequests == 0) {
         o->status = 500;
         if (o->error == NULL)
-            o->error = xstrdup("the transformer's /batch answer has no batchedRequest");
+            o->error = xasprintf("the transformer's %s answer has no batchedRequest", what);
     }
     return 0;
 }
 
-int batch_parse_answer(const char *text, size_t len, BatchOut **outs, int *nouts, Err *err)
+int batch_parse_answer(const char *text, size_t len, bool router_transform, BatchOut **outs,
+                       int *nouts, Err *err)
 {
+    const char *what = router_transform ? "/routerTransform" : "/batch";
     JSpan root = jscan_doc(text, len);
     JIter it;
+    /* /routerTransform wraps the items: {"output": [...]} */
+    if (router_transform && (jscan_type(root) != 'o' || !jscan_get(root, "output", &root)))
+        return err_set(err, ERR_INVALID,
+                       "the transformer's /routerTransform answer has no output array");
     if (!jscan_array(root, &it))
-        return err_set(err, ERR_INVALID, "the transformer's /batch answer is not a JSON array");
+        return err_set(err, ERR_INVALID, "the transformer's %s answer is not a JSON array%s", what,
+                       router_transform ? " in output" : "");
     BatchOut *o = NULL;
     int n = 0;
     JSpan item;
     int rc = 0;
     while (jscan_next_element(&it, &item)) {
         o = xrealloc(o, sizeof(*o) * (size_t)(n + 1));
-        rc = parse_item(item, &o[n], err);
+        rc = parse_item(item, what, &o[n], err);
         n++;
         if (rc < 0)
             break;
     }
     if (rc == 0 && it.failed)
-        rc = err_set(err, ERR_INVALID, "the transformer's /batch answer is malformed");
+        rc = err_set(err, ERR_INVALID, "the transformer's %s answer is malformed", what);
     if (rc < 0) {
         batch_outs_free(o, n);
         return rc;
@@ -168,7 +177,7 @@ void batch_format_proxy(Buf *out, const char *payload, OrderJob *const *jobs, in
     for (int i = 0; i < n; i++) {
         if (i > 0)
             buf_putc(out, ',');
-        put_metadata(out, jobs[i]);
+        put_metadata(out, jobs[i], "processor");
     }
     buf_puts(out, "],\"destinationConfig\":");
     buf_puts(out, dest_config && *dest_config ? dest_config : "{}");

@@ -1,12 +1,15 @@
 /* The router's side of the transformer's POST /batch (RudderStack's BATCH
- * transform): the request for a group of ready rt jobs of one destination
- * ({destType, input: [{message: <delivery payload>, metadata, destination}]})
- * and the answer's items (a merged delivery payload and the job ids it
- * carries, or a refusal with a status and error). Pure: unit-tested; the
- * HTTP and the outcomes are sender.c's. */
+ * transform) and POST /routerTransform (its ROUTER_TRANSFORM): the request
+ * for a group of ready rt jobs of one destination ({destType, input:
+ * [{message, metadata, destination}]}, message being a delivery payload
+ * for /batch, the event itself for /routerTransform) and the answer's
+ * items (delivery payloads and the job ids they carry, or a refusal with a
+ * status and error; /routerTransform wraps the items in {"output": [...]}).
+ * Pure: unit-tested; the HTTP and the outcomes are sender.c's. */
 #ifndef ROUTER_BATCH_H
 #define ROUTER_BATCH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,14 +28,16 @@ typedef struct BatchOut {
 } BatchOut;
 
 /* Appends the request body for jobs[0..n-1] (one destination: dest_type is
- * its destinationDefinition.name, dest_json its destination object). */
+ * its destinationDefinition.name, dest_json its destination object); the
+ * jobs' metadata says transformAt "router" for /routerTransform. */
 void batch_format_request(Buf *out, const char *dest_type, const char *dest_json,
-                          OrderJob *const *jobs, int n);
-/* Parses the answer (a JSON array of items). On success *outs (caller frees
- * with batch_outs_free) and *nouts are set. Fails on text that is not such
- * an array, or an item without a metadata array. */
-MUST_CHECK int batch_parse_answer(const char *text, size_t len, BatchOut **outs, int *nouts,
-                                  Err *err);
+                          OrderJob *const *jobs, int n, bool router_transform);
+/* Parses the answer (a JSON array of items; for /routerTransform an object
+ * whose "output" is that array). On success *outs (caller frees with
+ * batch_outs_free) and *nouts are set. Fails on text that is not such an
+ * answer, or an item without a metadata array. */
+MUST_CHECK int batch_parse_answer(const char *text, size_t len, bool router_transform,
+                                  BatchOut **outs, int *nouts, Err *err);
 void batch_outs_free(BatchOut *outs, int n);
 
 /* The transformer's delivery proxy (POST /v1/destinations/<type>/proxy,

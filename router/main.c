@@ -9,8 +9,10 @@
  * leases, exit 0. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "common/httpc.h"
+#include "common/log.h"
 #include "common/stage.h"
 #include "common/wsconfig.h"
 #include "common/xalloc.h"
@@ -18,7 +20,7 @@
 
 typedef struct Router {
     Httpc *http;
-    WsWatcher *ws; /* only when some destination type is batched or proxied */
+    WsWatcher *ws; /* NULL when there is no workspace config and none is needed */
     Engine *engine;
 } Router;
 
@@ -39,18 +41,29 @@ static void *create(const StageEnv *env, Err *err)
         free(r);
         return NULL;
     }
-    /* the workspace config names destination types; read only when the
-     * router needs them, so a router without batching needs no file */
-    if (env->cfg->router.batch_destination_types[0] != '\0' ||
-        env->cfg->router.proxy_destination_types[0] != '\0') {
+    /* the workspace config names destination types and which destinations
+     * are transformed here (transformAt router); batching and the proxy
+     * need it, otherwise it is read when there is one, so a router with
+     * neither and no file still starts (its jobs are then all delivered as
+     * they are) */
+    bool needed = env->cfg->router.batch_destination_types[0] != '\0' ||
+                  env->cfg->router.proxy_destination_types[0] != '\0';
+    struct stat st;
+    if (needed || env->cfg->workspace.control_plane_url[0] != '\0' ||
+        stat(env->cfg->workspace.path, &st) == 0) {
         r->ws = ws_watcher_create(env->base, &env->cfg->workspace, NULL, NULL, err);
         if (r->ws == NULL) {
-            err_prefix(err, "router.batch_destination_types and proxy_destination_types need the "
-                            "workspace config");
+            err_prefix(err, needed ? "router.batch_destination_types and proxy_destination_types"
+                                     " need the workspace config"
+                                   : "router workspace config");
             httpc_destroy(r->http);
             free(r);
             return NULL;
         }
+    } else {
+        log_info("workspace_config_absent",
+                 "path=%s transform_at_router=off batching=off proxy=off",
+                 env->cfg->workspace.path);
     }
     r->engine =
         engine_create(env->base, env->cfg, env->pool, env->lease, r->http, env->metrics, r->ws);

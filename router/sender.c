@@ -43,14 +43,18 @@ typedef enum StatusClass { CLASS_2XX, CLASS_3XX, CLASS_4XX, CLASS_5XX, CLASS_N }
 #define SENDER_BATCH_ANSWER_BYTES ((size_t)64 << 20)
 
 typedef struct DestStats {
-    MetricSeries *ok, *retry, *abort, *latency, *batches;
+    MetricSeries *ok, *retry, *abort, *latency, *batches, *router_transforms;
     MetricSeries *by_class[CLASS_N];
 } DestStats;
 
-/* Ready jobs of one destination waiting for their /batch request: sent at
- * router.batch_max_jobs jobs or router.batch_max_wait_ms after the first. */
+/* Ready jobs of one destination waiting for their /batch request (sent at
+ * router.batch_max_jobs jobs or router.batch_max_wait_ms after the first)
+ * or, for a transformAt router destination, their /routerTransform request
+ * (router.router_transform_max_jobs, router.router_transform_max_wait_ms). */
 typedef struct Group {
     struct Sender *s;
+    bool router_transform;
+    int max_jobs;
     char *dest_id;
     char *dest_type;
     char *dest_json;
@@ -73,6 +77,7 @@ typedef struct BatchJob {
  * job's outcome recorded once all of them returned. */
 typedef struct Batch {
     struct Sender *s;
+    bool router_transform; /* a /routerTransform round, not /batch */
     char *dest_id;
     BatchJob *jobs;
     int njobs;
@@ -131,6 +136,7 @@ struct Sender {
     HMap groups;              /* destination id -> Group */
     Batch *batches;           /* in flight */
     char *batch_url;
+    char *router_transform_url;
 };
 
 static int64_t now_ms(void)
@@ -159,6 +165,9 @@ static DestStats *stats_get(Sender *s, const char *dest_id)
                                  "Delivery request latency", METRIC_HISTOGRAM, l);
     st->batches = metrics_series(s->m, "pintle_router_batch_requests_total",
                                  "Requests to the transformer's /batch", METRIC_COUNTER, l);
+    st->router_transforms =
+        metrics_series(s->m, "pintle_router_transform_requests_total",
+                       "Requests to the transformer's /routerTransform", METRIC_COUNTER, l);
     static const char *const classes[CLASS_N] = {"2xx", "3xx", "4xx", "5xx"};
     char d[320];
     metrics_format_label(d, sizeof d, "destination", dest_id);
@@ -217,6 +226,7 @@ Sender *sender_create(struct event_base *base, const Config *cfg, Httpc *http, M
     while (ul > 0 && u[ul - 1] == '/')
         ul--;
     s->batch_url = xasprintf("%.*s/batch", (int)ul, u);
+    s->router_transform_url = xasprintf("%.*s/routerTransform", (int)ul, u);
     s->transformer_url = xstrndup(u, ul);
     s->proxy_types = split_list(cfg->router.proxy_destination_types, &s->nproxy_types);
     return s;
@@ -313,6 +323,7 @@ void sender_destroy(Sender *s)
     free(s->proxy_types);
     free(s->transformer_url);
     free(s->batch_url);
+    free(s->router_transform_url);
     free(s);
 }
 
@@ -610,13 +621,15 @@ static void part_start(Sender *s, Batch *b, const char *payload, int *idx, int n
     b->pending++;
 }
 
-/* The transformer's /batch answer: its merged requests are sent, its
- * refusals fail their jobs with the status it gave (4xx abort, others are
- * retried), and a job it does not list is retried. */
+/* The transformer's /batch or /routerTransform answer: its requests are
+ * sent (a request naming several jobs is each job's outcome), its refusals
+ * fail their jobs with the status it gave (4xx abort into dead letters,
+ * others are retried), and a job it does not list is retried. */
 static void on_batched(void *arg, const HttpcResponse *r)
 {
     Batch *b = arg;
     Sender *s = b->s;
+    const char *what = b->router_transform ? "/routerTransform" : "/batch";
     b->pending--;
     BatchOut *outs = NULL;
     int nouts = 0;
@@ -626,16 +639,17 @@ static void on_batched(void *arg, const HttpcResponse *r)
     } else if (r->status != 200) {
         char why[512];
         if (r->status == 0)
-            snprintf(why, sizeof why, "transformer /batch: no response: %s",
+            snprintf(why, sizeof why, "transformer %s: no response: %s", what,
                      r->error ? r->error : "network error");
         else
-            snprintf(why, sizeof why, "transformer /batch answered %ld", r->status);
+            snprintf(why, sizeof why, "transformer %s answered %ld", what, r->status);
         /* the transformer's trouble, not the destination's: always retried */
         long status = r->status >= 500 ? r->status : SENDER_NO_RESPONSE_STATUS;
         for (int i = 0; i < b->njobs; i++)
             batch_job_fail(&b->jobs[i], status, why, r->status ? r->body : NULL,
                            r->status ? r->body_len : 0);
-    } else if (batch_parse_answer(r->body, r->body_len, &outs, &nouts, &err) < 0) {
+    } else if (batch_parse_answer(r->body, r->body_len, b->router_transform, &outs, &nouts,
+                                  &err) < 0) {
         for (int i = 0; i < b->njobs; i++)
             batch_job_fail(&b->jobs[i], 500, err.msg, r->body, r->body_len);
     } else {
@@ -648,6 +662,15 @@ static void on_batched(void *arg, const HttpcResponse *r)
                     continue; /* not ours: ignored */
                 b->jobs[i].answered = true;
                 idx[nidx++] = i;
+            }
+            if (outs[o].status != 200 && delivery_classify(outs[o].status) == DELIVERY_OK) {
+                /* another 2xx with nothing to send (298: filtered by the
+                 * transformer): the job is done, as a processor filter is */
+                for (int k = 0; k < nidx; k++)
+                    log_debug("job_filtered", "job_id=%" PRId64 " destination_id=%s status=%d",
+                              b->jobs[idx[k]].j->job_id, b->dest_id, outs[o].status);
+                free(idx);
+                continue;
             }
             if (outs[o].status != 200) {
                 char why[512];
@@ -667,7 +690,10 @@ static void on_batched(void *arg, const HttpcResponse *r)
         }
         for (int i = 0; i < b->njobs; i++)
             if (!b->jobs[i].answered)
-                batch_job_fail(&b->jobs[i], 500, "the transformer's /batch answer omits the job",
+                batch_job_fail(&b->jobs[i], 500,
+                               b->router_transform
+                                   ? "the transformer's /routerTransform answer omits the job"
+                                   : "the transformer's /batch answer omits the job",
                                NULL, 0);
         batch_outs_free(outs, nouts);
     }
@@ -683,6 +709,7 @@ static void group_send(Sender *s, Group *g)
     int64_t now = now_ms();
     Batch *b = xcalloc(1, sizeof(*b));
     b->s = s;
+    b->router_transform = g->router_transform;
     b->dest_id = xstrdup(g->dest_id);
     b->jobs = xcalloc((size_t)g->njobs, sizeof(BatchJob));
     for (int i = 0; i < g->njobs; i++) {
@@ -704,30 +731,32 @@ static void group_send(Sender *s, Group *g)
         jobs[i] = b->jobs[i].j;
     Buf body;
     buf_init(&body);
-    batch_format_request(&body, g->dest_type, g->dest_json, jobs, b->njobs);
+    batch_format_request(&body, g->dest_type, g->dest_json, jobs, b->njobs, b->router_transform);
     free(jobs);
     group_free(g);
     b->next = s->batches;
     if (s->batches)
         s->batches->prev = b;
     s->batches = b;
-    metrics_inc(stats_get(s, b->dest_id)->batches, 1);
+    DestStats *st = stats_get(s, b->dest_id);
+    metrics_inc(b->router_transform ? st->router_transforms : st->batches, 1);
     static const char *const headers[] = {"Content-Type: application/json", NULL};
     HttpcRequest req = {"POST",
-                        s->batch_url,
+                        b->router_transform ? s->router_transform_url : s->batch_url,
                         headers,
                         body.data,
                         body.len,
                         s->cfg->router.timeout_ms,
                         .max_response_bytes = SENDER_BATCH_ANSWER_BYTES,
                         .keep_prefix = false};
-    log_debug("batch_sent", "destination_id=%s jobs=%d bytes=%zu", b->dest_id, b->njobs, body.len);
+    log_debug("batch_sent", "destination_id=%s jobs=%d bytes=%zu router_transform=%s", b->dest_id,
+              b->njobs, body.len, b->router_transform ? "true" : "false");
     b->pending = 1;
     if (httpc_start(s->http, &req, on_batched, b) < 0) {
         b->pending = 0;
         for (int i = 0; i < b->njobs; i++)
             batch_job_fail(&b->jobs[i], SENDER_NO_RESPONSE_STATUS,
-                           "could not start the transformer /batch request", NULL, 0);
+                           "could not start the transformer request", NULL, 0);
         batch_finish(s, b);
     }
     buf_deinit(&body);
@@ -739,40 +768,53 @@ static void on_group_timer(evutil_socket_t fd, short what, void *arg)
     group_send(g->s, g);
 }
 
-/* The destination type of j when its jobs are batched, else NULL (also
+/* j's destination when its jobs are grouped (transformAt router: *router
+ * set; else a type of router.batch_destination_types), else NULL (also
  * when its destination is no longer in the workspace config). */
-static const WsDestination *batched_dest(Sender *s, const OrderJob *j, const WsSource **src)
+static const WsDestination *batched_dest(Sender *s, const OrderJob *j, const WsSource **src,
+                                         bool *router)
 {
-    if (s->nbatch_types == 0)
-        return NULL;
     const WsDestination *d = dest_of(s, j, src);
-    return d != NULL && type_listed(s->batch_types, s->nbatch_types, d->def_name) ? d : NULL;
+    if (d == NULL)
+        return NULL;
+    *router = d->router_transform;
+    if (d->router_transform)
+        return d;
+    return type_listed(s->batch_types, s->nbatch_types, d->def_name) ? d : NULL;
 }
 
 /* Adds j to its destination's group; true when it is batched. */
 static bool group_add(Sender *s, OrderJob *j)
 {
     const WsSource *so = NULL;
-    const WsDestination *d = batched_dest(s, j, &so);
+    bool router = false;
+    const WsDestination *d = batched_dest(s, j, &so, &router);
     if (d == NULL)
         return false;
     Group *g = hmap_get(&s->groups, j->dest_id);
+    if (g != NULL && g->router_transform != router)
+        group_send(s, g); /* the definition changed: what waits goes as it was grouped */
+    g = hmap_get(&s->groups, j->dest_id);
     if (g == NULL) {
         g = xcalloc(1, sizeof(*g));
         g->s = s;
+        g->router_transform = router;
+        g->max_jobs = router ? s->cfg->router.router_transform_max_jobs
+                             : s->cfg->router.batch_max_jobs;
         g->dest_id = xstrdup(j->dest_id);
         g->dest_type = xstrdup(d->def_name);
         g->dest_json = ws_destination_format(so, d);
-        g->jobs = xmalloc(sizeof(OrderJob *) * (size_t)s->cfg->router.batch_max_jobs);
+        g->jobs = xmalloc(sizeof(OrderJob *) * (size_t)g->max_jobs);
         hmap_put(&s->groups, g->dest_id, g);
     }
     g->jobs[g->njobs++] = j;
     s->inflight++;
-    if (g->njobs >= s->cfg->router.batch_max_jobs) {
+    if (g->njobs >= g->max_jobs) {
         group_send(s, g);
     } else if (g->timer == NULL) {
         g->timer = evtimer_new(s->base, on_group_timer, g);
-        int ms = s->cfg->router.batch_max_wait_ms;
+        int ms = router ? s->cfg->router.router_transform_max_wait_ms
+                        : s->cfg->router.batch_max_wait_ms;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         evtimer_add(g->timer, &tv);
     }

@@ -25,7 +25,11 @@ typedef struct Sender Sender;
  * types of jobs: those of router.batch_destination_types go through the
  * transformer's /batch (ready jobs of a destination are grouped up to
  * router.batch_max_jobs or router.batch_max_wait_ms; a merged request's
- * answer is every listed job's outcome). Never fails. */
+ * answer is every listed job's outcome); jobs of a transformAt router
+ * destination (their payload is the event) go through /routerTransform
+ * the same way (router.router_transform_max_jobs, _max_wait_ms), and each
+ * delivery payload it returns is sent (through the proxy where
+ * configured). Never fails. */
 Sender *sender_create(struct event_base *base, const Config *cfg, Httpc *http, Metrics *m,
                       Order *order, WsWatcher *ws, void (*after)(void *arg), void *arg);
 /* Abandons deliveries still in flight (their jobs are marked lost); the

@@ -37,7 +37,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's postgresql package starts a system cluster on 5432; we never use it.
-for dir in tests/e2e transformer; do
+for dir in tests/e2e transformer tests/helm; do
     if [[ -f $dir/package-lock.json ]]; then
         stamp=$dir/node_modules/.pintle-lock
         if [[ ! -f $stamp ]] || ! cmp -s "$dir/package-lock.json" "$stamp"; then

@@ -80,7 +80,9 @@ function handle(req, res) {
   if (req.method === 'GET' && path === '/health') return send(res, 200, { service: 'UP', version: '0.1.0' });
   if (req.method === 'GET' && path === '/features') {
     return send(res, 200, {
-      routerTransform: {},
+      // every type we ship is served at /routerTransform (per event), so a
+      // RudderStack processor may leave transformAt router ones to its router
+      routerTransform: Object.fromEntries(supported().map((d) => [d.toUpperCase(), true])),
       regulations: [],
       supportSourceTransformV1: false,
       supportTransformerProxyV1: false,

@@ -78,5 +78,6 @@ describe('transformer server', () => {
     const f = await (await fetch(`${base}/features`)).json();
     assert.ok(f.destinations.includes('WEBHOOK'));
     assert.ok('routerTransform' in f);
+    assert.equal(f.routerTransform.WEBHOOK, true);
   });
 });

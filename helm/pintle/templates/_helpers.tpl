@@ -88,14 +88,16 @@ app.kubernetes.io/component: {{ .c }}
 
 {{/* pintle.conf: the user's config merged under the keys the chart owns */}}
 {{- define "pintle.conf" -}}
+{{- $tf := printf "http://%s-transformer:%d" (include "pintle.fullname" .) (int .Values.transformer.port) -}}
 {{- $owned := dict
   "log" (dict "level" .Values.logLevel)
   "db" (dict "schema" .Values.database.schema)
   "queue" (dict "partitions" (int .Values.partitions))
   "workspace" (dict "path" "/etc/pintle/workspace/workspaceConfig.json" "control_plane_url" .Values.workspace.controlPlaneUrl)
   "gateway" (dict "listen_address" "0.0.0.0" "port" 8080 "workers" (int .Values.gateway.workers) "shutdown_timeout_ms" (int .Values.gateway.shutdownTimeoutMs))
-  "processor" (dict "listen_address" "0.0.0.0" "admin_port" 8086 "shutdown_timeout_ms" (int .Values.processor.shutdownTimeoutMs) "transformer_url" (printf "http://%s-transformer:%d" (include "pintle.fullname" .) (int .Values.transformer.port)))
-  "router" (dict "listen_address" "0.0.0.0" "admin_port" 8087 "shutdown_timeout_ms" (int .Values.router.shutdownTimeoutMs))
+  "processor" (dict "listen_address" "0.0.0.0" "admin_port" 8086 "shutdown_timeout_ms" (int .Values.processor.shutdownTimeoutMs) "transformer_url" $tf)
+  "router" (dict "listen_address" "0.0.0.0" "admin_port" 8087 "shutdown_timeout_ms" (int .Values.router.shutdownTimeoutMs) "transformer_url" $tf)
+  "batchrouter" (dict "listen_address" "0.0.0.0" "admin_port" (int .Values.batchrouter.adminPort) "shutdown_timeout_ms" (int .Values.batchrouter.shutdownTimeoutMs))
   "hints" (dict "enabled" .Values.hints.enabled "bind" (printf "tcp://0.0.0.0:%d" (int .Values.hints.port)))
 -}}
 {{- $conf := mergeOverwrite (deepCopy .Values.config) $owned -}}

@@ -182,6 +182,9 @@ class Stack {
       PINTLE_HINTS_BIND: `ipc://${this.tmp}/hint-%s-%p.ipc`,
       PINTLE_WORKSPACE_PATH: this.workspacePath || path.join(ROOT, 'config/workspaceConfig.sample.json'),
       PINTLE_LOG_LEVEL: 'info',
+      // tests kill -9 services on purpose, more often than the automatic
+      // degraded trigger allows; degraded.test.js sets its own limit
+      PINTLE_OPS_RESTART_LIMIT: '0',
       ...extra,
     };
   }
@@ -235,6 +238,11 @@ class Stack {
 
   async startRouter(extra = {}) {
     return this.startService('router', { PINTLE_ROUTER_RETRY_INITIAL_S: '1', PINTLE_ROUTER_RETRY_MAX_S: '1', PINTLE_ROUTER_POLL_INTERVAL_MS: '100', ...extra });
+  }
+
+  // Batchrouter with fast test timings.
+  async startBatchrouter(extra = {}) {
+    return this.startService('batchrouter', { PINTLE_BATCHROUTER_UPLOAD_INTERVAL_S: '1', PINTLE_BATCHROUTER_POLL_INTERVAL_MS: '100', PINTLE_BATCHROUTER_RETRY_INITIAL_MS: '100', PINTLE_BATCHROUTER_RETRY_MAX_MS: '500', ...extra });
   }
 
   dumpLogs() {

@@ -66,6 +66,42 @@ static void test_parse(void **state)
     ws_destroy(ws);
 }
 
+/* transformAtV1 decides (as rudder-server reads it), else transformAt;
+ * batch types are never transformed at the router; the destination object
+ * goes out capitalised with RudderStack's TransformationT */
+static void test_transform_at(void **state)
+{
+    static const char j[] =
+        "{\"sources\":[{\"id\":\"s\",\"writeKey\":\"w\",\"workspaceId\":\"ws\","
+        "\"destinations\":["
+        " {\"id\":\"a\",\"name\":\"A\",\"destinationDefinition\":{\"name\":\"WEBHOOK\","
+        "   \"config\":{\"transformAt\":\"processor\",\"transformAtV1\":\"router\"}},"
+        "   \"transformations\":[{\"versionId\":\"v1\",\"id\":\"t1\"}]},"
+        " {\"id\":\"b\",\"destinationDefinition\":{\"name\":\"WEBHOOK\","
+        "   \"config\":{\"TRANSFORMAT\":\"router\"}}},"
+        " {\"id\":\"c\",\"destinationDefinition\":{\"name\":\"WEBHOOK\","
+        "   \"config\":{\"transformAtV1\":\"processor\",\"transformAt\":\"router\"}}},"
+        " {\"id\":\"d\",\"destinationDefinition\":{\"name\":\"AM\"}},"
+        " {\"id\":\"e\",\"destinationDefinition\":{\"name\":\"S3\","
+        "   \"config\":{\"transformAtV1\":\"router\"}}}]}]}";
+    Err err;
+    Workspace *ws = ws_parse(j, strlen(j), &err);
+    assert_non_null(ws);
+    const WsSource *s = ws_source_by_id(ws, "s");
+    assert_true(ws_destination(s, "a")->router_transform);
+    assert_string_equal(ws_destination(s, "a")->transform_at, "router");
+    assert_true(ws_destination(s, "b")->router_transform);
+    assert_false(ws_destination(s, "c")->router_transform);
+    assert_string_equal(ws_destination(s, "d")->transform_at, "processor");
+    assert_false(ws_destination(s, "d")->router_transform);
+    assert_false(ws_destination(s, "e")->router_transform);
+    char *text = ws_destination_format(s, ws_destination(s, "a"));
+    assert_non_null(strstr(text, "\"Transformations\":[{\"VersionID\":\"v1\",\"ID\":\"t1\""));
+    assert_non_null(strstr(text, "\"WorkspaceID\":\"ws\""));
+    free(text);
+    ws_destroy(ws);
+}
+
 static void test_errors(void **state)
 {
     Err err;
@@ -191,6 +227,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_transform_at),
         cmocka_unit_test(test_default_workspace),
         cmocka_unit_test(test_transformations),
         cmocka_unit_test(test_refs),

@@ -20,7 +20,7 @@ static void test_request(void **state)
     OrderJob *jobs[] = {a, b};
     Buf out;
     buf_init(&out);
-    batch_format_request(&out, "AM", "{\"ID\":\"d1\"}", jobs, 2);
+    batch_format_request(&out, "AM", "{\"ID\":\"d1\"}", jobs, 2, false);
     assert_string_equal(
         out.data,
         "{\"destType\":\"am\",\"input\":["
@@ -48,7 +48,7 @@ static void test_answer(void **state)
     BatchOut *o;
     int n;
     Err err;
-    assert_int_equal(batch_parse_answer(text, strlen(text), &o, &n, &err), 0);
+    assert_int_equal(batch_parse_answer(text, strlen(text), false, &o, &n, &err), 0);
     assert_int_equal(n, 4);
     assert_int_equal(o[0].status, 200);
     assert_int_equal(o[0].nrequests, 1);
@@ -65,9 +65,74 @@ static void test_answer(void **state)
     assert_int_equal(o[3].status, 500);
     batch_outs_free(o, n);
 
-    assert_true(batch_parse_answer("{}", 2, &o, &n, &err) < 0);
-    assert_true(batch_parse_answer("[{\"batchedRequest\":{}}]", 23, &o, &n, &err) < 0);
-    assert_true(batch_parse_answer("[{\"metadata\":[{\"x\":1}]}]", 24, &o, &n, &err) < 0);
+    assert_true(batch_parse_answer("{}", 2, false, &o, &n, &err) < 0);
+    assert_true(batch_parse_answer("[{\"batchedRequest\":{}}]", 23, false, &o, &n, &err) < 0);
+    assert_true(batch_parse_answer("[{\"metadata\":[{\"x\":1}]}]", 24, false, &o, &n, &err) < 0);
+}
+
+/* /routerTransform: the events themselves go out with transformAt router */
+static void test_router_transform_request(void **state)
+{
+    OrderJob *a = order_job_create(11, 1, "ws", "src", "d2", "u1",
+                                   "{\"type\":\"track\",\"event\":\"e1\"}", 29);
+    OrderJob *jobs[] = {a};
+    Buf out;
+    buf_init(&out);
+    batch_format_request(&out, "WEBHOOK", "{\"ID\":\"d2\"}", jobs, 1, true);
+    assert_string_equal(
+        out.data, "{\"destType\":\"webhook\",\"input\":["
+                  "{\"message\":{\"type\":\"track\",\"event\":\"e1\"},\"metadata\":{\"jobId\":11,"
+                  "\"userId\":\"u1\",\"sourceId\":\"src\",\"destinationId\":\"d2\","
+                  "\"workspaceId\":\"ws\",\"attemptNum\":0,\"transformAt\":\"router\","
+                  "\"dontBatch\":false},\"destination\":{\"ID\":\"d2\"}}]}");
+    buf_deinit(&out);
+    order_job_free(a);
+}
+
+/* {"output": [...]}: an item naming several jobs is each one's outcome, an
+ * error item fails its jobs with its status */
+static void test_router_transform_answer(void **state)
+{
+    const char *text =
+        "{\"output\":[{\"batchedRequest\":{\"endpoint\":\"https://h/a\"},\"metadata\":"
+        "[{\"jobId\":21},{\"jobId\":22}],\"batched\":true,\"statusCode\":200,"
+        "\"destination\":{}},"
+        "{\"metadata\":[{\"jobId\":23}],\"batched\":false,\"statusCode\":400,"
+        "\"error\":\"Invalid URL in destination config\"},"
+        "{\"batchedRequest\":[{\"endpoint\":\"p\"},{\"endpoint\":\"q\"}],"
+        "\"metadata\":[{\"jobId\":24}],\"statusCode\":200},"
+        "{\"metadata\":[{\"jobId\":25}],\"statusCode\":503,\"error\":\"try later\"}]}";
+    BatchOut *o;
+    int n;
+    Err err;
+    assert_int_equal(batch_parse_answer(text, strlen(text), true, &o, &n, &err), 0);
+    assert_int_equal(n, 4);
+    assert_int_equal(o[0].status, 200);
+    assert_int_equal(o[0].nrequests, 1);
+    assert_string_equal(o[0].requests[0], "{\"endpoint\":\"https://h/a\"}");
+    assert_int_equal(o[0].njobs, 2);
+    assert_int_equal(o[0].job_ids[0], 21);
+    assert_int_equal(o[0].job_ids[1], 22);
+    assert_int_equal(o[1].status, 400);
+    assert_int_equal(o[1].nrequests, 0);
+    assert_int_equal(o[1].job_ids[0], 23);
+    assert_string_equal(o[1].error, "Invalid URL in destination config");
+    assert_int_equal(o[2].nrequests, 2);
+    assert_string_equal(o[2].requests[1], "{\"endpoint\":\"q\"}");
+    assert_int_equal(o[3].status, 503);
+    assert_string_equal(o[3].error, "try later");
+    batch_outs_free(o, n);
+
+    /* a /batch-shaped answer is not a /routerTransform one, and the other way round */
+    const char *arr = "[{\"batchedRequest\":{},\"metadata\":[{\"jobId\":1}]}]";
+    assert_true(batch_parse_answer(arr, strlen(arr), true, &o, &n, &err) < 0);
+    assert_non_null(strstr(err.msg, "/routerTransform"));
+    const char *wrapped = "{\"output\":[]}";
+    assert_true(batch_parse_answer(wrapped, strlen(wrapped), false, &o, &n, &err) < 0);
+    assert_true(batch_parse_answer("{\"output\":{}}", 13, true, &o, &n, &err) < 0);
+    assert_int_equal(batch_parse_answer(wrapped, strlen(wrapped), true, &o, &n, &err), 0);
+    assert_int_equal(n, 0);
+    batch_outs_free(o, n);
 }
 
 int main(void)
@@ -75,6 +140,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request),
         cmocka_unit_test(test_answer),
+        cmocka_unit_test(test_router_transform_request),
+        cmocka_unit_test(test_router_transform_answer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
