@@ -23,14 +23,40 @@ function minioDest(rgw, c, { secret = rgw.secretKey, prefix = `pfx-${c}` } = {})
   };
 }
 
-function workspace(rgw, { secretD = WRONG_SECRET } = {}) {
+// Cases a and c also load into a POSTGRES warehouse (database wh of the
+// test's Postgres, namespace wh_<case>) next to their object storage.
+const WH_CASES = ['a', 'c'];
+function whDest(pgPort, c) {
+  return {
+    id: `dst-${c}-wh`, name: `wh-${c}`, enabled: true, isProcessorEnabled: true,
+    config: { host: '127.0.0.1', port: String(pgPort), database: 'wh', user: 'postgres', password: '', namespace: `wh_${c}`, sslMode: 'disable' },
+    destinationDefinition: { id: 'def-pg', name: 'POSTGRES', displayName: 'Postgres' },
+  };
+}
+
+function workspace(rgw, pgPort, { secretD = WRONG_SECRET } = {}) {
   return {
     workspaceId: 'ws-br',
     sources: CASES.map((c) => ({
       id: `src-${c}`, name: `src-${c}`, writeKey: `key-${c}`, enabled: true, workspaceId: 'ws-br',
-      destinations: [minioDest(rgw, c, c === 'd' ? { secret: secretD } : {})],
+      destinations: [minioDest(rgw, c, c === 'd' ? { secret: secretD } : {}), ...(WH_CASES.includes(c) ? [whDest(pgPort, c)] : [])],
     })),
   };
+}
+
+// Rows and distinct ids of a warehouse table (0 while it does not exist).
+async function whCount(pg, c, table) {
+  const { Client } = require('pg');
+  const cl = new Client({ host: '127.0.0.1', port: pg.port, user: 'postgres', database: 'wh' });
+  await cl.connect();
+  try {
+    const [t] = (await cl.query(`SELECT to_regclass('wh_${c}.${table}') AS t`)).rows;
+    if (!t.t) return { n: 0, ids: 0 };
+    const [r] = (await cl.query(`SELECT count(*)::int AS n, count(DISTINCT id)::int AS ids FROM wh_${c}.${table}`)).rows;
+    return r;
+  } finally {
+    await cl.end();
+  }
 }
 
 async function sendBatch(url, key, events) {
@@ -124,7 +150,8 @@ describe('batchrouter to S3-compatible object storage (radosgw)', { skip: !avail
       await st.startPostgres();
       await up;
       for (const c of CASES) await rgw.createBucket(`bucket-${c}`);
-      st.writeWorkspace(workspace(rgw));
+      await st.pg.query('CREATE DATABASE wh');
+      st.writeWorkspace(workspace(rgw, st.pg.port));
       st.migrate();
       await st.startTransformer();
       await st.startProcessor({ PINTLE_WORKSPACE_POLL_INTERVAL_MS: '100' });
@@ -141,7 +168,7 @@ describe('batchrouter to S3-compatible object storage (radosgw)', { skip: !avail
     if (rgw) await rgw.stop();
   });
 
-  it('10,000 events (HTTP batch API): each in exactly one gzip JSON Lines object under rudder-logs/<source>/<day>/, read back through the S3 API', withLogs(S, async () => {
+  it('10,000 events (HTTP batch API): each in exactly one gzip JSON Lines object under rudder-logs/<source>/<day>/, read back through the S3 API, and once in the warehouse', withLogs(S, async () => {
     const N = 10000;
     await sendRange(st.gw.url, 'a', 0, N, 250);
     await waitDrained('a', N, 90000);
@@ -154,6 +181,9 @@ describe('batchrouter to S3-compatible object storage (radosgw)', { skip: !avail
     assert.equal(one.properties.seq, 4242);
     assert.equal(one.properties.total, 4242 * 1.5);
     assert.equal(one.userId, `u-${4242 % 37}`);
+    // the same events, once each, in the warehouse of the same workspace
+    await waitDrained('a-wh', N, 90000);
+    for (const t of ['tracks', 'order_completed']) assert.deepEqual(await whCount(st.pg, 'a', t), { n: N, ids: N }, `warehouse ${t}: every event once`);
     assert.deepEqual(st.br.errors(), []);
   }));
 
@@ -176,10 +206,11 @@ describe('batchrouter to S3-compatible object storage (radosgw)', { skip: !avail
     assert.equal(r.n, 0, 'nothing dead-lettered');
   }));
 
-  it('radosgw stopped for 20 s: uploads fail, are retried with backoff and complete once it is back', withLogs(S, async () => {
+  it('radosgw stopped for 20 s: uploads fail, are retried with backoff and complete once it is back; the warehouse keeps loading meanwhile', withLogs(S, async () => {
     const N = 3000;
     await sendRange(st.gw.url, 'c', 0, 1000);
     await waitDrained('c', 1000);
+    await waitDrained('c-wh', 1000);
     const from = st.br.log.length;
     await rgw.stopGateway();
     const downAt = Date.now();
@@ -188,6 +219,11 @@ describe('batchrouter to S3-compatible object storage (radosgw)', { skip: !avail
       await waitFor(() => /event=batch_retry batch_id=\S+ source_id=src-c .* reason="could not upload/.test(st.br.log.slice(from)), { timeoutMs: 15000, what: 'a failed upload of dst-c retried' });
       const [j] = await st.pg.query("SELECT count(*)::int AS n FROM pintle.batch_journal WHERE destination_id = 'dst-c' AND attempts > 0");
       assert.ok(j.n >= 1, 'the failing batch stays journaled while radosgw is down');
+      // one failing destination does not hold back the other: the
+      // warehouse loads everything while radosgw is still down
+      await waitDrained('c-wh', N, 20000 - (Date.now() - downAt));
+      assert.ok(Date.now() - downAt < 20000, 'warehouse caught up while radosgw was down');
+      assert.deepEqual(await whCount(st.pg, 'c', 'tracks'), { n: N, ids: N }, 'warehouse tracks while radosgw is down');
       while (Date.now() - downAt < 20000) await sleep(250);
     } finally {
       await rgw.start();
@@ -245,7 +281,7 @@ describe('batchrouter to S3-compatible object storage (radosgw)', { skip: !avail
 
     // the fix: the right secret, picked up by a workspace reload; then replay
     const reloadFrom = st.br.log.length;
-    st.writeWorkspace(workspace(rgw, { secretD: rgw.secretKey }));
+    st.writeWorkspace(workspace(rgw, st.pg.port, { secretD: rgw.secretKey }));
     await waitFor(() => /event=connection_changed source_id=src-d destination_id=dst-d/.test(st.br.log.slice(reloadFrom)), { what: 'the batchrouter reloaded dst-d' });
     const out = execFileSync(path.join(BIN, 'pintlectl'), ['replay', '--destination', 'dst-d'], { env: { ...process.env, ...st.env() }, encoding: 'utf8' });
     assert.match(out, new RegExp(`\\b${N}\\b`), `replay re-queued ${N}: ${out}`);
