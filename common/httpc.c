@@ -296,8 +296,11 @@ int httpc_start(Httpc *h, const HttpcRequest *req, HttpcDoneCb done, void *arg)
         curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, m);
     else if (req->body == NULL)
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, 0L), curl_easy_setopt(easy, CURLOPT_POST, 1L);
-    /* no "Expect: 100-continue" round trip for larger bodies */
-    t->headers = curl_slist_append(NULL, "Expect:");
+    /* no "Expect: 100-continue" round trip for larger bodies; but libcurl
+     * 7.88 signs a removed header as "expect:" in AWS SigV4 (the server then
+     * answers SignatureDoesNotMatch), so signed requests keep libcurl's own
+     * Expect (only for bodies over 1 MiB, and not signed) */
+    t->headers = req->aws_sigv4 ? NULL : curl_slist_append(NULL, "Expect:");
     for (const char *const *hd = req->headers; hd && *hd; hd++)
         t->headers = curl_slist_append(t->headers, *hd);
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
