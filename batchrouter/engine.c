@@ -47,6 +47,7 @@
 #include "batchrouter/objstore.h"
 #include "batchrouter/whworker.h"
 #include "common/jobq.h"
+#include "common/jscan.h"
 #include "common/jsonu.h"
 #include "common/log.h"
 #include "common/wsconfig.h"
@@ -54,7 +55,16 @@
 
 #define LOW_WATER_MS 5000
 
-typedef enum ConnKind { KIND_OBJECT, KIND_WAREHOUSE, KIND_ORPHAN, KIND_UNSUPPORTED } ConnKind;
+/* KIND_ARCHIVE: the raw archive of one source's gw events (dest_id ""),
+ * sql/013_archive.sql; the same steps as a batch, other SQL functions, and
+ * never given up (its events are still in the queue). */
+typedef enum ConnKind {
+    KIND_OBJECT,
+    KIND_WAREHOUSE,
+    KIND_ORPHAN,
+    KIND_UNSUPPORTED,
+    KIND_ARCHIVE
+} ConnKind;
 
 typedef struct Conn Conn;
 typedef struct Engine Engine;
@@ -79,6 +89,8 @@ struct Conn {
     char batch_id[40];
     int nevents;
     int64_t first_created_ms;
+    int64_t last_created_ms; /* archive batches: part of the key */
+    char instance_id[128];   /* archive batches: the planner's, part of the key */
     int attempts;
     int home;
     int64_t home_epoch;
@@ -99,6 +111,7 @@ struct Engine {
     struct event_base *base;
     const Config *cfg;
     const BatchrouterConfig *bc;
+    const ArchiveConfig *ac;
     DbPool *pool;
     Lease *lease;
     Httpc *http;
@@ -114,6 +127,7 @@ struct Engine {
     void (*stop_done)(void *);
     void *stop_arg;
     MetricSeries *m_events, *m_batches, *m_failures, *m_dead, *m_bytes, *m_seconds;
+    MetricSeries *m_arch_events, *m_arch_objects, *m_arch_failures, *m_arch_bytes;
     Metrics *m;
 };
 
@@ -230,7 +244,16 @@ static void conn_build(Conn *c, const WsDestination *d)
     c->wh = NULL;
     c->target_err[0] = '\0';
     json_object *cfg = d ? jsonu_get_ci(d->obj, "config") : NULL;
-    if (c->kind == KIND_OBJECT) {
+    if (c->kind == KIND_ARCHIVE) {
+        Err err;
+        json_object *acfg = json_tokener_parse(c->config_json ? c->config_json : "{}");
+        if (objstore_target_parse(&c->target, c->def_name, acfg, e->bc->s3_endpoint_override,
+                                  &err) == 0)
+            c->target_ok = true;
+        else
+            snprintf(c->target_err, sizeof c->target_err, "archive bucket: %s", err.msg);
+        json_object_put(acfg);
+    } else if (c->kind == KIND_OBJECT) {
         Err err;
         if (objstore_target_parse(&c->target, c->def_name, cfg, e->bc->s3_endpoint_override,
                                   &err) == 0)
@@ -295,12 +318,90 @@ static ConnKind kind_of(const char *def_name)
     return KIND_UNSUPPORTED;
 }
 
+/* Where the workspace's raw archive goes: the bucket type into *type and
+ * its config (RudderStack's keys) as JSON text (caller frees), or NULL with
+ * *why set when the workspace is not archived. */
+static char *archive_bucket(const Engine *e, const Workspace *ws, const char **type,
+                            const char **why)
+{
+    *why = NULL;
+    if (!ws->gateway_dumps || !e->ac->enabled) {
+        *why = e->ac->enabled ? "gatewayDumps is off" : "archive.enabled is false";
+        return NULL;
+    }
+    if (ws->use_self_storage) {
+        *type = ws->storage_bucket_type;
+        if ((*type)[0] == '\0' || ws->storage_bucket_config == NULL) {
+            *why = "useSelfStorage without a storageBucket type and config";
+            return NULL;
+        }
+        return xstrdup(
+            json_object_to_json_string_ext(ws->storage_bucket_config, JSON_C_TO_STRING_PLAIN));
+    }
+    *type = e->ac->storage_provider;
+    if ((*type)[0] == '\0') {
+        *why = "no useSelfStorage bucket and no archive.storage_provider";
+        return NULL;
+    }
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "bucketName", json_object_new_string(e->ac->bucket));
+    json_object_object_add(o, "prefix", json_object_new_string(e->ac->prefix));
+    json_object_object_add(o, "endPoint", json_object_new_string(e->ac->endpoint));
+    json_object_object_add(o, "accessKeyID", json_object_new_string(e->ac->access_key_id));
+    json_object_object_add(o, "accessKey", json_object_new_string(e->ac->secret_access_key));
+    json_object_object_add(o, "secretAccessKey",
+                           json_object_new_string(e->ac->secret_access_key));
+    json_object_object_add(o, "region", json_object_new_string(e->ac->region));
+    json_object_object_add(o, "useSSL", json_object_new_boolean(e->ac->use_ssl));
+    char *r = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+    return r;
+}
+
+/* One archive connection per source of an archived workspace. */
+static void sync_archive(Engine *e, const Workspace *ws)
+{
+    const char *type = "", *why = NULL;
+    char *cj = ws ? archive_bucket(e, ws, &type, &why) : NULL;
+    if (cj == NULL && ws != NULL && ws->gateway_dumps && e->ac->enabled)
+        log_warn("archive_not_configured", "sources=%d reason=%s action=not_archived",
+                 ws->nsources, why);
+    for (int i = 0; cj && i < ws->nsources; i++) {
+        const WsSource *s = &ws->sources[i];
+        Conn *c = conn_find(e, s->id, "");
+        if (c == NULL) {
+            c = conn_add(e, s->id, "", s->workspace_id, type, KIND_ARCHIVE);
+            c->config_json = xstrdup(cj);
+            conn_build(c, NULL);
+            log_info("archive_added", "source_id=%s workspace_id=%s type=%s", s->id,
+                     s->workspace_id, type);
+        } else if (strcmp(c->config_json, cj) != 0 || strcasecmp(c->def_name, type) != 0 ||
+                   strcmp(c->workspace_id, s->workspace_id) != 0) {
+            free(c->config_json);
+            c->config_json = xstrdup(cj);
+            free(c->def_name);
+            c->def_name = xstrdup(type);
+            free(c->workspace_id);
+            c->workspace_id = xstrdup(s->workspace_id);
+            if (c->busy)
+                c->dirty = true;
+            else
+                conn_build(c, NULL);
+            c->next_try_ms = 0;
+            log_info("archive_changed", "source_id=%s type=%s", s->id, type);
+        }
+        c->present = true;
+    }
+    free(cj);
+}
+
 /* Brings the connections in line with the current workspace config. */
 static void sync_conns(Engine *e)
 {
     const Workspace *ws = ws_watcher_get(e->ws);
     for (Conn *c = e->conns; c; c = c->next)
         c->present = false;
+    sync_archive(e, ws);
     for (int i = 0; ws && i < ws->nsources; i++) {
         const WsSource *s = &ws->sources[i];
         for (int k = 0; k < s->ndests; k++) {
@@ -337,7 +438,7 @@ static void sync_conns(Engine *e)
         }
     }
     for (Conn *c = e->conns; c; c = c->next)
-        if (!c->present && c->kind != KIND_ORPHAN && !c->busy) {
+        if (!c->present && c->kind != KIND_ORPHAN && c->kind != KIND_ARCHIVE && !c->busy) {
             c->kind = KIND_ORPHAN;
             conn_build(c, NULL);
             log_info("connection_removed", "source_id=%s destination_id=%s action=dead_letter",
@@ -360,12 +461,12 @@ static void batch_end(Conn *c, bool more)
     c->busy = false;
     free(c->response);
     c->response = NULL;
-    if (!c->present && c->kind != KIND_ORPHAN) {
+    if (!c->present && c->kind != KIND_ORPHAN && c->kind != KIND_ARCHIVE) {
         c->kind = KIND_ORPHAN;
         c->dirty = true;
     }
     if (c->dirty)
-        conn_build(c, c->kind == KIND_ORPHAN ? NULL : conn_dest(e, c));
+        conn_build(c, c->kind == KIND_ORPHAN || c->kind == KIND_ARCHIVE ? NULL : conn_dest(e, c));
     if (more)
         c->next_try_ms = 0;
     if (e->stopping) {
@@ -456,11 +557,11 @@ static void on_failed(Conn *c, PGresult *res, const Err *err)
     int64_t window = retry_window_ms(e);
     int64_t wait = backoff_ms(e, c->attempts);
     char q[1100];
-    if (err == NULL && since >= window) {
+    if (err == NULL && since >= window && c->kind != KIND_ARCHIVE) {
         give_up(c);
         return;
     }
-    log_warn("batch_retry",
+    log_warn(c->kind == KIND_ARCHIVE ? "archive_retry" : "batch_retry",
              "batch_id=%s source_id=%s destination_id=%s events=%d attempt=%d status=%d"
              " backoff_ms=%" PRId64 " failing_ms=%" PRId64 " reason=%s",
              c->batch_id, c->source_id, c->dest_id, c->nevents, c->attempts, c->status, wait,
@@ -475,9 +576,13 @@ static void attempt_failed(Conn *c, int status, const char *reason, const char *
                            bool abort_now)
 {
     Engine *e = c->e;
-    metrics_inc(e->m_failures, 1);
-    count_response(e, c->dest_id, status);
-    if (!abort_now)
+    if (c->kind == KIND_ARCHIVE) {
+        metrics_inc(e->m_arch_failures, 1);
+    } else {
+        metrics_inc(e->m_failures, 1);
+        count_response(e, c->dest_id, status);
+    }
+    if (!abort_now && c->kind != KIND_ARCHIVE)
         metrics_inc(dest_series(e, "pintle_retries_total", METRICS_RETRIES_HELP, METRIC_COUNTER,
                                 c->dest_id, NULL),
                     c->nevents);
@@ -491,7 +596,8 @@ static void attempt_failed(Conn *c, int status, const char *reason, const char *
     }
     Buf sql;
     buf_init(&sql);
-    buf_printf(&sql, "SELECT batch_failed('%s', ", c->batch_id);
+    buf_printf(&sql, "SELECT %s('%s', ", c->kind == KIND_ARCHIVE ? "archive_failed" : "batch_failed",
+               c->batch_id);
     lit(&sql, reason);
     buf_puts(&sql, ")");
     enqueue(e, c, &sql, on_failed);
@@ -514,6 +620,14 @@ static void on_done(Conn *c, PGresult *res, const Err *err)
     }
     int64_t t = now_ms();
     c->last_upload_ms = t;
+    if (c->kind == KIND_ARCHIVE) {
+        metrics_inc(e->m_arch_events, c->nevents);
+        metrics_inc(e->m_arch_objects, 1);
+        log_info("archive_written", "batch_id=%s source_id=%s events=%d attempts=%d ms=%" PRId64,
+                 c->batch_id, c->source_id, c->nevents, c->attempts + 1, t - c->started_ms);
+        batch_end(c, c->nevents >= e->ac->max_events);
+        return;
+    }
     metrics_inc(e->m_events, c->nevents);
     metrics_inc(e->m_batches, 1);
     metrics_observe(e->m_seconds, (double)(t - c->started_ms) / 1000.0);
@@ -538,7 +652,8 @@ static void delivered(Conn *c)
     buf_init(&sql);
     buf_puts(&sql, "BEGIN;");
     fence_home(e, c, &sql);
-    buf_printf(&sql, "SELECT batch_done('%s'); COMMIT;", c->batch_id);
+    buf_printf(&sql, "SELECT %s('%s'); COMMIT;",
+               c->kind == KIND_ARCHIVE ? "archive_done" : "batch_done", c->batch_id);
     enqueue(e, c, &sql, on_done);
 }
 
@@ -575,6 +690,30 @@ static void on_wh(void *arg, WhStatus st, const WhResult *res, const Err *err)
     attempt_failed(c, st == WH_ABORT ? 400 : 500, reason, NULL, st == WH_ABORT);
 }
 
+/* One line of a raw archive object, RudderStack's jobs backup fields:
+ * {"userId", "payload" (the stored event), "createdAt", "messageId"}.
+ * Columns of archive_events: job_id, payload, user_id, created_at. */
+static void archive_line(Buf *b, PGresult *res, int i)
+{
+    const char *payload = PQgetvalue(res, i, 1);
+    buf_puts(b, "{\"userId\":");
+    jsonu_put_string(b, PQgetvalue(res, i, 2));
+    buf_puts(b, ",\"payload\":");
+    buf_append(b, payload, (size_t)PQgetlength(res, i, 1));
+    buf_puts(b, ",\"createdAt\":");
+    jsonu_put_string(b, PQgetvalue(res, i, 3));
+    buf_puts(b, ",\"messageId\":");
+    JSpan v;
+    Buf id;
+    buf_init(&id);
+    if (jscan_get(jscan_doc(payload, (size_t)PQgetlength(res, i, 1)), "messageId", &v) &&
+        jscan_type(v) == 's')
+        (void)jscan_string(v, &id);
+    jsonu_put_string(b, id.data ? id.data : "");
+    buf_deinit(&id);
+    buf_putc(b, '}');
+}
+
 static void on_events(Conn *c, PGresult *res, const Err *err)
 {
     Engine *e = c->e;
@@ -596,19 +735,29 @@ static void on_events(Conn *c, PGresult *res, const Err *err)
         batch_end(c, false);
         return;
     }
-    if (c->kind == KIND_OBJECT) {
+    if (c->kind == KIND_OBJECT || c->kind == KIND_ARCHIVE) {
         Buf lines, gz, key;
         buf_init(&lines);
         buf_init(&gz);
         buf_init(&key);
         for (int i = 0; i < n; i++) {
-            buf_append(&lines, PQgetvalue(res, i, 1), (size_t)PQgetlength(res, i, 1));
+            if (c->kind == KIND_ARCHIVE)
+                archive_line(&lines, res, i);
+            else
+                buf_append(&lines, PQgetvalue(res, i, 1), (size_t)PQgetlength(res, i, 1));
             buf_putc(&lines, '\n');
         }
         objstore_gzip(&gz, lines.data, lines.len);
-        metrics_inc(e->m_bytes, (double)gz.len);
-        objstore_format_key(&key, c->target.prefix, c->source_id, c->first_created_ms,
-                            c->batch_id);
+        if (c->kind == KIND_ARCHIVE) {
+            metrics_inc(e->m_arch_bytes, (double)gz.len);
+            objstore_format_archive_key(&key, c->target.prefix, c->source_id,
+                                        c->first_created_ms, c->last_created_ms, c->instance_id,
+                                        c->workspace_id, c->batch_id);
+        } else {
+            metrics_inc(e->m_bytes, (double)gz.len);
+            objstore_format_key(&key, c->target.prefix, c->source_id, c->first_created_ms,
+                                c->batch_id);
+        }
         log_debug("batch_upload", "batch_id=%s key=%s events=%d bytes=%zu gzip_bytes=%zu",
                   c->batch_id, key.data, n, lines.len, gz.len);
         int rc = objstore_put(e->http, &c->target, key.data, gz.data, gz.len, e->bc->timeout_ms,
@@ -659,6 +808,10 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
     c->attempts = atoi(PQgetvalue(res, 0, 3));
     c->home = atoi(PQgetvalue(res, 0, 6));
     c->home_epoch = lease_epoch(e->lease, c->home);
+    if (c->kind == KIND_ARCHIVE) {
+        c->last_created_ms = strtoll(PQgetvalue(res, 0, 7), NULL, 10);
+        snprintf(c->instance_id, sizeof c->instance_id, "%s", PQgetvalue(res, 0, 8));
+    }
     bool resumed = PQgetvalue(res, 0, 5)[0] == 't';
     c->started_ms = now_ms();
     log_debug("batch_planned", "batch_id=%s source_id=%s destination_id=%s events=%d resumed=%d",
@@ -666,6 +819,10 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
     if (resumed && c->attempts > 0)
         log_info("batch_resumed", "batch_id=%s destination_id=%s events=%d attempts=%d",
                  c->batch_id, c->dest_id, c->nevents, c->attempts);
+    if (c->kind == KIND_ARCHIVE && c->target_err[0] != '\0') {
+        attempt_failed(c, 400, c->target_err, NULL, false);
+        return;
+    }
     if (c->kind == KIND_ORPHAN || c->kind == KIND_UNSUPPORTED || c->target_err[0] != '\0') {
         char reason[600];
         if (c->kind == KIND_ORPHAN)
@@ -682,13 +839,41 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
     }
     Buf sql;
     buf_init(&sql);
-    buf_printf(&sql, "SELECT job_id, payload FROM batch_events('%s')", c->batch_id);
+    if (c->kind == KIND_ARCHIVE)
+        buf_printf(&sql, "SELECT job_id, payload, user_id, created_at FROM archive_events('%s')",
+                   c->batch_id);
+    else
+        buf_printf(&sql, "SELECT job_id, payload FROM batch_events('%s')", c->batch_id);
     enqueue(e, c, &sql, on_events);
+}
+
+static void plan_archive(Engine *e, Conn *c, const int *parts, int n, int64_t t)
+{
+    bool force = t - c->last_upload_ms >= (int64_t)e->ac->upload_interval_s * 1000;
+    Buf sql;
+    buf_init(&sql);
+    buf_puts(&sql, "BEGIN;");
+    lease_format_fence(e->lease, &sql, parts, n);
+    buf_puts(&sql, "SELECT * FROM archive_plan(");
+    lit(&sql, c->source_id);
+    buf_puts(&sql, ", ");
+    lit(&sql, c->workspace_id);
+    buf_puts(&sql, ", ");
+    jobq_format_int_array(&sql, parts, n);
+    buf_printf(&sql, "::int[], %d, %d, %s, ", e->ac->max_events, e->ac->max_bytes,
+               force ? "true" : "false");
+    lit(&sql, e->ac->instance_id);
+    buf_puts(&sql, "); COMMIT;");
+    enqueue(e, c, &sql, on_plan);
 }
 
 static void plan(Engine *e, Conn *c, const int *parts, int n, int64_t t)
 {
     c->busy = true;
+    if (c->kind == KIND_ARCHIVE) {
+        plan_archive(e, c, parts, n, t);
+        return;
+    }
     bool force = t - c->last_upload_ms >= (int64_t)e->bc->upload_interval_s * 1000 ||
                  c->kind == KIND_ORPHAN || c->kind == KIND_UNSUPPORTED;
     Buf sql;
@@ -726,6 +911,45 @@ static void on_low_water_res(Conn *dummy, PGresult *res, const Err *err)
     }
 }
 
+static void on_archive_low_water(Conn *dummy, PGresult *res, const Err *err)
+{
+    char q[1100];
+    if (err != NULL && !dummy->e->stopping)
+        log_warn("archive_low_water_failed", "error=%s", log_quote(q, sizeof q, err->msg));
+    free(dummy);
+}
+
+/* The set of archived sources, as this instance's workspace config says
+ * (every instance asserts it; they agree once a config change reached all
+ * of them), then the archive's low-water marks of our partitions. */
+static void archive_low_water(Engine *e, const int *parts, int n)
+{
+    Buf sql, srcs, wss;
+    buf_init(&sql);
+    buf_init(&srcs);
+    buf_init(&wss);
+    int k = 0;
+    for (Conn *c = e->conns; c; c = c->next) {
+        if (c->kind != KIND_ARCHIVE || !c->present)
+            continue;
+        buf_puts(&srcs, k ? ", " : "");
+        lit(&srcs, c->source_id);
+        buf_puts(&wss, k ? ", " : "");
+        lit(&wss, c->workspace_id);
+        k++;
+    }
+    buf_printf(&sql, "SELECT archive_set_sources(ARRAY[%s]::text[], ARRAY[%s]::text[]);"
+                     " SELECT archive_low_water(",
+               srcs.data ? srcs.data : "", wss.data ? wss.data : "");
+    jobq_format_int_array(&sql, parts, n);
+    buf_puts(&sql, "::int[])");
+    buf_deinit(&srcs);
+    buf_deinit(&wss);
+    Conn *dummy = xcalloc(1, sizeof *dummy);
+    dummy->e = e;
+    enqueue(e, dummy, &sql, on_archive_low_water);
+}
+
 static void low_water(Engine *e, const int *parts, int n)
 {
     Conn *dummy = xcalloc(1, sizeof *dummy);
@@ -737,6 +961,7 @@ static void low_water(Engine *e, const int *parts, int n)
     jobq_format_int_array(&sql, parts, n);
     buf_puts(&sql, "::int[])");
     enqueue(e, dummy, &sql, on_low_water_res);
+    archive_low_water(e, parts, n);
 }
 
 /* ---- the cycle ---- */
@@ -752,7 +977,10 @@ static void cycle(Engine *e)
     /* a connection that left the config with nothing pending is forgotten */
     for (Conn **pp = &e->conns; *pp;) {
         Conn *c = *pp;
-        if (c->kind == KIND_ORPHAN && !c->present && !c->busy && c->drained) {
+        if ((c->kind == KIND_ORPHAN && !c->present && !c->busy && c->drained) ||
+            (c->kind == KIND_ARCHIVE && !c->present && !c->busy)) {
+            if (c->kind == KIND_ARCHIVE)
+                log_info("archive_removed", "source_id=%s", c->source_id);
             *pp = c->next;
             conn_free(c);
             continue;
@@ -802,6 +1030,7 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
     e->base = base;
     e->cfg = cfg;
     e->bc = &cfg->batchrouter;
+    e->ac = &cfg->archive;
     e->pool = pool;
     e->lease = lease;
     e->http = http;
@@ -826,6 +1055,16 @@ Engine *engine_create(struct event_base *base, const Config *cfg, DbPool *pool, 
                                 "gzip bytes uploaded (attempts included)", METRIC_COUNTER, "");
     e->m_seconds = metrics_series(metrics, "pintle_batchrouter_batch_seconds",
                                   "from plan to done of a delivered batch", METRIC_HISTOGRAM, "");
+    e->m_arch_events = metrics_series(metrics, "pintle_archive_events_total",
+                                      "gw events written to the raw archive", METRIC_COUNTER, "");
+    e->m_arch_objects = metrics_series(metrics, "pintle_archive_objects_total",
+                                       "raw archive objects written", METRIC_COUNTER, "");
+    e->m_arch_failures = metrics_series(metrics, "pintle_archive_failures_total",
+                                        "failed raw archive uploads (retried)", METRIC_COUNTER,
+                                        "");
+    e->m_arch_bytes = metrics_series(metrics, "pintle_archive_bytes_total",
+                                     "gzip bytes of raw archive uploads (attempts included)",
+                                     METRIC_COUNTER, "");
     db_pool_set_idle_cb(pool, run_ops, e);
     e->tick = event_new(base, -1, EV_PERSIST, on_tick, e);
     e->kick_ev = event_new(base, -1, 0, on_kick, e);
@@ -844,7 +1083,7 @@ void engine_destroy(Engine *e)
     while (e->ops_head) {
         DbOp *op = e->ops_head;
         e->ops_head = op->next;
-        if (op->cb == on_low_water_res)
+        if (op->cb == on_low_water_res || op->cb == on_archive_low_water)
             free(op->c);
         free(op->sql);
         free(op);

@@ -122,6 +122,20 @@ void objstore_format_key(Buf *out, const char *prefix, const char *source_id, in
                tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, (long long)secs, source_id, batch_id);
 }
 
+void objstore_format_archive_key(Buf *out, const char *prefix, const char *source_id,
+                                 int64_t first_ms, int64_t last_ms, const char *instance_id,
+                                 const char *workspace_id, const char *batch_id)
+{
+    time_t secs = (time_t)(first_ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    if (prefix != NULL && prefix[0] != '\0')
+        buf_printf(out, "%s/", prefix);
+    buf_printf(out, "%s/gw/%04d-%02d-%02d/%d/%s/%lld_%lld_%s_%s.json.gz", source_id,
+               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, instance_id,
+               (long long)secs, (long long)(last_ms / 1000), workspace_id, batch_id);
+}
+
 void objstore_gzip(Buf *out, const void *data, size_t len)
 {
     z_stream z;

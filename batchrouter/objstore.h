@@ -49,6 +49,15 @@ void objstore_target_deinit(ObjTarget *t);
 void objstore_format_key(Buf *out, const char *prefix, const char *source_id, int64_t created_ms,
                          const char *batch_id);
 
+/* Appends the key of a raw archive object, RudderStack's jobs backup
+ * layout: [prefix/]<source_id>/gw/<YYYY-MM-DD>/<hour>/<instance_id>/
+ * <first unix>_<last unix>_<workspace_id>_<batch_id>.json.gz, date and
+ * hour (UTC, hour not padded) of first_ms. Everything in it comes from the
+ * journaled batch, so a retry gets the same key. */
+void objstore_format_archive_key(Buf *out, const char *prefix, const char *source_id,
+                                 int64_t first_ms, int64_t last_ms, const char *instance_id,
+                                 const char *workspace_id, const char *batch_id);
+
 /* Appends the gzip of data: the same bytes for the same data (mtime 0). */
 void objstore_gzip(Buf *out, const void *data, size_t len);
 

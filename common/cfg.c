@@ -278,6 +278,37 @@ static const CfgKey keys[] = {
       "600000", 100, 86400000, "statement timeout of a warehouse load"),
     I("batchrouter", "shutdown_timeout_ms", batchrouter.shutdown_timeout_ms, "10000", 100, 600000,
       "on SIGTERM, uploads still in flight shortly before this are cancelled; exit by then"),
+
+    B("archive", "enabled", archive.enabled, "true",
+      "archive the gw events of workspaces whose settings.dataRetention.storagePreferences"
+      ".gatewayDumps is true (RudderStack's jobs backup) before their dataset is dropped;"
+      " false: never, whatever the workspace says"),
+    I("archive", "upload_interval_s", archive.upload_interval_s, "300", 0, 86400,
+      "a source with events to archive writes an object at least this often"
+      " (RudderStack's archival.UploadFrequency)"),
+    I("archive", "max_events", archive.max_events, "10000", 1, 1000000,
+      "events per archive object; a full one is written at once"),
+    I("archive", "max_bytes", archive.max_bytes, "33554432", 1024, 1073741824,
+      "uncompressed bytes per archive object (about)"),
+    S("archive", "instance_id", archive.instance_id, "1",
+      "the instance segment of archive object keys (RudderStack's INSTANCE_ID)"),
+    S("archive", "storage_provider", archive.storage_provider, "",
+      "the default archive bucket's type for workspaces without useSelfStorage: S3, MINIO or"
+      " DIGITAL_OCEAN_SPACES (RudderStack's JOBS_BACKUP_STORAGE_PROVIDER); empty: none, such"
+      " workspaces are not archived"),
+    S("archive", "bucket", archive.bucket, "", "the default archive bucket (JOBS_BACKUP_BUCKET)"),
+    S("archive", "prefix", archive.prefix, "",
+      "key prefix in the default archive bucket (JOBS_BACKUP_PREFIX)"),
+    S("archive", "endpoint", archive.endpoint, "",
+      "host:port of the default bucket's server (MINIO, DIGITAL_OCEAN_SPACES, or S3 not on"
+      " AWS)"),
+    S("archive", "access_key_id", archive.access_key_id, "",
+      "access key id for the default archive bucket"),
+    SS("archive", "secret_access_key", archive.secret_access_key, "",
+       "secret for the default archive bucket"),
+    S("archive", "region", archive.region, "us-east-1", "region of the default archive bucket"),
+    B("archive", "use_ssl", archive.use_ssl, "false",
+      "HTTPS to the default bucket's endpoint (MINIO)"),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

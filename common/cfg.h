@@ -149,6 +149,26 @@ typedef struct BatchrouterConfig {
     int shutdown_timeout_ms;
 } BatchrouterConfig;
 
+/* The raw archive of gw events (batchrouter, see sql/013_archive.sql). A
+ * workspace asks for it with settings.dataRetention.storagePreferences.
+ * gatewayDumps; its bucket is settings.dataRetention.storageBucket when
+ * useSelfStorage, else the default bucket below. */
+typedef struct ArchiveConfig {
+    bool enabled;
+    int upload_interval_s;
+    int max_events;
+    int max_bytes;
+    char *instance_id;
+    char *storage_provider; /* default bucket: "" none, S3, MINIO, DIGITAL_OCEAN_SPACES */
+    char *bucket;
+    char *prefix;
+    char *endpoint;
+    char *access_key_id;
+    char *secret_access_key;
+    char *region;
+    bool use_ssl;
+} ArchiveConfig;
+
 typedef struct Config {
     LogConfig log;
     DbConfig db;
@@ -161,6 +181,7 @@ typedef struct Config {
     ProcessorConfig processor;
     RouterConfig router;
     BatchrouterConfig batchrouter;
+    ArchiveConfig archive;
 } Config;
 
 /* Loads defaults, then the file at path (NULL: $PINTLE_CONFIG if set, else no

@@ -94,6 +94,12 @@ Workspace *ws_parse(const char *json, size_t len, Err *err)
         return NULL;
     }
     const char *top_ws = jsonu_str_ci(root, "workspaceId", "");
+    json_object *dr = jsonu_get_ci(jsonu_get_ci(root, "settings"), "dataRetention");
+    ws->gateway_dumps = jsonu_bool_ci(jsonu_get_ci(dr, "storagePreferences"), "gatewayDumps", false);
+    ws->use_self_storage = jsonu_bool_ci(dr, "useSelfStorage", false);
+    json_object *bucket = jsonu_get_ci(dr, "storageBucket");
+    ws->storage_bucket_type = jsonu_str_ci(bucket, "type", "");
+    ws->storage_bucket_config = jsonu_get_ci(bucket, "config");
     size_t n = json_object_array_length(sources);
     ws->sources = xcalloc(n ? n : 1, sizeof(WsSource));
     for (size_t i = 0; i < n; i++) {

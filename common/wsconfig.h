@@ -62,6 +62,14 @@ typedef struct Workspace {
     int nsources;
     HMap by_write_key;
     HMap by_source_id;
+    /* settings.dataRetention (RudderStack's names): storagePreferences.
+     * gatewayDumps asks for the raw archive of gw events; with
+     * useSelfStorage they go to storageBucket {type, config}, else to the
+     * operator's default bucket. Applies to every source of the export. */
+    bool gateway_dumps;
+    bool use_self_storage;
+    const char *storage_bucket_type; /* "" when none */
+    json_object *storage_bucket_config; /* borrowed; NULL when none */
 } Workspace;
 
 /* Parses an export. Errors name what is wrong. The caller holds the one

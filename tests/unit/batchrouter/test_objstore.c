@@ -101,6 +101,26 @@ static void test_key_format(void **state)
     buf_deinit(&b);
 }
 
+/* RudderStack's jobs backup layout: source, "gw", day and unpadded hour of
+ * the first event, instance, then first_last_workspace_uuid */
+static void test_archive_key_format(void **state)
+{
+    Buf b;
+    buf_init(&b);
+    /* 1700000000 is 2023-11-14 22:13:20 UTC */
+    objstore_format_archive_key(&b, "backups", "src-1", 1700000000123LL, 1700003600999LL, "1",
+                                "ws-1", "0f8fad5b-d9cb-469f-a165-70867728950e");
+    assert_string_equal(b.data, "backups/src-1/gw/2023-11-14/22/1/1700000000_1700003600_ws-1_"
+                                "0f8fad5b-d9cb-469f-a165-70867728950e.json.gz");
+    b.len = 0;
+    objstore_format_archive_key(&b, "", "s", 3600000LL, 3600000LL, "node-b", "w", "id");
+    assert_string_equal(b.data, "s/gw/1970-01-01/1/node-b/3600_3600_w_id.json.gz");
+    b.len = 0;
+    objstore_format_archive_key(&b, NULL, "s", 0, 999, "1", "w", "id");
+    assert_string_equal(b.data, "s/gw/1970-01-01/0/1/0_0_w_id.json.gz");
+    buf_deinit(&b);
+}
+
 static void test_url_encoding(void **state)
 {
     ObjTarget t = {.base_url = "http://127.0.0.1:9000", .bucket = "my-bucket"};
@@ -330,6 +350,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference_signer_aws_example),
         cmocka_unit_test(test_key_format),
+        cmocka_unit_test(test_archive_key_format),
         cmocka_unit_test(test_url_encoding),
         cmocka_unit_test(test_gzip_deterministic),
         cmocka_unit_test(test_minio_config),
