@@ -224,6 +224,17 @@ static int status(PGconn *pg)
     if (print_query(pg, "SELECT queue, idx, table_name, created_at FROM datasets"
                         " ORDER BY queue, idx"))
         return 1;
+    printf("\n== raw archive (sources whose gw events are archived before their dataset drops)\n");
+    if (print_query(pg, "SELECT s.workspace_id, s.source_id,"
+                        " count(j.batch_id) AS objects_planned,"
+                        " coalesce(max(j.attempts), 0) AS max_attempts,"
+                        " coalesce(max(j.last_error), '') AS last_error,"
+                        " (SELECT count(*) FROM archive_low a WHERE EXISTS (SELECT 1 FROM gw_jobs g"
+                        " WHERE g.partition = a.partition AND g.job_id > a.last_job_id))"
+                        " AS partitions_behind"
+                        " FROM archive_sources s LEFT JOIN archive_journal j"
+                        " ON j.source_id = s.source_id GROUP BY 1, 2 ORDER BY 1, 2"))
+        return 1;
     printf("\n== dead letters not replayed\n");
     return print_query(pg, "SELECT stage, destination_id, count(*) AS dead_letters"
                            " FROM dead_letters WHERE replayed_at IS NULL"

@@ -58,14 +58,23 @@ CREATE TABLE archive_journal (
 );
 CREATE INDEX archive_journal_source ON archive_journal (source_id);
 
--- Replaces the set of archived sources (no-op when it is the same). A
--- source that leaves it forgets its planned batches: its rows no longer
--- hold any dataset.
+-- Replaces the set of archived sources. Every batchrouter instance calls
+-- it every few seconds, so the usual case (the same set) only reads. A
+-- source that leaves the set forgets its planned batches: its rows no
+-- longer hold any dataset.
 CREATE FUNCTION archive_set_sources(p_sources text[], p_workspaces text[]) RETURNS int
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     n int;
 BEGIN
+    IF (SELECT coalesce(array_agg(k ORDER BY k), '{}')
+        FROM (SELECT source_id || ' ' || workspace_id AS k FROM archive_sources) a)
+       = (SELECT coalesce(array_agg(k ORDER BY k), '{}')
+          FROM (SELECT s || ' ' || w AS k FROM unnest(p_sources, p_workspaces) AS u(s, w)) b) THEN
+        RETURN cardinality(p_sources);
+    END IF;
+    -- writers of the set serialise here, so concurrent calls cannot deadlock
+    PERFORM pg_advisory_xact_lock(hashtext('pintle.archive_sources'));
     DELETE FROM archive_journal WHERE source_id <> ALL (p_sources);
     DELETE FROM archive_sources WHERE source_id <> ALL (p_sources);
     INSERT INTO archive_sources (source_id, workspace_id)

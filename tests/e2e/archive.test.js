@@ -8,13 +8,15 @@
 // directly: the events stay in gw while radosgw is down.
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { Stack, withLogs, basicAuth, sleep, waitFor } = require('./lib/stack');
+const { execFileSync } = require('node:child_process');
+const path = require('node:path');
+const { Stack, BIN, withLogs, basicAuth, sleep, waitFor } = require('./lib/stack');
 const { RadosGw, available } = require('./lib/radosgw');
 
 const BUCKET = 'archive';
 const PREFIX = 'backups';
 
-function workspace(rgw, { dumps = true } = {}) {
+function workspace(rgw, { dumps = true, selfStorage = true } = {}) {
   const ws = {
     workspaceId: 'ws-arc',
     sources: ['a', 'b'].map((c) => ({ id: `src-${c}`, name: `src-${c}`, writeKey: `key-${c}`, enabled: true, workspaceId: 'ws-arc', destinations: [] })),
@@ -22,7 +24,7 @@ function workspace(rgw, { dumps = true } = {}) {
   if (dumps) {
     ws.settings = {
       dataRetention: {
-        useSelfStorage: true,
+        useSelfStorage: selfStorage,
         storageBucket: { type: 'MINIO', config: { endPoint: `127.0.0.1:${rgw.rgwPort}`, bucketName: BUCKET, accessKeyID: rgw.accessKey, secretAccessKey: rgw.secretKey, prefix: PREFIX, useSSL: false } },
         storagePreferences: { gatewayDumps: true },
       },
@@ -40,20 +42,22 @@ async function sendRange(url, c, tag, from, to, size = 200) {
   }
 }
 
-// backups/<sourceId>/gw/<YYYY-MM-DD>/<hour>/<instance>/<first>_<last>_<workspace>_<uuid>.json.gz
-const KEY_RE = /^backups\/(src-[ab])\/gw\/(\d{4}-\d{2}-\d{2})\/(\d{1,2})\/1\/(\d+)_(\d+)_ws-arc_([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.json\.gz$/;
+// <prefix>/<sourceId>/gw/<YYYY-MM-DD>/<hour>/<instance>/<first>_<last>_<workspace>_<uuid>.json.gz
+const keyRe = (prefix) => new RegExp(`^${prefix}/(src-[ab])/gw/(\\d{4}-\\d{2}-\\d{2})/(\\d{1,2})/1/(\\d+)_(\\d+)_ws-arc_`
+  + '([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\\.json\\.gz$');
 
 // Every archived line, with the key it is in.
-async function archived(rgw) {
+async function archived(rgw, bucket = BUCKET, prefix = PREFIX) {
   const lines = [];
-  for (const key of await rgw.list(BUCKET)) {
-    const m = KEY_RE.exec(key);
+  const re = keyRe(prefix);
+  for (const key of await rgw.list(bucket)) {
+    const m = re.exec(key);
     assert.ok(m, `archive key ${key} has RudderStack's jobs backup layout`);
     const first = new Date(Number(m[4]) * 1000);
     assert.equal(first.toISOString().slice(0, 10), m[2], `day of ${key} is its first event's`);
     assert.equal(String(first.getUTCHours()), m[3], `hour of ${key} is its first event's`);
     assert.ok(Number(m[5]) >= Number(m[4]));
-    for (const l of await rgw.events(BUCKET, key)) lines.push({ key, source: m[1], first: Number(m[4]), last: Number(m[5]), ...l });
+    for (const l of await rgw.events(bucket, key)) lines.push({ key, source: m[1], first: Number(m[4]), last: Number(m[5]), ...l });
   }
   return lines;
 }
@@ -77,7 +81,7 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
   let rgw;
   const S = () => st;
   const QUEUE = { PINTLE_QUEUE_DATASET_MAX_AGE_S: '1', PINTLE_QUEUE_MAINTENANCE_INTERVAL_MS: '300', PINTLE_WORKSPACE_POLL_INTERVAL_MS: '100' };
-  const startBatchrouter = async () => {
+  const startBatchrouter = async (extra = {}) => {
     st.br = await st.startBatchrouter({
       ...QUEUE,
       PINTLE_ARCHIVE_UPLOAD_INTERVAL_S: '1',
@@ -86,6 +90,7 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
       PINTLE_BATCHROUTER_RETRY_MAX_MS: '1000',
       PINTLE_BATCHROUTER_TIMEOUT_MS: '10000',
       PINTLE_LOG_LEVEL: 'debug',
+      ...extra,
     });
     return st.br;
   };
@@ -145,6 +150,11 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
     assert.match(one.createdAt, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/);
     assert.ok(created >= sentAt - 2000 && created <= Date.now(), `createdAt ${one.createdAt} is when it was stored`);
     for (const l of a) assert.ok(Math.floor(Date.parse(l.createdAt) / 1000) >= l.first && Math.floor(Date.parse(l.createdAt) / 1000) <= l.last, `${l.messageId} within its object's time range`);
+    // pintlectl status shows who is archived and that nothing is behind
+    const status = execFileSync(path.join(BIN, 'pintlectl'), ['status'], { env: { ...process.env, ...st.env() }, encoding: 'utf8' });
+    const section = status.split('== raw archive')[1].split('\n== ')[0];
+    assert.match(section, /^ws-arc\tsrc-a\t0\t0\t\t0$/m, section);
+    assert.match(section, /^ws-arc\tsrc-b\t0\t0\t\t0$/m, section);
     // archived and processed: maintenance drops the datasets
     await waitFor(async () => (await inGw('a1')) + (await inGw('b1')) === 0, { timeoutMs: 30000, what: 'archived datasets dropped' });
     assert.deepEqual(st.br.errors(), []);
@@ -204,5 +214,27 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
     await waitFor(async () => (await inGw('b4')) === 0, { timeoutMs: 30000, what: 'datasets dropped without the archive' });
     assert.equal((await rgw.list(BUCKET)).length, before, 'no new archive object');
     assert.equal((await archived(rgw)).filter((l) => l.messageId.startsWith('b4-')).length, 0);
+  }));
+
+  it('without useSelfStorage the events go to the operator\'s default bucket (archive.* keys, as RudderStack\'s JOBS_BACKUP_* settings)', withLogs(S, async () => {
+    await rgw.createBucket('default-archive');
+    await st.br.stop();
+    st.procs = st.procs.filter((p) => p !== st.br);
+    await startBatchrouter({
+      PINTLE_ARCHIVE_STORAGE_PROVIDER: 'MINIO',
+      PINTLE_ARCHIVE_ENDPOINT: `127.0.0.1:${rgw.rgwPort}`,
+      PINTLE_ARCHIVE_BUCKET: 'default-archive',
+      PINTLE_ARCHIVE_PREFIX: 'jobs-backup',
+      PINTLE_ARCHIVE_ACCESS_KEY_ID: rgw.accessKey,
+      PINTLE_ARCHIVE_SECRET_ACCESS_KEY: rgw.secretKey,
+    });
+    st.writeWorkspace(workspace(rgw, { selfStorage: false }));
+    await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.archive_sources'))[0].n === 2, { what: 'both sources archived again' });
+    const before = (await rgw.list(BUCKET)).length;
+    await sendRange(st.gw.url, 'b', 'b5', 0, 700);
+    await waitDrained('the archive caught up in the default bucket');
+    assertOnce(await archived(rgw, 'default-archive', 'jobs-backup'), 'b5', 700, 'b');
+    assert.equal((await rgw.list(BUCKET)).length, before, 'nothing new in the workspace\'s own bucket');
+    await waitFor(async () => (await inGw('b5')) === 0, { timeoutMs: 30000, what: 'datasets dropped once archived' });
   }));
 });
