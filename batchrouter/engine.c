@@ -262,8 +262,9 @@ static void conn_build(Conn *c, const WsDestination *d)
             snprintf(c->target_err, sizeof c->target_err, "%s", err.msg);
     } else if (c->kind == KIND_WAREHOUSE) {
         Err err;
+        const WsSource *src = ws_source_by_id(ws_watcher_get(e->ws), c->source_id);
         WarehouseSettings ws = {e->bc->warehouse_connect_timeout_s,
-                                e->bc->warehouse_statement_timeout_ms};
+                                e->bc->warehouse_statement_timeout_ms, src ? src->name : NULL};
         c->wh = whworker_create(e->base, c->config_json ? c->config_json : "{}", &ws, &err);
         if (c->wh == NULL)
             snprintf(c->target_err, sizeof c->target_err, "%s", err.msg);

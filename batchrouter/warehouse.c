@@ -68,7 +68,11 @@ Warehouse *warehouse_create(const char *config_json, const WarehouseSettings *s,
     w->user = cfg_str(cfg, "user", NULL);
     w->password = cfg_str(cfg, "password", NULL);
     char *ssl = cfg_str(cfg, "sslMode", "disable");
-    char *ns = cfg_str(cfg, "namespace", "rudder");
+    char *ns = cfg_str(cfg, "namespace", NULL);
+    if (ns == NULL || ns[0] == '\0') {
+        free(ns);
+        ns = xstrdup(s->default_namespace ? s->default_namespace : "rudder");
+    }
     json_object_put(cfg);
     wh_name_namespace(ns, w->ns, sizeof w->ns);
     free(ns);

@@ -50,11 +50,14 @@ typedef struct WhResult {
 typedef struct WarehouseSettings {
     int connect_timeout_s;
     int statement_timeout_ms;
+    /* the namespace when the config has none: as RudderStack, the
+     * source's name (made safe like a configured one); NULL: "rudder" */
+    const char *default_namespace;
 } WarehouseSettings;
 
 /* config_json: the destination's "config" object from the workspace config
  * (RudderStack's keys host, port, database, user, password, namespace,
- * sslMode). NULL with err set when the config is unusable (missing host or
+ * sslMode). Copies what it keeps of s. NULL with err set when the config is unusable (missing host or
  * database): the caller aborts that destination's batches. Does not connect. */
 Warehouse *warehouse_create(const char *config_json, const WarehouseSettings *s, Err *err);
 

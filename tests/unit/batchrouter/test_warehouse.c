@@ -19,7 +19,7 @@
 
 #define NS "test_wh_ns"
 
-static const WarehouseSettings SET = {5, 30000};
+static const WarehouseSettings SET = {5, 30000, NULL};
 
 static PGconn *pg;
 static char config[1024];
@@ -130,6 +130,34 @@ static const char *const batch2[] = {
     "{\"type\":\"identify\",\"messageId\":\"i3\",\"userId\":\"u3\",\"traits\":{\"plan\":\"x\"}}",
     "{\"type\":\"identify\",\"messageId\":\"i4\",\"userId\":\"u3\",\"traits\":{\"plan\":\"y\"}}",
 };
+
+/* No namespace in the config: the source's name made safe, as
+ * RudderStack's warehouse names it ("My Shop 2" -> my_shop_2); without a
+ * name either, "rudder". */
+static void test_default_namespace(void **state)
+{
+    (void)state;
+    if (pg == NULL)
+        skip();
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg, "%s", config);
+    char *ns = strstr(cfg, "\"namespace\":\"" NS "\",");
+    assert_non_null(ns);
+    memmove(ns, ns + strlen("\"namespace\":\"" NS "\","), strlen(ns + strlen("\"namespace\":\"" NS "\",")) + 1);
+    PQclear(PQexec(pg, "DROP SCHEMA IF EXISTS my_shop_2 CASCADE"));
+    WarehouseSettings set = SET;
+    set.default_namespace = "My Shop 2";
+    Err err = {0};
+    Warehouse *w = warehouse_create(cfg, &set, &err);
+    assert_non_null(w);
+    WhResult res;
+    WhStatus st = load(w, "N1", batch1, 1, &res, &err);
+    if (st != WH_OK)
+        fail_msg("load N1: %d %s", st, err.msg);
+    expect("SELECT count(*) FROM my_shop_2.pintle_loads WHERE load_id = 'N1'", "1");
+    warehouse_destroy(w);
+    PQclear(PQexec(pg, "DROP SCHEMA IF EXISTS my_shop_2 CASCADE"));
+}
 
 static void test_load(void **state)
 {
@@ -319,7 +347,8 @@ static void test_refused(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_load),    cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_load),    cmocka_unit_test(test_default_namespace),
+        cmocka_unit_test(test_concurrent),
         cmocka_unit_test(test_abort),   cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_refused),
     };
