@@ -291,4 +291,42 @@ describe('batchrouter to S3-compatible object storage (radosgw)', { skip: !avail
     const [again] = await st.pg.query("SELECT count(*)::int AS n FROM pintle.dead_letters WHERE destination_id = 'dst-d' AND replayed_at IS NULL");
     assert.equal(again.n, 0, 'no new dead letters after the fix');
   }));
+
+  it('kill -9 after an object was stored but before its batch was marked done: the retry writes the same key, no second copy', withLogs(S, async () => {
+    const { Client } = require('pg');
+    // holding the journal row makes batch_done wait (it locks the row)
+    const locker = new Client({ host: '127.0.0.1', port: st.pg.port, user: 'postgres', database: 'pintle' });
+    await locker.connect();
+    try {
+      const before = (await bucketEvents(rgw, 'a')).where.size;
+      const sending = sendRange(st.gw.url, 'a', 20000, 20500, 100);
+      const batch = await waitFor(async () => {
+        await locker.query('ROLLBACK');
+        await locker.query('BEGIN');
+        const r = await locker.query("SELECT batch_id FROM pintle.batch_journal WHERE destination_id = 'dst-a' ORDER BY created_at LIMIT 1 FOR UPDATE");
+        return r.rows.length === 1 && r.rows[0].batch_id;
+      }, { timeoutMs: 30000, intervalMs: 5, what: 'a planned batch of dst-a locked' });
+      const key = await waitFor(async () => (await rgw.list('bucket-a')).find((k) => k.includes(batch)), { timeoutMs: 30000, what: `the object of batch ${batch} stored` });
+      await st.br.kill9();
+      st.procs = st.procs.filter((p) => p !== st.br);
+      // end the dead process's queued batch_done too (asked on another
+      // connection: pg_stat_activity is a snapshot per transaction)
+      await locker.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'");
+      await waitFor(async () => (await st.pg.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'"))[0].n === 0, { what: 'the dead batchrouter\'s sessions gone' });
+      await locker.query('ROLLBACK');
+      const [j] = await st.pg.query('SELECT count(*)::int AS n FROM pintle.batch_journal WHERE batch_id = $1', [batch]);
+      assert.equal(j.n, 1, 'the stored batch is still journaled after the crash');
+      await startBatchrouter();
+      await sending;
+      await waitDrained('a', 10500, 60000);
+      assert.match(st.br.log, new RegExp(`event=batch_upload batch_id=${batch} key=${key.replace(/[.]/g, '\\.')} `), 'the retry uploaded the same key');
+      const { where } = await bucketEvents(rgw, 'a');
+      const twice = [...where].filter(([, ks]) => ks.length > 1);
+      assert.deepEqual(twice.slice(0, 5), [], 'no event in two objects');
+      for (let s = 20000; s < 20500; s++) assert.ok(where.has(`a-${s}`), `a-${s} stored`);
+      assert.equal(where.size, before + 500);
+    } finally {
+      await locker.end().catch(() => {});
+    }
+  }));
 });

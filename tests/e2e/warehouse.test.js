@@ -151,4 +151,52 @@ describe('Postgres warehouse (POSTGRES destination)', () => {
     const led = await whQuery(st, `SELECT count(*) AS loads, sum(events) AS events FROM ${NS}.pintle_loads`);
     assert.equal(Number(led[0].events), N);
   }));
+
+  it('kill -9 after a load committed in the warehouse but before the batch was marked done: the retry finds it in the ledger and inserts nothing', withLogs(S, async () => {
+    const brEnv = { PINTLE_BATCHROUTER_MAX_EVENTS: '50', PINTLE_BATCHROUTER_UPLOAD_INTERVAL_S: '0', PINTLE_LOG_LEVEL: 'debug' };
+    st = await newStack(brEnv);
+    // Holding the journal row of a planned batch makes its batch_done wait
+    // (it locks the row): the load commits in the warehouse, the jobs
+    // database never learns it. That is the window a crash must survive.
+    const locker = new Client({ host: '127.0.0.1', port: st.pg.port, user: 'postgres', database: 'pintle' });
+    await locker.connect();
+    try {
+      const N = 200;
+      const evs = [];
+      for (let i = 0; i < N; i++) evs.push({ type: 'track', userId: `u-${i % 5}`, messageId: `w-${i}`, event: 'Window', properties: { seq: i } });
+      const sending = send(st, evs);
+      const batch = await waitFor(async () => {
+        await locker.query('ROLLBACK'); // after an error, too
+        await locker.query('BEGIN');
+        const r = await locker.query("SELECT batch_id FROM pintle.batch_journal WHERE destination_id = 'dst-pg' ORDER BY created_at LIMIT 1 FOR UPDATE");
+        if (r.rows.length === 1) return r.rows[0].batch_id;
+        await locker.query('ROLLBACK');
+        return false;
+      }, { timeoutMs: 30000, intervalMs: 5, what: 'a planned batch of dst-pg locked' });
+      await waitFor(async () => (await count(st, 'pintle_loads')) > 0 && (await whQuery(st, `SELECT 1 FROM ${NS}.pintle_loads WHERE load_id = '${batch}'`)).length === 1, { timeoutMs: 30000, what: `batch ${batch} committed in the warehouse` });
+      const [j] = await st.pg.query('SELECT count(*)::int AS n FROM pintle.batch_journal WHERE batch_id = $1', [batch]);
+      assert.equal(j.n, 1, 'and still journaled: not marked done');
+      await st.br.kill9();
+      // the dead process's batch_done (BEGIN ... COMMIT in one message) is
+      // still queued on the server behind our lock: end it, as a crash of
+      // the machine would, before letting go
+      await locker.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'");
+      // (asked on another connection: pg_stat_activity is a snapshot per transaction)
+      await waitFor(async () => (await st.pg.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'"))[0].n === 0, { what: 'the dead batchrouter\'s sessions gone' });
+      await locker.query('ROLLBACK');
+      const [still] = await st.pg.query('SELECT count(*)::int AS n FROM pintle.batch_journal WHERE batch_id = $1', [batch]);
+      assert.equal(still.n, 1, 'the loaded batch is still journaled after the crash');
+      st.br = await st.startBatchrouter(brEnv);
+      await sending;
+      await waitFor(async () => (await count(st, 'window')) >= N && (await st.pg.query("SELECT count(*)::int AS n FROM pintle.batch_journal WHERE destination_id = 'dst-pg'"))[0].n === 0, { timeoutMs: 60000, what: `${N} rows and nothing journaled` });
+      assert.match(st.br.log, new RegExp(`event=warehouse_loaded batch_id=${batch} rows=0 .*already_loaded=1`), 'the retry found the load in the ledger');
+      assert.equal(await count(st, 'window'), N);
+      assert.equal(await count(st, 'window', 'count(DISTINCT id)'), N);
+      assert.equal(await count(st, 'tracks'), N);
+      const led = await whQuery(st, `SELECT count(*) AS loads, sum(events) AS events FROM ${NS}.pintle_loads`);
+      assert.equal(Number(led[0].events), N, 'every load recorded once');
+    } finally {
+      await locker.end().catch(() => {});
+    }
+  }));
 });
