@@ -336,12 +336,21 @@ static char *archive_bucket(const Engine *e, const Workspace *ws, const char **t
             *why = "useSelfStorage without a storageBucket type and config";
             return NULL;
         }
+        /* a type we cannot write to would hold the gw datasets for ever */
+        if (!objstore_is_type(*type)) {
+            *why = "storageBucket type is not S3, MINIO or DIGITAL_OCEAN_SPACES";
+            return NULL;
+        }
         return xstrdup(
             json_object_to_json_string_ext(ws->storage_bucket_config, JSON_C_TO_STRING_PLAIN));
     }
     *type = e->ac->storage_provider;
     if ((*type)[0] == '\0') {
         *why = "no useSelfStorage bucket and no archive.storage_provider";
+        return NULL;
+    }
+    if (!objstore_is_type(*type)) {
+        *why = "archive.storage_provider is not S3, MINIO or DIGITAL_OCEAN_SPACES";
         return NULL;
     }
     json_object *o = json_object_new_object();
