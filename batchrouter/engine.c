@@ -373,9 +373,11 @@ static void sync_archive(Engine *e, const Workspace *ws)
 {
     const char *type = "", *why = NULL;
     char *cj = ws ? archive_bucket(e, ws, &type, &why) : NULL;
-    if (cj == NULL && ws != NULL && ws->gateway_dumps && e->ac->enabled)
+    if (cj == NULL && ws != NULL && ws->gateway_dumps && e->ac->enabled) {
+        char q[256];
         log_warn("archive_not_configured", "sources=%d reason=%s action=not_archived",
-                 ws->nsources, why);
+                 ws->nsources, log_quote(q, sizeof q, why));
+    }
     for (int i = 0; cj && i < ws->nsources; i++) {
         const WsSource *s = &ws->sources[i];
         Conn *c = conn_find(e, s->id, "");

@@ -237,4 +237,15 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
     assert.equal((await rgw.list(BUCKET)).length, before, 'nothing new in the workspace\'s own bucket');
     await waitFor(async () => (await inGw('b5')) === 0, { timeoutMs: 30000, what: 'datasets dropped once archived' });
   }));
+
+  it('a bucket type pintle cannot write (GCS) is not archived, with the reason logged, and holds nothing back', withLogs(S, async () => {
+    const from = st.br.log.length;
+    const ws = workspace(rgw);
+    ws.settings.dataRetention.storageBucket = { type: 'GCS', config: { bucketName: 'b' } };
+    st.writeWorkspace(ws);
+    await waitFor(() => /event=archive_not_configured sources=2 reason="storageBucket type is not S3, MINIO or DIGITAL_OCEAN_SPACES" action=not_archived/.test(st.br.log.slice(from)), { what: 'the GCS bucket refused with its reason' });
+    await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.archive_sources'))[0].n === 0, { what: 'archive_sources empty' });
+    await sendRange(st.gw.url, 'a', 'a6', 0, 300);
+    await waitFor(async () => (await inGw('a6')) === 0, { timeoutMs: 30000, what: 'datasets dropped without the archive' });
+  }));
 });
