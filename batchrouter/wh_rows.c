@@ -21,6 +21,7 @@
 void wh_rows_init(WhRows *r)
 {
     memset(r, 0, sizeof *r);
+    hmap_init(&r->names);
 }
 
 static void row_free(WhRow *row)
@@ -35,7 +36,21 @@ void wh_rows_clear(WhRows *r)
     for (int i = 0; i < r->n; i++)
         row_free(&r->rows[i]);
     free(r->rows);
+    HMapEntry *e;
+    for (size_t i = 0; hmap_next(&r->names, &i, &e);)
+        free(e->value);
+    hmap_deinit(&r->names);
     wh_rows_init(r);
+}
+
+static const char *intern(HMap *names, const char *name)
+{
+    char *s = hmap_get(names, name);
+    if (s == NULL) {
+        s = xstrdup(name);
+        hmap_put(names, name, s);
+    }
+    return s;
 }
 
 const WhCol *wh_row_get(const WhRow *row, const char *name)
@@ -61,7 +76,7 @@ static void row_set(WhRow *row, const char *name, WhValue *v)
         row->cols = xrealloc(row->cols, (size_t)row->cap * sizeof *row->cols);
     }
     WhCol *c = &row->cols[row->ncols++];
-    snprintf(c->name, sizeof c->name, "%s", name);
+    c->name = intern(row->names, name);
     c->value = *v;
 }
 
@@ -150,6 +165,7 @@ static WhRow *row_new(WhRows *out, const char *table)
     WhRow *row = &out->rows[out->n++];
     memset(row, 0, sizeof *row);
     snprintf(row->table, sizeof row->table, "%s", table);
+    row->names = &out->names;
     return row;
 }
 

@@ -16,14 +16,15 @@
 #include "batchrouter/wh_names.h"
 #include "batchrouter/wh_types.h"
 #include "common/err.h"
+#include "common/hmap.h"
 
-/* A column or table name: at most 63 bytes plus a "_" prefix. Rows are
- * many (a batch of 10,000 events holds some 600,000 columns), so names are
- * stored in this, not WH_NAME_BUF. */
+/* A column or table name: at most 63 bytes plus a "_" prefix. */
 #define WH_COL_BUF (WH_NAME_MAX + 2)
 
+/* Columns are many (a batch of 10,000 events holds some 600,000) and their
+ * names few, so a column points to its name, interned once per WhRows. */
 typedef struct WhCol {
-    char name[WH_COL_BUF];
+    const char *name; /* owned by the WhRows (valid until wh_rows_clear) */
     WhValue value;
 } WhCol;
 
@@ -32,11 +33,13 @@ typedef struct WhRow {
     bool is_users; /* the users table: merged per id instead of appended */
     WhCol *cols;
     int ncols, cap;
+    HMap *names; /* the WhRows' interned names */
 } WhRow;
 
 typedef struct WhRows {
     WhRow *rows;
     int n, cap;
+    HMap names; /* name -> its one copy */
 } WhRows;
 
 /* What the event does not carry itself. */

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# make bench [QUICK=1]: see bench/run.js.
+# make bench [QUICK=1]: see bench/run.js (ingest, end to end, scaled,
+# transformer) and bench/batchrouter.js (object uploads, warehouse loads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec node bench/run.js "$@"
+node bench/run.js "$@"
+node bench/batchrouter.js "$@"
