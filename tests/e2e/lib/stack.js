@@ -34,9 +34,13 @@ process.on('exit', killAll);
 for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
   process.on(sig, () => { killAll(); process.exit(1); });
 }
-require('node:test').after(async () => {
-  for (const p of [...live]) await p.stop('SIGKILL', 5000);
-});
+// under the test runner only (a benchmark using this would print an empty
+// TAP report otherwise)
+if (process.env.NODE_TEST_CONTEXT || /\.test\.js$/.test((require.main && require.main.filename) || '')) {
+  require('node:test').after(async () => {
+    for (const p of [...live]) await p.stop('SIGKILL', 5000);
+  });
+}
 const BIN = path.resolve(ROOT, process.env.PINTLE_BUILD || 'build', 'bin');
 
 function freePort() {
