@@ -56,6 +56,18 @@ int objstore_target_parse(ObjTarget *t, const char *def, json_object *cfg, const
         return err_set(err, ERR_INVALID, "destination config has no bucketName");
     if ((minio || spaces) && ep[0] == '\0')
         return err_set(err, ERR_INVALID, "%s destination config has no endPoint", def);
+    const char *secret_key = minio ? "secretAccessKey" : "accessKey";
+    if (key_id[0] == '\0' || secret[0] == '\0') {
+        /* RudderStack can assume an IAM role (or use the instance's
+         * credentials); pintle signs only with static keys */
+        if (jsonu_bool_ci(cfg, "roleBasedAuth", false) || jsonu_str_ci(cfg, "iamRoleARN", "")[0])
+            return err_set(err, ERR_INVALID,
+                           "role-based credentials (roleBasedAuth, iamRoleARN) are not supported: "
+                           "give accessKeyID and %s",
+                           secret_key);
+        return err_set(err, ERR_INVALID, "destination config has no %s",
+                       key_id[0] == '\0' ? "accessKeyID" : secret_key);
+    }
     ObjTarget r;
     memset(&r, 0, sizeof r);
     if (minio) {

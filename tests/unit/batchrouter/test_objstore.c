@@ -199,6 +199,20 @@ static void test_minio_config(void **state)
     assert_string_equal(t.secret, "SK");
     objstore_target_deinit(&t);
     json_object_put(cfg);
+    /* static keys only: a missing secret, or an IAM role, is a config error */
+    cfg = json_tokener_parse("{\"bucketName\":\"b\",\"accessKeyID\":\"AK\"}");
+    assert_true(objstore_target_parse(&t, "S3", cfg, "", &err) < 0);
+    assert_non_null(strstr(err.msg, "no accessKey"));
+    json_object_put(cfg);
+    cfg = json_tokener_parse("{\"bucketName\":\"b\",\"roleBasedAuth\":true,"
+                             "\"iamRoleARN\":\"arn:aws:iam::1:role/r\"}");
+    assert_true(objstore_target_parse(&t, "S3", cfg, "", &err) < 0);
+    assert_non_null(strstr(err.msg, "role-based credentials"));
+    json_object_put(cfg);
+    cfg = json_tokener_parse("{\"bucketName\":\"b\",\"endPoint\":\"h:1\",\"secretAccessKey\":\"SK\"}");
+    assert_true(objstore_target_parse(&t, "MINIO", cfg, "", &err) < 0);
+    assert_non_null(strstr(err.msg, "no accessKeyID"));
+    json_object_put(cfg);
 }
 
 static void test_error_code(void **state)
