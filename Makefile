@@ -99,10 +99,11 @@ deps:
 	@tools/deps.sh
 
 # make run GATEWAYS=2 PROCESSORS=3 ROUTERS=3 BATCHROUTERS=0: instances of each (default 1)
+# make run S3=1: also a local S3 server (radosgw) with a MINIO destination on it
 run: deps all
 	@deploy/run.sh $(if $(WORKSPACE),--workspace "$(WORKSPACE)") $(if $(GATEWAYS),--gateways "$(GATEWAYS)") \
 	    $(if $(PROCESSORS),--processors "$(PROCESSORS)") $(if $(ROUTERS),--routers "$(ROUTERS)") \
-	    $(if $(BATCHROUTERS),--batchrouters "$(BATCHROUTERS)")
+	    $(if $(BATCHROUTERS),--batchrouters "$(BATCHROUTERS)") $(if $(S3),--s3)
 
 stop:
 	@deploy/run.sh --stop

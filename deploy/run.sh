@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make run`: the whole stack on this machine, on its embedded defaults.
-#   deploy/run.sh [--workspace FILE] [--gateways N] [--processors N] [--routers N] [--batchrouters N]
+#   deploy/run.sh [--workspace FILE] [--gateways N] [--processors N] [--routers N] [--batchrouters N] [--s3]
 #                                      start, print how to send an event, wait for Ctrl-C
 #   deploy/run.sh --stop               stop a stack started from this checkout
 # (make run GATEWAYS=2 PROCESSORS=3 ROUTERS=3 BATCHROUTERS=0 passes the counts; each defaults to 1.)
+# --s3 (make run S3=1): also a local S3 server (radosgw, deploy/s3.js) and a
+# MINIO destination on it added to the workspace's first enabled source.
 #
 # nginx always takes the entry point (127.0.0.1:8080, $PINTLE_RUN_PORT), with
 # one gateway or ten, so what a client sends and gets back never depends on
@@ -23,7 +25,7 @@ TF_PORT=${PINTLE_RUN_TRANSFORMER_PORT:-9090}
 SINK_PORT=${PINTLE_RUN_SINK_PORT:-8090}
 NGINX=${PINTLE_NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 WORKSPACE=$ROOT/config/workspaceConfig.sample.json
-GATEWAYS=1 PROCESSORS=1 ROUTERS=1 BATCHROUTERS=1
+GATEWAYS=1 PROCESSORS=1 ROUTERS=1 BATCHROUTERS=1 S3=0
 MAX_INSTANCES=50 # keeps each service's ports in its own hundred
 
 stop_pid() { # pid file: TERM, wait up to 10 s, then KILL
@@ -67,6 +69,7 @@ while (($#)); do
     --processors) PROCESSORS=$(count PROCESSORS "$2"); shift 2 ;;
     --routers) ROUTERS=$(count ROUTERS "$2"); shift 2 ;;
     --batchrouters) BATCHROUTERS=$(count BATCHROUTERS "$2"); shift 2 ;;
+    --s3) S3=1; shift ;;
     *) echo "run: unknown option \"$1\"" >&2; exit 2 ;;
     esac
 done
@@ -92,6 +95,34 @@ trap 'echo; echo "stopping..."; stop_all; echo "stopped"; exit 0' INT TERM
 echo "starting Postgres on 127.0.0.1:$PG_PORT (data in var/pg)"
 "$ROOT/deploy/pg.sh" start "$VAR/pg" "$PG_PORT" on
 export PINTLE_DB_DSN="host=127.0.0.1 port=$PG_PORT dbname=pintle user=postgres"
+if ((S3)); then
+    # a local S3 server and a copy of the workspace with a MINIO destination
+    # on it (the batchrouter uploads there every batchrouter.upload_interval_s)
+    echo "starting a local S3 server (radosgw, about 15 s)"
+    : >"$VAR/log/s3.log"
+    node "$ROOT/deploy/s3.js" serve --info "$VAR/run/s3.json" --bucket pintle-events >>"$VAR/log/s3.log" 2>&1 &
+    echo $! >"$VAR/run/s3.pid"
+    for _ in $(seq 1 1200); do
+        grep -q event=ready "$VAR/log/s3.log" && break
+        kill -0 "$(cat "$VAR/run/s3.pid")" 2>/dev/null ||
+            { echo "run: the S3 server failed, see var/log/s3.log" >&2; tail -5 "$VAR/log/s3.log" >&2; stop_all; exit 1; }
+        sleep 0.1
+    done
+    grep -q event=ready "$VAR/log/s3.log" || { echo "run: the S3 server did not start in 120 s, see var/log/s3.log" >&2; stop_all; exit 1; }
+    node -e '
+const fs = require("node:fs");
+const [ws, info, out] = process.argv.slice(1);
+const w = JSON.parse(fs.readFileSync(ws, "utf8"));
+const s = (w.sources || []).find((x) => x.enabled !== false && !x.deleted);
+if (!s) { console.error("run: the workspace has no enabled source for the MINIO destination"); process.exit(1); }
+const c = JSON.parse(fs.readFileSync(info, "utf8"));
+s.destinations = (s.destinations || []).filter((d) => d.id !== "dst-local-s3");
+s.destinations.push({ id: "dst-local-s3", name: "local S3 (make run S3=1)", enabled: true, isProcessorEnabled: true,
+  config: { ...c, prefix: "pintle" }, destinationDefinition: { id: "def-minio", name: "MINIO", displayName: "MinIO" } });
+fs.writeFileSync(out, JSON.stringify(w, null, 2) + "\n");
+' "$WORKSPACE" "$VAR/run/s3.json" "$VAR/workspace.s3.json" || { stop_all; exit 1; }
+    WORKSPACE=$VAR/workspace.s3.json
+fi
 export PINTLE_WORKSPACE_PATH=$WORKSPACE
 export PINTLE_PROCESSOR_TRANSFORMER_URL=${PINTLE_PROCESSOR_TRANSFORMER_URL:-http://127.0.0.1:$TF_PORT}
 export PINTLE_ROUTER_TRANSFORMER_URL=${PINTLE_ROUTER_TRANSFORMER_URL:-http://127.0.0.1:$TF_PORT}
@@ -185,5 +216,8 @@ See it stored:  psql -h 127.0.0.1 -p $PG_PORT -U postgres pintle -c 'select job_
 MSG
 if [[ -f $VAR/run/sink.pid ]]; then
     echo "See it delivered to the sample webhook:  tail -f var/sink/events.jsonl"
+fi
+if ((S3)); then
+    echo "See it in the local S3 bucket (after batchrouter.upload_interval_s):  node deploy/s3.js ls --info var/run/s3.json --events"
 fi
 wait
