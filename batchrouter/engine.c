@@ -91,6 +91,7 @@ struct Conn {
     int64_t first_created_ms;
     int64_t last_created_ms; /* archive batches: part of the key */
     char instance_id[128];   /* archive batches: the planner's, part of the key */
+    bool archive_more;       /* archive: a batch was written, plan again now */
     int attempts;
     int home;
     int64_t home_epoch;
@@ -122,6 +123,7 @@ struct Engine {
     struct event *tick, *kick_ev, *stop_ev;
     int64_t last_low_water_ms;
     bool low_water_running;
+    bool archive_low_water_failing; /* logged once until it works again */
     int *parts; /* room for P */
     bool stopping;
     void (*stop_done)(void *);
@@ -637,7 +639,8 @@ static void on_done(Conn *c, PGresult *res, const Err *err)
         metrics_inc(e->m_arch_objects, 1);
         log_info("archive_written", "batch_id=%s source_id=%s events=%d attempts=%d ms=%" PRId64,
                  c->batch_id, c->source_id, c->nevents, c->attempts + 1, t - c->started_ms);
-        batch_end(c, c->nevents >= e->ac->max_events);
+        c->archive_more = true; /* there may be more: drain without waiting */
+        batch_end(c, true);
         return;
     }
     metrics_inc(e->m_events, c->nevents);
@@ -718,10 +721,12 @@ static void archive_line(Buf *b, PGresult *res, int i)
     JSpan v;
     Buf id;
     buf_init(&id);
+    /* the stored JSON string as it is (escapes kept), once it decodes */
     if (jscan_get(jscan_doc(payload, (size_t)PQgetlength(res, i, 1)), "messageId", &v) &&
-        jscan_type(v) == 's')
-        (void)jscan_string(v, &id);
-    jsonu_put_string(b, id.data ? id.data : "");
+        jscan_type(v) == 's' && jscan_string(v, &id))
+        buf_append(b, v.p, v.n);
+    else
+        buf_puts(b, "\"\"");
     buf_deinit(&id);
     buf_putc(b, '}');
 }
@@ -810,6 +815,7 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
     }
     if (res == NULL || PQntuples(res) == 0) {
         c->drained = c->kind == KIND_ORPHAN;
+        c->archive_more = false;
         c->next_try_ms = now_ms() + e->bc->poll_interval_ms;
         batch_end(c, false);
         return;
@@ -859,9 +865,13 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
     enqueue(e, c, &sql, on_events);
 }
 
+/* Unforced, archive_plan only resumes a journaled batch; it scans the queue
+ * once the upload interval passed, then again after each batch written
+ * until nothing is left (an archive batch is planned whatever its size). */
 static void plan_archive(Engine *e, Conn *c, const int *parts, int n, int64_t t)
 {
-    bool force = t - c->last_upload_ms >= (int64_t)e->ac->upload_interval_s * 1000;
+    bool force = c->archive_more ||
+                 t - c->last_upload_ms >= (int64_t)e->ac->upload_interval_s * 1000;
     Buf sql;
     buf_init(&sql);
     buf_puts(&sql, "BEGIN;");
@@ -923,17 +933,23 @@ static void on_low_water_res(Conn *dummy, PGresult *res, const Err *err)
     }
 }
 
+/* A failure is logged once, and its end once. */
 static void on_archive_low_water(Conn *dummy, PGresult *res, const Err *err)
 {
+    Engine *e = dummy->e;
     char q[1100];
-    if (err != NULL && !dummy->e->stopping)
-        log_warn("archive_low_water_failed", "error=%s", log_quote(q, sizeof q, err->msg));
+    if (err != NULL && !e->stopping && !e->archive_low_water_failing)
+        log_warn("archive_low_water_failed", "error=%s action=retry_every_tick",
+                 log_quote(q, sizeof q, err->msg));
+    else if (err == NULL && e->archive_low_water_failing)
+        log_info("archive_low_water_recovered", "state=ok");
+    e->archive_low_water_failing = err != NULL;
     free(dummy);
 }
 
-/* The set of archived sources, as this instance's workspace config says
- * (every instance asserts it; they agree once a config change reached all
- * of them), then the archive's low-water marks of our partitions. */
+/* The sources this instance archives, as its workspace config says (a
+ * source is archived while any live instance says so), committed on its
+ * own; then the archive's low-water marks of our partitions. */
 static void archive_low_water(Engine *e, const int *parts, int n)
 {
     Buf sql, srcs, wss;
@@ -950,8 +966,9 @@ static void archive_low_water(Engine *e, const int *parts, int n)
         lit(&wss, c->workspace_id);
         k++;
     }
-    buf_printf(&sql, "SELECT archive_set_sources(ARRAY[%s]::text[], ARRAY[%s]::text[]);"
-                     " SELECT archive_low_water(",
+    buf_puts(&sql, "BEGIN; SELECT archive_set_sources(");
+    lit(&sql, lease_owner(e->lease));
+    buf_printf(&sql, ", ARRAY[%s]::text[], ARRAY[%s]::text[]); COMMIT; SELECT archive_low_water(",
                srcs.data ? srcs.data : "", wss.data ? wss.data : "");
     jobq_format_int_array(&sql, parts, n);
     buf_puts(&sql, "::int[])");

@@ -232,7 +232,8 @@ static int status(PGconn *pg)
                         " (SELECT count(*) FROM archive_low a WHERE EXISTS (SELECT 1 FROM gw_jobs g"
                         " WHERE g.partition = a.partition AND g.job_id > a.last_job_id))"
                         " AS partitions_behind"
-                        " FROM archive_sources s LEFT JOIN archive_journal j"
+                        " FROM (SELECT source_id, min(workspace_id) AS workspace_id"
+                        " FROM archive_sources GROUP BY 1) s LEFT JOIN archive_journal j"
                         " ON j.source_id = s.source_id GROUP BY 1, 2 ORDER BY 1, 2"))
         return 1;
     printf("\n== dead letters not replayed\n");

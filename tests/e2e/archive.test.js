@@ -248,4 +248,34 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
     await sendRange(st.gw.url, 'a', 'a6', 0, 300);
     await waitFor(async () => (await inGw('a6')) === 0, { timeoutMs: 30000, what: 'datasets dropped without the archive' });
   }));
+
+  it('two batchrouters whose configs disagree (one with archive.enabled=false): the source stays archived while one instance archives it, nothing is dropped unarchived, and once they agree each event is archived once', withLogs(S, async () => {
+    st.writeWorkspace(workspace(rgw, { selfStorage: false }));
+    await waitFor(async () => (await st.pg.query('SELECT count(*)::int AS n FROM pintle.archive_sources'))[0].n === 2, { what: 'both sources archived again' });
+    const other = await st.startBatchrouter({ ...QUEUE, PINTLE_ARCHIVE_ENABLED: 'false', PINTLE_LOG_LEVEL: 'debug' });
+    try {
+      await waitFor(async () => (await st.pg.query("SELECT count(DISTINCT owner)::int AS n FROM pintle.leases WHERE stage = 'batchrouter'"))[0].n === 2,
+        { timeoutMs: 30000, what: 'both batchrouters hold partitions' });
+      await sendRange(st.gw.url, 'a', 'a7', 0, 1000, 50);
+      await waitFor(() => processed('a7'), { what: 'the processor consumed the events' });
+      // the instance that does not archive rewrites its (empty) set every
+      // few seconds: the source must stay in the archive all the while, and
+      // the events in its partitions stay in gw
+      const t0 = Date.now();
+      while (Date.now() - t0 < 12000) {
+        const rows = await st.pg.query('SELECT DISTINCT source_id FROM pintle.archive_sources ORDER BY 1');
+        assert.deepEqual(rows.map((r) => r.source_id), ['src-a', 'src-b'], 'still archived while one instance archives them');
+        assert.equal(await inGw('a7'), 1000, 'nothing dropped before it is archived');
+        await sleep(500);
+      }
+    } finally {
+      await other.stop();
+      st.procs = st.procs.filter((p) => p !== other);
+    }
+    assert.deepEqual(other.errors(), []);
+    // one instance left, which archives: it takes every partition
+    await waitDrained('the archive caught up once the instances agree');
+    assertOnce(await archived(rgw, 'default-archive', 'jobs-backup'), 'a7', 1000, 'a');
+    await waitFor(async () => (await inGw('a7')) === 0, { timeoutMs: 30000, what: 'datasets dropped once archived' });
+  }));
 });
