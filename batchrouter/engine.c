@@ -91,6 +91,7 @@ struct Conn {
     int64_t first_created_ms;
     int64_t last_created_ms; /* archive batches: part of the key */
     char instance_id[128];   /* archive batches: the planner's, part of the key */
+    char *batch_ws, *batch_prefix; /* archive batches: journaled, part of the key */
     bool archive_more;       /* archive: a batch was written, plan again now */
     int attempts;
     int home;
@@ -309,6 +310,8 @@ static void conn_free(Conn *c)
     free(c->def_name);
     free(c->config_json);
     free(c->response);
+    free(c->batch_ws);
+    free(c->batch_prefix);
     free(c);
 }
 
@@ -767,9 +770,9 @@ static void on_events(Conn *c, PGresult *res, const Err *err)
         objstore_gzip(&gz, lines.data, lines.len);
         if (c->kind == KIND_ARCHIVE) {
             metrics_inc(e->m_arch_bytes, (double)gz.len);
-            objstore_format_archive_key(&key, c->target.prefix, c->source_id,
+            objstore_format_archive_key(&key, c->batch_prefix, c->source_id,
                                         c->first_created_ms, c->last_created_ms, c->instance_id,
-                                        c->workspace_id, c->batch_id);
+                                        c->batch_ws, c->batch_id);
         } else {
             metrics_inc(e->m_bytes, (double)gz.len);
             objstore_format_key(&key, c->target.prefix, c->source_id, c->first_created_ms,
@@ -829,6 +832,10 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
     if (c->kind == KIND_ARCHIVE) {
         c->last_created_ms = strtoll(PQgetvalue(res, 0, 7), NULL, 10);
         snprintf(c->instance_id, sizeof c->instance_id, "%s", PQgetvalue(res, 0, 8));
+        free(c->batch_ws);
+        free(c->batch_prefix);
+        c->batch_ws = xstrdup(PQgetvalue(res, 0, 9));
+        c->batch_prefix = xstrdup(PQgetvalue(res, 0, 10));
     }
     bool resumed = PQgetvalue(res, 0, 5)[0] == 't';
     c->started_ms = now_ms();
@@ -885,6 +892,11 @@ static void plan_archive(Engine *e, Conn *c, const int *parts, int n, int64_t t)
     buf_printf(&sql, "::int[], %d, %d, %s, ", e->ac->max_events, e->ac->max_bytes,
                force ? "true" : "false");
     lit(&sql, e->ac->instance_id);
+    buf_puts(&sql, ", ");
+    if (c->target_ok) /* else NULL: the prefix of the config that works */
+        lit(&sql, c->target.prefix ? c->target.prefix : "");
+    else
+        buf_puts(&sql, "NULL");
     buf_puts(&sql, "); COMMIT;");
     enqueue(e, c, &sql, on_plan);
 }

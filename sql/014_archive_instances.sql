@@ -95,17 +95,24 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The object key's prefix is journaled too (with the workspace and the
+-- instance, the key comes whole from the journal: a config changed
+-- between an upload and its commit cannot name a second object). NULL in
+-- rows journaled by 013: the caller's prefix then.
+ALTER TABLE archive_journal ADD COLUMN prefix text;
+
 -- As in 013, except: the source's rows are locked while planning; without
 -- p_force only a journaled batch is returned (no scan); with p_force
 -- whatever is pending, up to p_max_events / about p_max_bytes, is
 -- journaled; times in whole milliseconds are truncated, not rounded (a key
--- never names the next second, hour or day).
-CREATE OR REPLACE FUNCTION archive_plan(p_source text, p_workspace text, p_parts int[],
-                                        p_max_events int, p_max_bytes bigint, p_force boolean,
-                                        p_instance text)
+-- never names the next second, hour or day); the batch's workspace and key
+-- prefix are returned as journaled.
+DROP FUNCTION archive_plan(text, text, int[], int, bigint, boolean, text);
+CREATE FUNCTION archive_plan(p_source text, p_workspace text, p_parts int[], p_max_events int,
+                             p_max_bytes bigint, p_force boolean, p_instance text, p_prefix text)
 RETURNS TABLE (batch_id uuid, nevents int, first_created_ms bigint, attempts int,
                first_failed_ms bigint, resumed boolean, home int, last_created_ms bigint,
-               instance_id text)
+               instance_id text, workspace_id text, prefix text)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     b       archive_journal%ROWTYPE;
@@ -171,14 +178,15 @@ BEGIN
         END IF;
         INSERT INTO archive_journal (batch_id, source_id, workspace_id, home, parts, from_ids,
                                      to_ids, nevents, nbytes, first_created_at, last_created_at,
-                                     instance_id)
+                                     instance_id, prefix)
         VALUES (gen_random_uuid(), p_source, p_workspace, g.parts[1], g.parts, g.froms, g.tos,
-                g.n, g.bytes, g.first, g.last, p_instance)
+                g.n, g.bytes, g.first, g.last, p_instance, p_prefix)
         RETURNING * INTO b;
         was_journaled := false;
     END IF;
     RETURN QUERY SELECT b.batch_id, b.nevents,
         floor(extract(epoch FROM b.first_created_at) * 1000)::bigint, b.attempts,
         floor(extract(epoch FROM b.first_failed_at) * 1000)::bigint, was_journaled,
-        b.home, floor(extract(epoch FROM b.last_created_at) * 1000)::bigint, b.instance_id;
+        b.home, floor(extract(epoch FROM b.last_created_at) * 1000)::bigint, b.instance_id,
+        b.workspace_id, coalesce(b.prefix, p_prefix);
 END $$;

@@ -278,4 +278,46 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
     assertOnce(await archived(rgw, 'default-archive', 'jobs-backup'), 'a7', 1000, 'a');
     await waitFor(async () => (await inGw('a7')) === 0, { timeoutMs: 30000, what: 'datasets dropped once archived' });
   }));
+
+  it('kill -9 after an archive object was stored but before its batch was marked done, and the prefix changed meanwhile: the retry writes the same key (journaled), no second copy', withLogs(S, async () => {
+    const { Client } = require('pg');
+    const from = st.br.log.length;
+    const withPrefix = (prefix) => {
+      const ws = workspace(rgw);
+      ws.settings.dataRetention.storageBucket.config.prefix = prefix;
+      return ws;
+    };
+    st.writeWorkspace(withPrefix('p8'));
+    await waitFor(() => (st.br.log.slice(from).match(/event=archive_changed/g) || []).length === 2, { what: 'both sources on their own bucket, prefix p8' });
+    // holding the journal row makes archive_done wait (it locks the row)
+    const locker = new Client({ host: '127.0.0.1', port: st.pg.port, user: 'postgres', database: 'pintle' });
+    await locker.connect();
+    try {
+      const sending = sendRange(st.gw.url, 'b', 'b8', 0, 600, 100);
+      const batch = await waitFor(async () => {
+        await locker.query('ROLLBACK');
+        await locker.query('BEGIN');
+        const r = await locker.query("SELECT batch_id FROM pintle.archive_journal WHERE source_id = 'src-b' ORDER BY created_at LIMIT 1 FOR UPDATE");
+        return r.rows.length === 1 && r.rows[0].batch_id;
+      }, { timeoutMs: 30000, intervalMs: 5, what: 'a planned archive batch of src-b locked' });
+      const key = await waitFor(async () => (await rgw.list(BUCKET)).find((k) => k.includes(batch)), { timeoutMs: 30000, what: `the object of batch ${batch} stored` });
+      assert.ok(key.startsWith('p8/'), key);
+      await st.br.kill9();
+      st.procs = st.procs.filter((p) => p !== st.br);
+      await locker.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'");
+      await waitFor(async () => (await st.pg.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'"))[0].n === 0, { what: 'the dead batchrouter\'s sessions gone' });
+      await locker.query('ROLLBACK');
+      const [j] = await st.pg.query('SELECT count(*)::int AS n FROM pintle.archive_journal WHERE batch_id = $1', [batch]);
+      assert.equal(j.n, 1, 'the stored batch is still journaled after the crash');
+      // the operator changes the prefix before the batchrouter is back
+      st.writeWorkspace(withPrefix('moved'));
+      await startBatchrouter();
+      await sending;
+      await waitDrained('the archive caught up after the crash');
+      assert.match(st.br.log, new RegExp(`event=batch_upload batch_id=${batch} key=${key.replace(/[.]/g, '\\.')} `), 'the retry uploaded the same key');
+      assertOnce(await archived(rgw, BUCKET, `(?:${PREFIX}|p8|moved)`), 'b8', 600, 'b');
+    } finally {
+      await locker.end().catch(() => {});
+    }
+  }));
 });
