@@ -92,7 +92,9 @@ struct Conn {
     int64_t last_created_ms; /* archive batches: part of the key */
     char instance_id[128];   /* archive batches: the planner's, part of the key */
     char *batch_ws, *batch_prefix; /* archive batches: journaled, part of the key */
-    bool archive_more;       /* archive: a batch was written, plan again now */
+    bool archive_more;       /* archive: a full batch was written, plan again now */
+    bool batch_more;         /* archive: the planned batch was full (or resumed) */
+    bool plan_forced;        /* archive: the plan in flight scans the queue */
     int attempts;
     int home;
     int64_t home_epoch;
@@ -642,8 +644,8 @@ static void on_done(Conn *c, PGresult *res, const Err *err)
         metrics_inc(e->m_arch_objects, 1);
         log_info("archive_written", "batch_id=%s source_id=%s events=%d attempts=%d ms=%" PRId64,
                  c->batch_id, c->source_id, c->nevents, c->attempts + 1, t - c->started_ms);
-        c->archive_more = true; /* there may be more: drain without waiting */
-        batch_end(c, true);
+        c->archive_more = c->batch_more; /* a full batch: drain without waiting */
+        batch_end(c, c->batch_more);
         return;
     }
     metrics_inc(e->m_events, c->nevents);
@@ -818,7 +820,10 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
     }
     if (res == NULL || PQntuples(res) == 0) {
         c->drained = c->kind == KIND_ORPHAN;
-        c->archive_more = false;
+        if (c->kind == KIND_ARCHIVE && c->plan_forced) {
+            c->archive_more = false;
+            c->last_upload_ms = now_ms(); /* nothing pending: the next scan in an interval */
+        }
         c->next_try_ms = now_ms() + e->bc->poll_interval_ms;
         batch_end(c, false);
         return;
@@ -836,6 +841,7 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
         free(c->batch_prefix);
         c->batch_ws = xstrdup(PQgetvalue(res, 0, 9));
         c->batch_prefix = xstrdup(PQgetvalue(res, 0, 10));
+        c->batch_more = PQgetvalue(res, 0, 11)[0] == 't';
     }
     bool resumed = PQgetvalue(res, 0, 5)[0] == 't';
     c->started_ms = now_ms();
@@ -873,12 +879,14 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
 }
 
 /* Unforced, archive_plan only resumes a journaled batch; it scans the queue
- * once the upload interval passed, then again after each batch written
- * until nothing is left (an archive batch is planned whatever its size). */
+ * once the upload interval passed (journaling whatever is pending, up to
+ * the limits), then again at once after each full batch written, and the
+ * interval starts again when a scan found nothing or a batch was not full. */
 static void plan_archive(Engine *e, Conn *c, const int *parts, int n, int64_t t)
 {
     bool force = c->archive_more ||
                  t - c->last_upload_ms >= (int64_t)e->ac->upload_interval_s * 1000;
+    c->plan_forced = force;
     Buf sql;
     buf_init(&sql);
     buf_puts(&sql, "BEGIN;");

@@ -421,6 +421,14 @@ int conns_open(const Conns *c)
     return c->open;
 }
 
+int conns_reading(const Conns *c)
+{
+    int n = 0;
+    for (Conn *k = c->head; k != NULL; k = k->next)
+        n += k->reading && !conn_dead(k);
+    return n;
+}
+
 int conns_default_limit(int db_pool_size, int *fd_limit)
 {
     struct rlimit rl;

@@ -57,6 +57,8 @@ int conns_drain(Conns *c);
 void conns_forget_listener(Conns *c);
 /* Connections open now. */
 int conns_open(const Conns *c);
+/* Connections receiving a request now (its first bytes read, not all). */
+int conns_reading(const Conns *c);
 /* The descriptor limit minus what the process needs besides clients. */
 int conns_default_limit(int db_pool_size, int *fd_limit);
 

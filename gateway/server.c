@@ -42,6 +42,7 @@ struct Server {
     int open_requests; /* accepted for storage and not yet answered */
     void (*drained)(void *);
     void *drained_arg;
+    struct event *drain_check; /* while draining: requests still arriving */
     IngestOut scratch;
     Buf body;
     HMap buckets; /* workspace id -> Bucket */
@@ -160,13 +161,24 @@ static void reply_source(Server *s, struct evhttp_request *req, int code, const 
     reply_counted(s, req, code, "text/plain; charset=utf-8", text, strlen(text), source_id, events);
 }
 
+/* Drained once no request is open and none is still arriving: a request
+ * whose first bytes came before the drain is stored like the others (the
+ * writer refuses what comes after it drained: "shutting down"). A
+ * connection that closes mid-request is seen by the drain_check timer. */
 static void maybe_drained(Server *s)
 {
-    if (s->draining && s->open_requests == 0 && s->drained) {
+    if (s->draining && s->open_requests == 0 && s->drained && conns_reading(s->conns) == 0) {
         void (*cb)(void *) = s->drained;
         s->drained = NULL;
+        if (s->drain_check != NULL)
+            event_del(s->drain_check);
         cb(s->drained_arg);
     }
+}
+
+static void on_drain_check(evutil_socket_t fd, short what, void *arg)
+{
+    maybe_drained(arg);
 }
 
 static void on_stored(void *arg, int status, const char *msg)
@@ -636,6 +648,8 @@ void server_destroy(Server *s)
 {
     if (s == NULL)
         return;
+    if (s->drain_check != NULL)
+        event_free(s->drain_check);
     evhttp_free(s->http);
     conns_destroy(s->conns); /* after evhttp has freed the connections */
     ingest_out_deinit(&s->scratch);
@@ -661,9 +675,15 @@ void server_drain(Server *s, void (*done)(void *), void *arg)
         s->bound = NULL;
     }
     int closed = conns_drain(s->conns);
-    log_info("idle_connections_closed", "count=%d open_requests=%d", closed, s->open_requests);
+    log_info("idle_connections_closed", "count=%d open_requests=%d receiving=%d", closed,
+             s->open_requests, conns_reading(s->conns));
     s->drained = done;
     s->drained_arg = arg;
+    if (s->drain_check == NULL) {
+        s->drain_check = event_new(s->base, -1, EV_PERSIST, on_drain_check, s);
+        struct timeval tv = {0, 20 * 1000};
+        event_add(s->drain_check, &tv);
+    }
     maybe_drained(s);
 }
 

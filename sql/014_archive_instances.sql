@@ -6,9 +6,11 @@
 --
 -- Now each instance states its own sources (rows keyed by its lease owner
 -- id, as in instances), and a source is archived while any live instance
--- says so; the rows of an instance that is no longer in instances (stopped,
--- or dead and forgotten by the lease ticks) are removed by the next
--- instance that writes its set. With no batchrouter running nobody
+-- says so; the rows of an instance that is gone (not in instances, and
+-- owning no lease: stopped, or dead, forgotten by the lease ticks and its
+-- partitions taken over) are removed by the next instance that writes its
+-- set. An instance paused past its TTL whose leases nobody took yet still
+-- counts: it may resume and finish an upload. With no batchrouter running nobody
 -- removes anything, so the archive keeps holding the gw datasets back.
 -- Instances that disagree hold the source's datasets back in the
 -- partitions leased by an instance that does not archive it, until they
@@ -29,6 +31,14 @@ ALTER TABLE archive_sources ALTER COLUMN instance_id DROP DEFAULT;
 
 DROP FUNCTION archive_set_sources(text[], text[]);
 
+CREATE FUNCTION archive_instance_gone(p_instance text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM instances i
+                       WHERE i.stage = 'batchrouter' AND i.instance_id = p_instance)
+       AND NOT EXISTS (SELECT 1 FROM leases l
+                       WHERE l.stage = 'batchrouter' AND l.owner = p_instance)
+$$;
+
 -- Replaces the sources instance p_instance archives, and forgets the rows
 -- of instances that are gone. A source no instance archives any more
 -- forgets its planned batches (its rows no longer hold any dataset). The
@@ -45,18 +55,21 @@ BEGIN
               WHERE s.instance_id = p_instance) a)
        = (SELECT coalesce(array_agg(k ORDER BY k), '{}')
           FROM (SELECT s || ' ' || w AS k FROM unnest(p_sources, p_workspaces) AS u(s, w)) b)
-       AND NOT EXISTS (SELECT 1 FROM archive_sources s
-                       WHERE NOT EXISTS (SELECT 1 FROM instances i
-                                         WHERE i.instance_id = s.instance_id)) THEN
+       AND NOT EXISTS (SELECT 1 FROM archive_sources s WHERE archive_instance_gone(s.instance_id)) THEN
         SELECT count(DISTINCT s.source_id) INTO n FROM archive_sources s;
         RETURN n;
     END IF;
     -- writers of the set serialise here, so concurrent calls cannot deadlock
     PERFORM pg_advisory_xact_lock(hashtext('pintle.archive_sources'));
-    -- waits for the plans that hold these rows (FOR KEY SHARE)
+    -- waits for the plans that hold these rows (FOR KEY SHARE), locking
+    -- them in the plans' order (no deadlock with a plan)
+    PERFORM 1 FROM archive_sources s
+    WHERE (s.instance_id = p_instance AND s.source_id <> ALL (p_sources))
+       OR archive_instance_gone(s.instance_id)
+    ORDER BY s.source_id, s.instance_id FOR UPDATE;
     DELETE FROM archive_sources s
     WHERE (s.instance_id = p_instance AND s.source_id <> ALL (p_sources))
-       OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = s.instance_id);
+       OR archive_instance_gone(s.instance_id);
     INSERT INTO archive_sources (source_id, instance_id, workspace_id)
     SELECT s, p_instance, w FROM unnest(p_sources, p_workspaces) AS u(s, w)
     ON CONFLICT (source_id, instance_id) DO UPDATE SET workspace_id = excluded.workspace_id
@@ -106,27 +119,38 @@ ALTER TABLE archive_journal ADD COLUMN prefix text;
 -- whatever is pending, up to p_max_events / about p_max_bytes, is
 -- journaled; times in whole milliseconds are truncated, not rounded (a key
 -- never names the next second, hour or day); the batch's workspace and key
--- prefix are returned as journaled.
+-- prefix are returned as journaled, and whether more may be pending (the
+-- batch was full, by events or bytes, or resumed: plan again at once).
 DROP FUNCTION archive_plan(text, text, int[], int, bigint, boolean, text);
 CREATE FUNCTION archive_plan(p_source text, p_workspace text, p_parts int[], p_max_events int,
                              p_max_bytes bigint, p_force boolean, p_instance text, p_prefix text)
 RETURNS TABLE (batch_id uuid, nevents int, first_created_ms bigint, attempts int,
                first_failed_ms bigint, resumed boolean, home int, last_created_ms bigint,
-               instance_id text, workspace_id text, prefix text)
+               instance_id text, workspace_id text, prefix text, more boolean)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     b       archive_journal%ROWTYPE;
     g       record;
     was_journaled boolean := true;
+    journaled     boolean;
+    v_more        boolean := true; -- a resumed batch: perhaps more after it
 BEGIN
-    PERFORM 1 FROM archive_sources s WHERE s.source_id = p_source FOR KEY SHARE;
+    PERFORM 1 FROM archive_sources s WHERE s.source_id = p_source
+    ORDER BY s.source_id, s.instance_id FOR KEY SHARE;
     IF NOT FOUND THEN
         RETURN;
     END IF;
     SELECT * INTO b FROM archive_journal j
     WHERE j.source_id = p_source AND j.home = ANY (p_parts)
     ORDER BY j.created_at LIMIT 1;
-    IF NOT FOUND THEN
+    journaled := FOUND;
+    IF journaled AND b.prefix IS NULL AND p_prefix IS NOT NULL THEN
+        -- journaled by 013, or while the bucket was unusable: pinned now,
+        -- so every retry names the same key
+        UPDATE archive_journal j SET prefix = p_prefix WHERE j.batch_id = b.batch_id;
+        b.prefix := p_prefix;
+    END IF;
+    IF NOT journaled THEN
         IF NOT p_force THEN
             RETURN;
         END IF;
@@ -169,6 +193,7 @@ BEGIN
                (SELECT array_agg(per.cur ORDER BY per.partition) FROM per) AS froms,
                (SELECT array_agg(per.hi ORDER BY per.partition) FROM per) AS tos,
                (SELECT count(*) FROM taken) AS n,
+               (SELECT count(*) FROM rows) AS seen,
                (SELECT coalesce(max(run), 0) FROM taken) AS bytes,
                (SELECT min(created_at) FROM taken) AS first,
                (SELECT max(created_at) FROM taken) AS last
@@ -176,6 +201,7 @@ BEGIN
         IF g.n = 0 THEN
             RETURN;
         END IF;
+        v_more := g.n >= p_max_events OR g.seen > g.n;
         INSERT INTO archive_journal (batch_id, source_id, workspace_id, home, parts, from_ids,
                                      to_ids, nevents, nbytes, first_created_at, last_created_at,
                                      instance_id, prefix)
@@ -188,5 +214,6 @@ BEGIN
         floor(extract(epoch FROM b.first_created_at) * 1000)::bigint, b.attempts,
         floor(extract(epoch FROM b.first_failed_at) * 1000)::bigint, was_journaled,
         b.home, floor(extract(epoch FROM b.last_created_at) * 1000)::bigint, b.instance_id,
-        b.workspace_id, coalesce(b.prefix, p_prefix);
+        b.workspace_id, coalesce(b.prefix, p_prefix),
+        v_more;
 END $$;

@@ -202,6 +202,7 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
     await sending;
     await waitDrained('the archive caught up after the kills');
     assertOnce(await archived(rgw), 'a3', N, 'a');
+    assert.doesNotMatch(st.br.log, /event=batch_plan_failed/, 'resumed batches planned without an error');
   }));
 
   it('gatewayDumps turned off: the sources leave the archive, new events are not archived and their datasets drop without it', withLogs(S, async () => {
@@ -316,6 +317,7 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
       await waitDrained('the archive caught up after the crash');
       assert.match(st.br.log, new RegExp(`event=batch_upload batch_id=${batch} key=${key.replace(/[.]/g, '\\.')} `), 'the retry uploaded the same key');
       assertOnce(await archived(rgw, BUCKET, `(?:${PREFIX}|p8|moved)`), 'b8', 600, 'b');
+      assert.doesNotMatch(st.br.log, /event=batch_plan_failed/, 'the resumed batch planned without an error');
     } finally {
       await locker.end().catch(() => {});
     }
