@@ -92,8 +92,7 @@ struct Conn {
     int64_t last_created_ms; /* archive batches: part of the key */
     char instance_id[128];   /* archive batches: the planner's, part of the key */
     char *batch_ws, *batch_prefix; /* archive batches: journaled, part of the key */
-    bool archive_more;       /* archive: a full batch was written, plan again now */
-    bool batch_more;         /* archive: the planned batch was full (or resumed) */
+    bool batch_more;         /* archive: the last batch was full (or resumed): scan again at once */
     bool plan_forced;        /* archive: the plan in flight scans the queue */
     int attempts;
     int home;
@@ -644,8 +643,7 @@ static void on_done(Conn *c, PGresult *res, const Err *err)
         metrics_inc(e->m_arch_objects, 1);
         log_info("archive_written", "batch_id=%s source_id=%s events=%d attempts=%d ms=%" PRId64,
                  c->batch_id, c->source_id, c->nevents, c->attempts + 1, t - c->started_ms);
-        c->archive_more = c->batch_more; /* a full batch: drain without waiting */
-        batch_end(c, c->batch_more);
+        batch_end(c, c->batch_more); /* a full batch: drain without waiting */
         return;
     }
     metrics_inc(e->m_events, c->nevents);
@@ -821,7 +819,7 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
     if (res == NULL || PQntuples(res) == 0) {
         c->drained = c->kind == KIND_ORPHAN;
         if (c->kind == KIND_ARCHIVE && c->plan_forced) {
-            c->archive_more = false;
+            c->batch_more = false;
             c->last_upload_ms = now_ms(); /* nothing pending: the next scan in an interval */
         }
         c->next_try_ms = now_ms() + e->bc->poll_interval_ms;
@@ -884,7 +882,7 @@ static void on_plan(Conn *c, PGresult *res, const Err *err)
  * interval starts again when a scan found nothing or a batch was not full. */
 static void plan_archive(Engine *e, Conn *c, const int *parts, int n, int64_t t)
 {
-    bool force = c->archive_more ||
+    bool force = c->batch_more ||
                  t - c->last_upload_ms >= (int64_t)e->ac->upload_interval_s * 1000;
     c->plan_forced = force;
     Buf sql;

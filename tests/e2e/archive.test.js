@@ -305,8 +305,7 @@ describe('raw archive of gw events to object storage (radosgw)', { skip: !availa
       assert.ok(key.startsWith('p8/'), key);
       await st.br.kill9();
       st.procs = st.procs.filter((p) => p !== st.br);
-      await locker.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'");
-      await waitFor(async () => (await st.pg.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'"))[0].n === 0, { what: 'the dead batchrouter\'s sessions gone' });
+      await st.endSessions(locker, 'pintle-batchrouter');
       await locker.query('ROLLBACK');
       const [j] = await st.pg.query('SELECT count(*)::int AS n FROM pintle.archive_journal WHERE batch_id = $1', [batch]);
       assert.equal(j.n, 1, 'the stored batch is still journaled after the crash');

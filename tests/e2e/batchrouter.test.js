@@ -309,10 +309,8 @@ describe('batchrouter to S3-compatible object storage (radosgw)', { skip: !avail
       const key = await waitFor(async () => (await rgw.list('bucket-a')).find((k) => k.includes(batch)), { timeoutMs: 30000, what: `the object of batch ${batch} stored` });
       await st.br.kill9();
       st.procs = st.procs.filter((p) => p !== st.br);
-      // end the dead process's queued batch_done too (asked on another
-      // connection: pg_stat_activity is a snapshot per transaction)
-      await locker.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'");
-      await waitFor(async () => (await st.pg.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'"))[0].n === 0, { what: 'the dead batchrouter\'s sessions gone' });
+      // end the dead process's queued batch_done too
+      await st.endSessions(locker, 'pintle-batchrouter');
       await locker.query('ROLLBACK');
       const [j] = await st.pg.query('SELECT count(*)::int AS n FROM pintle.batch_journal WHERE batch_id = $1', [batch]);
       assert.equal(j.n, 1, 'the stored batch is still journaled after the crash');

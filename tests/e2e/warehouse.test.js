@@ -180,9 +180,7 @@ describe('Postgres warehouse (POSTGRES destination)', () => {
       // the dead process's batch_done (BEGIN ... COMMIT in one message) is
       // still queued on the server behind our lock: end it, as a crash of
       // the machine would, before letting go
-      await locker.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'");
-      // (asked on another connection: pg_stat_activity is a snapshot per transaction)
-      await waitFor(async () => (await st.pg.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'pintle-batchrouter%'"))[0].n === 0, { what: 'the dead batchrouter\'s sessions gone' });
+      await st.endSessions(locker, 'pintle-batchrouter');
       await locker.query('ROLLBACK');
       const [still] = await st.pg.query('SELECT count(*)::int AS n FROM pintle.batch_journal WHERE batch_id = $1', [batch]);
       assert.equal(still.n, 1, 'the loaded batch is still journaled after the crash');

@@ -249,6 +249,16 @@ class Stack {
     return this.startService('batchrouter', { PINTLE_BATCHROUTER_UPLOAD_INTERVAL_S: '1', PINTLE_BATCHROUTER_POLL_INTERVAL_MS: '100', PINTLE_BATCHROUTER_RETRY_INITIAL_MS: '100', PINTLE_BATCHROUTER_RETRY_MAX_MS: '500', ...extra });
   }
 
+  // Ends the Postgres sessions of every process whose application_name
+  // starts with prefix (a killed process's statement still queued behind a
+  // test's lock, as a crash of its machine would), asking on conn (a pg
+  // Client; pg_stat_activity is a snapshot per transaction, so the check
+  // runs on another connection), and waits until they are gone.
+  async endSessions(conn, prefix) {
+    await conn.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE $1', [`${prefix}%`]);
+    await waitFor(async () => (await this.pg.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE $1', [`${prefix}%`]))[0].n === 0, { what: `the sessions of ${prefix} gone` });
+  }
+
   dumpLogs() {
     for (const p of this.procs) {
       process.stderr.write(`\n----- ${p.name} log -----\n${p.log}\n`);
